@@ -1,0 +1,91 @@
+//! HTTP only: one file per resource, thin handlers, request and response types beside them.
+//! The route table below is also the source of the OpenAPI document, so a route cannot exist
+//! without being documented.
+
+pub mod agents;
+pub mod health;
+pub mod input;
+pub mod memory;
+
+use std::sync::LazyLock;
+
+use serde::Serialize;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+
+/// The REST error body (spec §1.6).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorBody {
+    /// Human-readable message.
+    error: String,
+    /// Machine-readable code: bad_request, unauthorized, invalid_api_key, not_found, …
+    code: String,
+    /// Optional; `fields` maps JSON paths to problems for validation failures.
+    details: Option<serde_json::Value>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "polpo-api", description = "Polpo's hosted Agent API (spec: API.md, version 1)"),
+    servers((url = "/")),
+    modifiers(&Security),
+    security(("bearer" = []), ("apiKeyHeader" = [])),
+    components(schemas(ErrorBody))
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("sk_live_… / sk_test_…")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "apiKeyHeader",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key"))),
+        );
+    }
+}
+
+/// Every route of the server, documented.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::health))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::metrics))
+        .routes(routes!(health::openapi_json))
+        .routes(routes!(agents::list_agents, agents::create_agent))
+        .routes(routes!(
+            agents::get_agent,
+            agents::update_agent,
+            agents::delete_agent
+        ))
+        .routes(routes!(memory::get_agent_memory, memory::put_agent_memory))
+        .routes(routes!(
+            memory::get_project_memory,
+            memory::put_project_memory
+        ))
+}
+
+/// The OpenAPI document, built once from [`routes`].
+pub static OPENAPI: LazyLock<String> = LazyLock::new(|| {
+    let (_, doc) = routes().split_for_parts();
+    doc.to_json()
+        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+});
+
+/// The routes that answer without a key (spec §1.1); everything else is denied by default.
+pub const PUBLIC_GET_PATHS: &[&str] = &["/health", "/ready", "/metrics", "/v1/openapi.json"];

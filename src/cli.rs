@@ -1,0 +1,274 @@
+//! The operator CLI (spec §10.1): `serve`, `migrate`, `projects`, `keys`.
+//! Logs go to stderr; stdout carries only the outputs the spec names.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::app::{self, AppState};
+use crate::auth::Environment;
+use crate::config::{Config, LogFormat};
+use crate::providers::Providers;
+use crate::runtime::bootstrap::{self, AdminError};
+use crate::store::{self, Db};
+
+#[derive(Debug, Parser)]
+#[command(name = "polpo-api", version, about = "Polpo's hosted Agent API server")]
+pub struct Cli {
+    /// Database URL: sqlite://FILE or postgres://… (default: sqlite file polpo.db).
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Configuration file (default: config/default.toml when present).
+    #[arg(long, global = true, env = "POLPO_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP server.
+    Serve {
+        /// Address to listen on (default 127.0.0.1:8080).
+        #[arg(long, env = "POLPO_BIND")]
+        bind: Option<String>,
+        /// Do not apply migrations; refuse to start on a database behind the code's schema.
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Apply pending migrations, then exit.
+    Migrate,
+    /// Manage projects.
+    #[command(subcommand)]
+    Projects(ProjectsCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectsCommand {
+    /// Create a project; prints its slug.
+    Create { slug: String },
+    /// One line per project: slug and creation time.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key; the plaintext key is printed alone on the last line, once.
+    Create {
+        #[arg(long)]
+        project: String,
+        #[arg(long = "env", value_parser = ["live", "test"])]
+        environment: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime: an integer with s, m, h or d (90d).
+        #[arg(long, value_parser = parse_expires_in)]
+        expires_in: Option<Duration>,
+    },
+    /// One line per key: id, prefix, environment, name, created, expires, revoked.
+    List {
+        #[arg(long)]
+        project: String,
+    },
+    /// Revoke a key by id; effective on every instance within 5 s.
+    Revoke { key_id: String },
+}
+
+fn parse_expires_in(text: &str) -> Result<Duration, String> {
+    if text.ends_with("ms") {
+        return Err("use s, m, h or d".into());
+    }
+    crate::config::parse_duration(text)
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Runs the parsed command and returns the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    let mut config = match Config::load(cli.config.as_deref(), &env_var) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("polpo-api: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(url) = cli.database_url {
+        config.database.url = Some(url);
+    }
+    if let Command::Serve {
+        bind: Some(bind), ..
+    } = &cli.command
+    {
+        config.server.bind.clone_from(bind);
+    }
+    init_logging(&config);
+    let result = match cli.command {
+        Command::Serve { no_migrate, .. } => serve(config, no_migrate).await,
+        command => admin(&config, command).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("polpo-api: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let level = &config.log.level;
+    // A bare level keeps the database driver's per-statement logs out unless asked for.
+    let directives = if level.contains('=') || level.contains(',') {
+        level.clone()
+    } else {
+        format!("{level},sqlx=warn")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+    };
+}
+
+async fn connect(config: &Config) -> Result<Db, String> {
+    Db::connect(
+        config.database.url.as_deref(),
+        config.database.max_connections,
+    )
+    .await
+    .map_err(|e| format!("cannot open the database: {e}"))
+}
+
+async fn admin(config: &Config, command: Command) -> Result<(), String> {
+    let db = connect(config).await?;
+    store::migrate::run(&db).await.map_err(|e| e.to_string())?;
+    let result = match command {
+        Command::Migrate | Command::Serve { .. } => Ok(()),
+        Command::Projects(ProjectsCommand::Create { slug }) => {
+            bootstrap::create_project(&db, &slug)
+                .await
+                .map(|()| println!("{slug}"))
+        }
+        Command::Projects(ProjectsCommand::List) => list_projects(&db).await,
+        Command::Keys(KeysCommand::Create {
+            project,
+            environment,
+            name,
+            expires_in,
+        }) => {
+            let environment = Environment::parse(&environment).unwrap_or(Environment::Test);
+            bootstrap::create_key(&db, &project, environment, name, expires_in)
+                .await
+                .map(|key| {
+                    println!("{} {}", key.id, key.prefix);
+                    println!("{}", key.plaintext);
+                })
+        }
+        Command::Keys(KeysCommand::List { project }) => list_keys(&db, &project).await,
+        Command::Keys(KeysCommand::Revoke { key_id }) => bootstrap::revoke_key(&db, &key_id)
+            .await
+            .map(|()| println!("{key_id} revoked")),
+    };
+    db.pool.close().await;
+    result.map_err(|e| e.to_string())
+}
+
+async fn list_projects(db: &Db) -> Result<(), AdminError> {
+    for project in store::projects::list(&db.pool).await? {
+        println!(
+            "{}\t{}",
+            project.slug,
+            crate::clock::format_ms(project.created_at)
+        );
+    }
+    Ok(())
+}
+
+async fn list_keys(db: &Db, project: &str) -> Result<(), AdminError> {
+    if !store::projects::exists(&db.pool, project).await? {
+        return Err(AdminError::NotFound(format!("no project {project:?}")));
+    }
+    let time = |t: Option<i64>| t.map_or_else(|| "-".to_string(), crate::clock::format_ms);
+    for key in store::keys::list(&db.pool, project).await? {
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            key.id,
+            key.prefix,
+            key.environment,
+            key.name.as_deref().unwrap_or("-"),
+            crate::clock::format_ms(key.created_at),
+            time(key.expires_at),
+            time(key.revoked_at),
+        );
+    }
+    Ok(())
+}
+
+async fn serve(config: Config, no_migrate: bool) -> Result<(), String> {
+    let providers = Providers::from_config(&config.providers, &env_var)?;
+    let _lock = store::lock_sqlite(config.database.url.as_deref()).map_err(|e| e.to_string())?;
+    let db = connect(&config).await?;
+    if no_migrate {
+        let pending = store::migrate::pending(&db)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !pending.is_empty() {
+            return Err(format!(
+                "the database is behind the code's schema (pending migrations {pending:?}); run polpo-api migrate"
+            ));
+        }
+    } else {
+        store::migrate::run(&db).await.map_err(|e| e.to_string())?;
+    }
+    if let Some(key) = bootstrap::first_start(&db)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        tracing::info!(project = bootstrap::DEFAULT_PROJECT, key_id = %key.id, prefix = %key.prefix,
+            "first start: created project and a sandbox key (printed once on stdout)");
+        println!("{}", key.plaintext);
+    }
+    let listener = tokio::net::TcpListener::bind(&config.server.bind)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.server.bind))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(addr = %addr, "listening");
+    let deadline = config.server.shutdown_timeout;
+    let state = AppState::new(db.clone(), config, providers);
+    let shutdown = state.shutdown.clone();
+    let mut server = tokio::spawn(app::serve(listener, state));
+    tokio::select! {
+        () = app::shutdown_signal() => {
+            tracing::info!(deadline_s = deadline.as_secs_f64(), "shutting down");
+            shutdown.cancel();
+            match tokio::time::timeout(deadline, &mut server).await {
+                Ok(_) => tracing::info!("drained"),
+                Err(_) => {
+                    tracing::warn!("shutdown deadline reached; closing remaining connections");
+                    server.abort();
+                }
+            }
+        }
+        result = &mut server => {
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(format!("server failed: {e}")),
+                Err(e) => return Err(format!("server task failed: {e}")),
+            }
+        }
+    }
+    db.pool.close().await;
+    Ok(())
+}

@@ -1,0 +1,299 @@
+//! One error type for every HTTP answer that is not a success (spec §1.6, §3.11).
+//!
+//! `ApiError` decides status, code and retry headers. The body is rendered in the REST shape
+//! here; the response also carries the [`ErrorReport`] so that the outer middleware can re-render
+//! it in the OpenAI shape on the chat completions path and log internal causes with the request id.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest {
+        message: String,
+        param: Option<String>,
+        fields: BTreeMap<String, String>,
+    },
+    #[error("missing or malformed API key")]
+    Unauthorized,
+    #[error("invalid API key")]
+    InvalidApiKey,
+    #[error("{message}")]
+    NotFound {
+        message: String,
+        param: Option<String>,
+    },
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        details: Option<Value>,
+    },
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// An unexpected fault. The string is for the log only; the client sees "internal error".
+    #[error("internal error")]
+    Internal(String),
+    /// The database is unreachable or the server is draining. The string is for the log only.
+    #[error("service unavailable")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            message: message.into(),
+            param: None,
+            fields: BTreeMap::new(),
+        }
+    }
+
+    /// A validation failure of one field, named by its JSON path.
+    pub fn invalid_field(path: &str, problem: impl Into<String>) -> Self {
+        let mut fields = BTreeMap::new();
+        fields.insert(path.to_string(), problem.into());
+        Self::invalid_fields(fields)
+    }
+
+    /// A validation failure listing every failing field (spec §0.4 rule 8).
+    pub fn invalid_fields(fields: BTreeMap<String, String>) -> Self {
+        let message = fields
+            .iter()
+            .map(|(path, problem)| format!("invalid field {path}: {problem}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let param = fields.keys().next().cloned();
+        Self::BadRequest {
+            message,
+            param,
+            fields,
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::NotFound {
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::Conflict {
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        Self::Internal(cause.to_string())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthorized | Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest { .. } => "bad_request",
+            Self::Unauthorized => "unauthorized",
+            Self::InvalidApiKey => "invalid_api_key",
+            Self::NotFound { .. } => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Conflict { .. } => "conflict",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::Internal(_) => "internal_error",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// The error for a framework-level answer that carries only a status (unknown route, wrong
+    /// method, body limit), so that it too gets a JSON body.
+    pub fn from_status(status: StatusCode) -> Self {
+        match status {
+            StatusCode::NOT_FOUND => Self::not_found("no such route"),
+            StatusCode::METHOD_NOT_ALLOWED => Self::MethodNotAllowed,
+            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge { limit: 0 },
+            StatusCode::UNAUTHORIZED => Self::Unauthorized,
+            StatusCode::SERVICE_UNAVAILABLE => Self::Unavailable(String::new()),
+            s if s.is_client_error() => {
+                Self::bad_request(s.canonical_reason().unwrap_or("bad request").to_lowercase())
+            }
+            s => Self::Internal(format!("framework answered {s}")),
+        }
+    }
+
+    pub fn report(&self) -> ErrorReport {
+        let (param, details) = match self {
+            Self::BadRequest { param, fields, .. } => {
+                let details = (!fields.is_empty()).then(|| json!({ "fields": fields }));
+                (param.clone(), details)
+            }
+            Self::NotFound { param, .. } => (param.clone(), None),
+            Self::Conflict { details, .. } => (None, details.clone()),
+            _ => (None, None),
+        };
+        let message = match self {
+            Self::PayloadTooLarge { limit: 0 } => "request body is too large".to_string(),
+            other => other.to_string(),
+        };
+        let log_cause = match self {
+            Self::Internal(cause) | Self::Unavailable(cause) if !cause.is_empty() => {
+                Some(cause.clone())
+            }
+            _ => None,
+        };
+        ErrorReport {
+            status: self.status(),
+            code: self.code(),
+            message,
+            param,
+            details,
+            log_cause,
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                Self::Unavailable(format!("database: {err}"))
+            }
+            other => Self::Internal(format!("database: {other}")),
+        }
+    }
+}
+
+/// Everything needed to render an error in either shape, kept in the response extensions.
+#[derive(Debug, Clone)]
+pub struct ErrorReport {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub param: Option<String>,
+    pub details: Option<Value>,
+    /// The real cause of a 5xx, logged with the request id, never sent.
+    pub log_cause: Option<String>,
+}
+
+/// Which JSON shape an error body takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorShape {
+    /// `{"error", "code", "details"}` (spec §1.6).
+    Rest,
+    /// `{"error": {"message", "type", "code", "param"}}` (spec §3.11).
+    OpenAi,
+}
+
+impl ErrorReport {
+    pub fn body(&self, shape: ErrorShape) -> Value {
+        match shape {
+            ErrorShape::Rest => {
+                let mut body = json!({ "error": self.message, "code": self.code });
+                if let Some(details) = &self.details {
+                    body["details"] = details.clone();
+                }
+                body
+            }
+            ErrorShape::OpenAi => json!({
+                "error": {
+                    "message": self.message,
+                    "type": openai_type(self.status),
+                    "code": self.code,
+                    "param": self.param,
+                }
+            }),
+        }
+    }
+
+    /// Builds the response: body in `shape`, status, and the retry and auth headers of §1.6.
+    pub fn into_response(self, shape: ErrorShape) -> Response {
+        let mut response = (self.status, Json(self.body(shape))).into_response();
+        let headers = response.headers_mut();
+        match self.status.as_u16() {
+            400 | 404 | 409 | 413 => {
+                headers.insert("x-should-retry", HeaderValue::from_static("false"));
+            }
+            401 => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            503 => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response.extensions_mut().insert(self);
+        response
+    }
+}
+
+fn openai_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        429 => "rate_limit_error",
+        s if s >= 500 => "api_error",
+        _ => "invalid_request_error",
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.report().into_response(ErrorShape::Rest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_faults_say_nothing_about_their_cause() {
+        let report = ApiError::internal("SELECT * FROM api_keys failed at /src/store.rs").report();
+        let body = report.body(ErrorShape::Rest).to_string();
+        assert!(!body.contains("api_keys"), "{body}");
+        assert_eq!(report.body(ErrorShape::Rest)["error"], "internal error");
+        assert!(report.log_cause.unwrap().contains("api_keys"));
+    }
+
+    #[test]
+    fn openai_shape_nests_code_type_and_param() {
+        let err = ApiError::NotFound {
+            message: "Agent \"writer\" not found".into(),
+            param: Some("agent".into()),
+        };
+        let body = err.report().body(ErrorShape::OpenAi);
+        assert_eq!(
+            body,
+            json!({"error": {"message": "Agent \"writer\" not found", "type": "invalid_request_error",
+                             "code": "not_found", "param": "agent"}})
+        );
+    }
+
+    #[test]
+    fn validation_lists_every_field() {
+        let mut fields = BTreeMap::new();
+        fields.insert("name".to_string(), "required".to_string());
+        fields.insert("model".to_string(), "unknown provider".to_string());
+        let body = ApiError::invalid_fields(fields)
+            .report()
+            .body(ErrorShape::Rest);
+        assert_eq!(body["details"]["fields"]["name"], "required");
+        assert_eq!(body["details"]["fields"]["model"], "unknown provider");
+        assert_eq!(body["code"], "bad_request");
+    }
+}

@@ -1,0 +1,26 @@
+//! polpo-api: the server behind Polpo's hosted Agent API.
+//!
+//! - `cli`: operator commands (serve, migrate, projects, keys)
+//! - `config`: settings from defaults, file, environment and flags
+//! - `app`: shared state, router, request middleware, serve
+//! - `error`: the one error type and its two JSON shapes
+//! - `auth`: API key format, verification, cache and request context
+//! - `api`: HTTP handlers, one file per resource, and the OpenAPI document
+//! - `runtime`: business rules (agents, bootstrap)
+//! - `providers`: model providers and model-string validation
+//! - `store`: SQL for SQLite and Postgres, migrations
+//! - `metrics`: Prometheus counters and histograms
+//! - `ids`, `clock`: identifiers and timestamps
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod metrics;
+pub mod providers;
+pub mod runtime;
+pub mod store;

@@ -1,0 +1,393 @@
+//! Agents and their memory (spec §2): the stored document, creation, the PATCH merge rules,
+//! deletion, and lookups by id or name.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::api::input::Field;
+use crate::auth::Scope;
+use crate::clock;
+use crate::error::ApiError;
+use crate::ids;
+use crate::store::{self, Db};
+
+pub const ID_PREFIX: &str = "agt_";
+
+/// The agent object of spec §2.1.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Agent {
+    #[schema(example = "agt_01jz8k2m4p6r8t0v2x4z6b8d0f")]
+    pub id: String,
+    #[schema(example = "backend-dev")]
+    pub name: String,
+    pub role: Option<String>,
+    #[schema(example = "anthropic:claude-sonnet-4-5")]
+    pub model: String,
+    pub system_prompt: Option<String>,
+    pub allowed_tools: Vec<String>,
+    pub skills: Vec<String>,
+    pub max_turns: i64,
+    pub max_concurrency: Option<i64>,
+    pub reasoning: Option<Reasoning>,
+    pub identity: Option<Identity>,
+    pub reports_to: Option<String>,
+    pub temperature: Option<f64>,
+    pub max_tokens: Option<i64>,
+    pub metadata: BTreeMap<String, String>,
+    #[serde(with = "clock::serde_ms")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: i64,
+    #[serde(with = "clock::serde_ms")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Reasoning {
+    Off,
+    Minimal,
+    Low,
+    Medium,
+    High,
+    Xhigh,
+}
+
+pub const REASONING_VALUES: &[&str] = &["off", "minimal", "low", "medium", "high", "xhigh"];
+
+impl Reasoning {
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "off" => Self::Off,
+            "minimal" => Self::Minimal,
+            "low" => Self::Low,
+            "medium" => Self::Medium,
+            "high" => Self::High,
+            "xhigh" => Self::Xhigh,
+            _ => return None,
+        })
+    }
+}
+
+/// The identity block of spec §2.1; every member optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Identity {
+    pub display_name: Option<String>,
+    pub title: Option<String>,
+    pub company: Option<String>,
+    pub email: Option<String>,
+    pub bio: Option<String>,
+    pub timezone: Option<String>,
+    pub tone: Option<String>,
+    pub personality: Option<String>,
+    pub responsibilities: Vec<String>,
+    pub socials: BTreeMap<String, String>,
+}
+
+/// Members of `identity` as sent in a request: each absent, `null` (remove) or a value.
+#[derive(Debug, Clone)]
+pub struct IdentityChanges {
+    pub strings: Vec<(&'static str, Field<String>)>,
+    pub responsibilities: Field<Vec<String>>,
+    pub socials: Field<BTreeMap<String, String>>,
+}
+
+/// The writable agent fields of a create or PATCH request, already checked for shape.
+#[derive(Debug, Clone)]
+pub struct AgentChanges {
+    pub name: Field<String>,
+    pub role: Field<String>,
+    pub model: Field<String>,
+    pub system_prompt: Field<String>,
+    pub allowed_tools: Field<Vec<String>>,
+    pub skills: Field<Vec<String>>,
+    pub max_turns: Field<i64>,
+    pub max_concurrency: Field<i64>,
+    pub reasoning: Field<Reasoning>,
+    pub identity: Field<IdentityChanges>,
+    pub reports_to: Field<String>,
+    pub temperature: Field<f64>,
+    pub max_tokens: Field<i64>,
+    pub metadata: Field<BTreeMap<String, String>>,
+}
+
+const DEFAULT_MAX_TURNS: i64 = 10;
+
+impl Identity {
+    fn apply(&mut self, changes: IdentityChanges) {
+        for (member, value) in changes.strings {
+            let slot = match member {
+                "displayName" => &mut self.display_name,
+                "title" => &mut self.title,
+                "company" => &mut self.company,
+                "email" => &mut self.email,
+                "bio" => &mut self.bio,
+                "timezone" => &mut self.timezone,
+                "tone" => &mut self.tone,
+                "personality" => &mut self.personality,
+                _ => continue,
+            };
+            set(slot, value);
+        }
+        match changes.responsibilities {
+            Field::Absent => {}
+            Field::Null => self.responsibilities.clear(),
+            Field::Value(v) => self.responsibilities = v,
+        }
+        match changes.socials {
+            Field::Absent => {}
+            Field::Null => self.socials.clear(),
+            Field::Value(v) => self.socials = v,
+        }
+    }
+}
+
+/// Replaces an optional value: `null` clears it, a value sets it, absence keeps it.
+fn set<T>(slot: &mut Option<T>, field: Field<T>) {
+    match field {
+        Field::Absent => {}
+        Field::Null => *slot = None,
+        Field::Value(v) => *slot = Some(v),
+    }
+}
+
+/// Replaces a value that has a default: `null` resets it.
+fn set_or<T>(slot: &mut T, field: Field<T>, default: impl FnOnce() -> T) {
+    match field {
+        Field::Absent => {}
+        Field::Null => *slot = default(),
+        Field::Value(v) => *slot = v,
+    }
+}
+
+impl Agent {
+    /// Applies the PATCH rules of spec §2.2 rule 1 (also used on create, over an empty agent).
+    fn apply(&mut self, changes: AgentChanges) {
+        set(&mut self.role, changes.role);
+        if let Field::Value(model) = changes.model {
+            self.model = model;
+        }
+        set(&mut self.system_prompt, changes.system_prompt);
+        set_or(&mut self.allowed_tools, changes.allowed_tools, Vec::new);
+        set_or(&mut self.skills, changes.skills, Vec::new);
+        set_or(&mut self.max_turns, changes.max_turns, || DEFAULT_MAX_TURNS);
+        set(&mut self.max_concurrency, changes.max_concurrency);
+        set(&mut self.reasoning, changes.reasoning);
+        match changes.identity {
+            Field::Absent => {}
+            Field::Null => self.identity = None,
+            Field::Value(identity) => self
+                .identity
+                .get_or_insert_with(Identity::default)
+                .apply(identity),
+        }
+        set(&mut self.reports_to, changes.reports_to);
+        set(&mut self.temperature, changes.temperature);
+        set(&mut self.max_tokens, changes.max_tokens);
+        set_or(&mut self.metadata, changes.metadata, BTreeMap::new);
+    }
+
+    fn from_row(row: &store::agents::AgentRow) -> Result<Self, ApiError> {
+        serde_json::from_str(&row.body)
+            .map_err(|e| ApiError::internal(format!("agent {} has a bad document: {e}", row.id)))
+    }
+
+    fn to_body(&self) -> Result<String, ApiError> {
+        serde_json::to_string(self).map_err(ApiError::internal)
+    }
+}
+
+fn not_found(id_or_name: &str) -> ApiError {
+    ApiError::not_found(format!("agent {id_or_name:?} not found"))
+}
+
+/// Looks an agent up by id (`agt_…`) or by name (spec §1.4).
+pub async fn find(db: &Db, scope: &Scope, id_or_name: &str) -> Result<Option<Agent>, ApiError> {
+    let row = if id_or_name.starts_with(ID_PREFIX) {
+        store::agents::get_by_id(&db.pool, scope, id_or_name).await?
+    } else {
+        store::agents::get_by_name(&db.pool, scope, id_or_name).await?
+    };
+    row.as_ref().map(Agent::from_row).transpose()
+}
+
+pub async fn get(db: &Db, scope: &Scope, id_or_name: &str) -> Result<Agent, ApiError> {
+    find(db, scope, id_or_name)
+        .await?
+        .ok_or_else(|| not_found(id_or_name))
+}
+
+/// Resolves `reportsTo` to a stored agent's name; unknown or self → `400`.
+async fn resolve_reports_to(db: &Db, scope: &Scope, agent: &mut Agent) -> Result<(), ApiError> {
+    let Some(target) = agent.reports_to.clone() else {
+        return Ok(());
+    };
+    if target == agent.name || target == agent.id {
+        return Err(ApiError::invalid_field(
+            "reportsTo",
+            "an agent cannot report to itself",
+        ));
+    }
+    match find(db, scope, &target).await? {
+        Some(boss) => {
+            agent.reports_to = Some(boss.name);
+            Ok(())
+        }
+        None => Err(ApiError::invalid_field(
+            "reportsTo",
+            format!("no agent {target:?} in this project"),
+        )),
+    }
+}
+
+pub async fn create(db: &Db, scope: &Scope, changes: AgentChanges) -> Result<Agent, ApiError> {
+    let now = clock::now_ms();
+    let (Field::Value(name), Field::Value(model)) = (changes.name.clone(), changes.model.clone())
+    else {
+        return Err(ApiError::bad_request("name and model are required"));
+    };
+    let mut agent = Agent {
+        id: ids::new_id(ID_PREFIX),
+        name,
+        role: None,
+        model,
+        system_prompt: None,
+        allowed_tools: Vec::new(),
+        skills: Vec::new(),
+        max_turns: DEFAULT_MAX_TURNS,
+        max_concurrency: None,
+        reasoning: None,
+        identity: None,
+        reports_to: None,
+        temperature: None,
+        max_tokens: None,
+        metadata: BTreeMap::new(),
+        created_at: now,
+        updated_at: now,
+    };
+    agent.apply(changes);
+    resolve_reports_to(db, scope, &mut agent).await?;
+    let row = store::agents::AgentRow {
+        id: agent.id.clone(),
+        name: agent.name.clone(),
+        body: agent.to_body()?,
+    };
+    match store::agents::insert(&db.pool, scope, &row, now).await {
+        Ok(()) => Ok(agent),
+        Err(e) if store::is_unique_violation(&e, store::agents::NAME_CONSTRAINT) => {
+            Err(ApiError::Conflict {
+                message: format!("an agent named {:?} already exists", agent.name),
+                details: None,
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn update(
+    db: &Db,
+    scope: &Scope,
+    id_or_name: &str,
+    changes: AgentChanges,
+) -> Result<Agent, ApiError> {
+    let mut agent = get(db, scope, id_or_name).await?;
+    if let Field::Value(name) = &changes.name
+        && *name != agent.name
+    {
+        return Err(ApiError::invalid_field(
+            "name",
+            "cannot be changed after creation",
+        ));
+    }
+    let reports_to_changed = !changes.reports_to.is_absent();
+    agent.apply(changes);
+    if reports_to_changed {
+        resolve_reports_to(db, scope, &mut agent).await?;
+    }
+    agent.updated_at = clock::now_ms().max(agent.updated_at);
+    if !store::agents::update(
+        &db.pool,
+        scope,
+        &agent.id,
+        &agent.to_body()?,
+        agent.updated_at,
+    )
+    .await?
+    {
+        return Err(not_found(id_or_name));
+    }
+    Ok(agent)
+}
+
+/// Deletes the agent and its memory in one transaction. Tasks do not exist in this version of
+/// the store, so `force` has nothing to stop yet.
+pub async fn delete(db: &Db, scope: &Scope, id_or_name: &str) -> Result<(), ApiError> {
+    let agent = get(db, scope, id_or_name).await?;
+    let mut tx = db.pool.begin().await?;
+    let deleted = store::agents::delete(&mut *tx, scope, &agent.id).await?;
+    store::memory::delete(&mut *tx, scope, &agent.id).await?;
+    tx.commit().await?;
+    if deleted {
+        Ok(())
+    } else {
+        Err(not_found(id_or_name))
+    }
+}
+
+pub async fn list(
+    db: &Db,
+    scope: &Scope,
+    after: Option<&str>,
+    fetch: i64,
+) -> Result<Vec<Agent>, ApiError> {
+    let rows = store::agents::list(&db.pool, scope, after, fetch).await?;
+    rows.iter().map(Agent::from_row).collect()
+}
+
+/// The memory object of spec §2.2 rule 3.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Memory {
+    pub content: String,
+    #[serde(with = "clock::serde_ms::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub updated_at: Option<i64>,
+    /// The agent's name; only on agent memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+}
+
+/// Reads project memory (`agent` = `None`) or an agent's memory.
+pub async fn read_memory(
+    db: &Db,
+    scope: &Scope,
+    agent: Option<&Agent>,
+) -> Result<Memory, ApiError> {
+    let owner = agent.map_or(store::memory::PROJECT_OWNER, |a| a.id.as_str());
+    let row = store::memory::get(&db.pool, scope, owner).await?;
+    Ok(Memory {
+        content: row.as_ref().map(|r| r.content.clone()).unwrap_or_default(),
+        updated_at: row.map(|r| r.updated_at),
+        agent: agent.map(|a| a.name.clone()),
+    })
+}
+
+pub async fn write_memory(
+    db: &Db,
+    scope: &Scope,
+    agent: Option<&Agent>,
+    content: String,
+) -> Result<Memory, ApiError> {
+    let owner = agent.map_or(store::memory::PROJECT_OWNER, |a| a.id.as_str());
+    let now = clock::now_ms();
+    store::memory::put(&db.pool, scope, owner, &content, now).await?;
+    Ok(Memory {
+        content,
+        updated_at: Some(now),
+        agent: agent.map(|a| a.name.clone()),
+    })
+}

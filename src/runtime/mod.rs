@@ -1,0 +1,4 @@
+//! Business rules, between the HTTP layer (`api`) and the SQL (`store`).
+
+pub mod agents;
+pub mod bootstrap;

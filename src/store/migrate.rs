@@ -1,0 +1,116 @@
+//! Embedded schema migrations, one SQL file per backend and version (`migrations/<backend>/`).
+//!
+//! On Postgres an advisory lock serialises instances that start together, so each migration is
+//! applied exactly once; every migration runs in its own transaction with its bookkeeping row.
+
+use sqlx::Row;
+
+use super::{Backend, Db, StoreError};
+
+struct Migration {
+    version: i64,
+    name: &'static str,
+    sqlite: &'static str,
+    postgres: &'static str,
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "foundation",
+    sqlite: include_str!("../../migrations/sqlite/0001_foundation.sql"),
+    postgres: include_str!("../../migrations/postgres/0001_foundation.sql"),
+}];
+
+/// Arbitrary constant naming the migration lock among Postgres advisory locks.
+const PG_LOCK_ID: i64 = 7_242_001;
+
+const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS polpo_migrations (
+    version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)";
+
+/// Applies every pending migration; returns how many were applied.
+pub async fn run(db: &Db) -> Result<usize, StoreError> {
+    let mut conn = db.pool.acquire().await?;
+    if db.backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(PG_LOCK_ID)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let result = apply_pending(db.backend, &mut conn).await;
+    if db.backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(PG_LOCK_ID)
+            .execute(&mut *conn)
+            .await?;
+    }
+    result
+}
+
+async fn apply_pending(
+    backend: Backend,
+    conn: &mut sqlx::pool::PoolConnection<sqlx::Any>,
+) -> Result<usize, StoreError> {
+    sqlx::query(CREATE_TABLE).execute(&mut **conn).await?;
+    let applied = applied_versions(&mut **conn).await?;
+    let mut count = 0;
+    for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+        let sql = match backend {
+            Backend::Sqlite => migration.sqlite,
+            Backend::Postgres => migration.postgres,
+        };
+        let mut tx = sqlx::Connection::begin(&mut **conn).await?;
+        sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(|e| {
+            StoreError::Migration(format!(
+                "migration {} ({}) failed: {e}",
+                migration.version, migration.name
+            ))
+        })?;
+        sqlx::query("INSERT INTO polpo_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
+            .bind(migration.version)
+            .bind(migration.name)
+            .bind(crate::clock::now_ms())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            "applied migration"
+        );
+        count += 1;
+    }
+    Ok(count)
+}
+
+async fn applied_versions(conn: &mut sqlx::AnyConnection) -> Result<Vec<i64>, sqlx::Error> {
+    let rows = sqlx::query("SELECT version FROM polpo_migrations")
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(|r| r.try_get::<i64, _>(0)).collect()
+}
+
+/// Versions the code knows that the database has not applied (for `serve --no-migrate`).
+pub async fn pending(db: &Db) -> Result<Vec<i64>, StoreError> {
+    let mut conn = db.pool.acquire().await?;
+    let exists = match db.backend {
+        Backend::Sqlite => sqlx::query(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'polpo_migrations'",
+        ),
+        Backend::Postgres => sqlx::query(
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'polpo_migrations'",
+        ),
+    }
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get::<i64, _>(0)?;
+    let applied = if exists > 0 {
+        applied_versions(&mut conn).await?
+    } else {
+        Vec::new()
+    };
+    Ok(MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| !applied.contains(v))
+        .collect())
+}

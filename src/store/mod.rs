@@ -1,0 +1,166 @@
+//! SQL only: one file per table group. Every function takes an executor so that the caller owns
+//! the transaction; the same statements run on SQLite and Postgres through sqlx's `Any` driver
+//! (`$1` placeholders work on both; times are integer milliseconds, JSON documents are text).
+
+pub mod agents;
+pub mod keys;
+pub mod memory;
+pub mod migrate;
+pub mod projects;
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+/// What store functions accept: the pool, a pooled connection or a transaction.
+pub trait Exec<'c>: Executor<'c, Database = sqlx::Any> {}
+impl<'c, T: Executor<'c, Database = sqlx::Any>> Exec<'c> for T {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+/// Where the embedded database lives when no URL is configured (spec §10.2).
+pub const DEFAULT_SQLITE_URL: &str = "sqlite://polpo.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database URL (expected sqlite:// or postgres://)")]
+    UnsupportedUrl,
+    #[error("database: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("{0}")]
+    Migration(String),
+}
+
+impl Db {
+    /// Connects to `url` (`None`: the embedded SQLite file). Nothing is migrated here.
+    pub async fn connect(url: Option<&str>, max_connections: u32) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let url = url.unwrap_or(DEFAULT_SQLITE_URL);
+        let backend = backend_of(url).ok_or(StoreError::UnsupportedUrl)?;
+        let options = match backend {
+            Backend::Sqlite => {
+                let url = if url.contains("mode=") {
+                    url.to_string()
+                } else if url.contains('?') {
+                    format!("{url}&mode=rwc")
+                } else {
+                    format!("{url}?mode=rwc")
+                };
+                url.parse::<AnyConnectOptions>()?
+            }
+            Backend::Postgres => url.parse::<AnyConnectOptions>()?,
+        };
+        let mut pool = AnyPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(5));
+        if backend == Backend::Sqlite {
+            pool = pool.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL lets readers proceed during a write; busy_timeout makes a second
+                    // writer wait instead of failing at once.
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool.connect_with(options).await?;
+        Ok(Self { pool, backend })
+    }
+
+    /// A trivial query, for readiness.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+}
+
+pub fn backend_of(url: &str) -> Option<Backend> {
+    if url.starts_with("sqlite:") {
+        Some(Backend::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Some(Backend::Postgres)
+    } else {
+        None
+    }
+}
+
+/// The file behind a SQLite URL, or `None` for in-memory databases and other backends.
+pub fn sqlite_path(url: Option<&str>) -> Option<PathBuf> {
+    let url = url.unwrap_or(DEFAULT_SQLITE_URL);
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+}
+
+/// Takes the exclusive lock that keeps a second `serve` off the same SQLite file (spec §10.3).
+/// The lock lives as long as the returned file; CLI commands do not take it.
+pub fn lock_sqlite(url: Option<&str>) -> std::io::Result<Option<File>> {
+    let Some(path) = sqlite_path(url) else {
+        return Ok(None);
+    };
+    let mut lock_path = path.into_os_string();
+    lock_path.push(".lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            format!(
+                "another polpo-api serve is using this database ({})",
+                lock_path.to_string_lossy()
+            ),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// True when `err` is a violation of the unique constraint `name` (Postgres names it; SQLite
+/// reports the columns, so any unique violation matches there).
+pub fn is_unique_violation(err: &sqlx::Error, name: &str) -> bool {
+    match err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            db.constraint().is_none_or(|c| c == name)
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_paths_come_from_the_url() {
+        assert_eq!(sqlite_path(None), Some(PathBuf::from("polpo.db")));
+        assert_eq!(
+            sqlite_path(Some("sqlite:///tmp/x.db?mode=rwc")),
+            Some(PathBuf::from("/tmp/x.db"))
+        );
+        assert_eq!(sqlite_path(Some("sqlite::memory:")), None);
+        assert_eq!(sqlite_path(Some("postgres://h/db")), None);
+    }
+}
