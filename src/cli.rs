@@ -102,10 +102,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     if let Some(url) = cli.database_url {
         config.database.url = Some(url);
     }
-    if let Command::Serve {
-        bind: Some(bind), ..
-    } = &cli.command
-    {
+    if let Command::Serve { bind: Some(bind), .. } = &cli.command {
         config.server.bind.clone_from(bind);
     }
     init_logging(&config);
@@ -143,12 +140,9 @@ fn init_logging(config: &Config) {
 }
 
 async fn connect(config: &Config) -> Result<Db, String> {
-    Db::connect(
-        config.database.url.as_deref(),
-        config.database.max_connections,
-    )
-    .await
-    .map_err(|e| format!("cannot open the database: {e}"))
+    Db::connect(config.database.url.as_deref(), config.database.max_connections)
+        .await
+        .map_err(|e| format!("cannot open the database: {e}"))
 }
 
 async fn admin(config: &Config, command: Command) -> Result<(), String> {
@@ -157,9 +151,7 @@ async fn admin(config: &Config, command: Command) -> Result<(), String> {
     let result = match command {
         Command::Migrate | Command::Serve { .. } => Ok(()),
         Command::Projects(ProjectsCommand::Create { slug }) => {
-            bootstrap::create_project(&db, &slug)
-                .await
-                .map(|()| println!("{slug}"))
+            bootstrap::create_project(&db, &slug).await.map(|()| println!("{slug}"))
         }
         Command::Projects(ProjectsCommand::List) => list_projects(&db).await,
         Command::Keys(KeysCommand::Create {
@@ -187,11 +179,7 @@ async fn admin(config: &Config, command: Command) -> Result<(), String> {
 
 async fn list_projects(db: &Db) -> Result<(), AdminError> {
     for project in store::projects::list(&db.pool).await? {
-        println!(
-            "{}\t{}",
-            project.slug,
-            crate::clock::format_ms(project.created_at)
-        );
+        println!("{}\t{}", project.slug, crate::clock::format_ms(project.created_at));
     }
     Ok(())
 }
@@ -221,9 +209,7 @@ async fn serve(config: Config, no_migrate: bool) -> Result<(), String> {
     let _lock = store::lock_sqlite(config.database.url.as_deref()).map_err(|e| e.to_string())?;
     let db = connect(&config).await?;
     if no_migrate {
-        let pending = store::migrate::pending(&db)
-            .await
-            .map_err(|e| e.to_string())?;
+        let pending = store::migrate::pending(&db).await.map_err(|e| e.to_string())?;
         if !pending.is_empty() {
             return Err(format!(
                 "the database is behind the code's schema (pending migrations {pending:?}); run polpo-api migrate"
@@ -232,10 +218,7 @@ async fn serve(config: Config, no_migrate: bool) -> Result<(), String> {
     } else {
         store::migrate::run(&db).await.map_err(|e| e.to_string())?;
     }
-    if let Some(key) = bootstrap::first_start(&db)
-        .await
-        .map_err(|e| e.to_string())?
-    {
+    if let Some(key) = bootstrap::first_start(&db).await.map_err(|e| e.to_string())? {
         tracing::info!(project = bootstrap::DEFAULT_PROJECT, key_id = %key.id, prefix = %key.prefix,
             "first start: created project and a sandbox key (printed once on stdout)");
         println!("{}", key.plaintext);

@@ -12,8 +12,7 @@ pub fn now_ms() -> i64 {
 
 /// `2026-01-01T09:30:00.000Z`.
 pub fn format_ms(ms: i64) -> String {
-    let format =
-        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    let format = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| t.format(&format).ok())
@@ -68,10 +67,7 @@ mod tests {
     fn timestamps_are_utc_with_milliseconds() {
         assert_eq!(format_ms(1_767_225_600_000), "2026-01-01T00:00:00.000Z");
         assert_eq!(format_ms(1_767_225_600_042), "2026-01-01T00:00:00.042Z");
-        assert_eq!(
-            parse_rfc3339("2026-01-01T01:00:00+01:00"),
-            Some(1_767_225_600_000)
-        );
+        assert_eq!(parse_rfc3339("2026-01-01T01:00:00+01:00"), Some(1_767_225_600_000));
         assert_eq!(parse_rfc3339("yesterday"), None);
     }
 }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 /// The file read when neither `--config` nor `POLPO_CONFIG` names one. Missing is fine.
 pub const DEFAULT_CONFIG_PATH: &str = "config/default.toml";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -88,19 +88,6 @@ pub enum LogFormat {
     Json,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            database: DatabaseConfig::default(),
-            auth: AuthConfig::default(),
-            providers: BTreeMap::new(),
-            metrics: MetricsConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
-}
-
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -146,10 +133,7 @@ impl Default for LogConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid value for {name}: {message}")]
@@ -159,10 +143,7 @@ pub enum ConfigError {
 impl Config {
     /// Loads the file (explicit path: must exist; default path: optional), then applies the
     /// environment. `env` is injected so tests never touch the process environment.
-    pub fn load(
-        explicit: Option<&Path>,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
+    pub fn load(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut config = match explicit {
             Some(path) => Self::from_file(path)?,
             None => {
@@ -227,13 +208,9 @@ impl Config {
 /// Parses `250ms`, `5s`, `10m`, `24h`, `7d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}"))?;
+    let n: u64 = digits.parse().map_err(|_| format!("invalid duration {text:?}"))?;
     let ms = match unit {
         "ms" => Some(n),
         "s" => n.checked_mul(1000),
@@ -249,13 +226,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Parses `512KiB`, `1MiB` or a plain number of bytes.
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let n: usize = digits
-        .parse()
-        .map_err(|_| format!("invalid size {text:?}"))?;
+    let n: usize = digits.parse().map_err(|_| format!("invalid size {text:?}"))?;
     let factor = match unit {
         "" | "B" => 1,
         "KiB" => 1024,

@@ -24,17 +24,11 @@ pub enum ApiError {
     #[error("invalid API key")]
     InvalidApiKey,
     #[error("{message}")]
-    NotFound {
-        message: String,
-        param: Option<String>,
-    },
+    NotFound { message: String, param: Option<String> },
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("{message}")]
-    Conflict {
-        message: String,
-        details: Option<Value>,
-    },
+    Conflict { message: String, details: Option<Value> },
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     /// An unexpected fault. The string is for the log only; the client sees "internal error".
@@ -69,11 +63,7 @@ impl ApiError {
             .collect::<Vec<_>>()
             .join("; ");
         let param = fields.keys().next().cloned();
-        Self::BadRequest {
-            message,
-            param,
-            fields,
-        }
+        Self::BadRequest { message, param, fields }
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -130,9 +120,7 @@ impl ApiError {
             StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge { limit: 0 },
             StatusCode::UNAUTHORIZED => Self::Unauthorized,
             StatusCode::SERVICE_UNAVAILABLE => Self::Unavailable(String::new()),
-            s if s.is_client_error() => {
-                Self::bad_request(s.canonical_reason().unwrap_or("bad request").to_lowercase())
-            }
+            s if s.is_client_error() => Self::bad_request(s.canonical_reason().unwrap_or("bad request").to_lowercase()),
             s => Self::Internal(format!("framework answered {s}")),
         }
     }
@@ -152,9 +140,7 @@ impl ApiError {
             other => other.to_string(),
         };
         let log_cause = match self {
-            Self::Internal(cause) | Self::Unavailable(cause) if !cause.is_empty() => {
-                Some(cause.clone())
-            }
+            Self::Internal(cause) | Self::Unavailable(cause) if !cause.is_empty() => Some(cause.clone()),
             _ => None,
         };
         ErrorReport {
@@ -289,9 +275,7 @@ mod tests {
         let mut fields = BTreeMap::new();
         fields.insert("name".to_string(), "required".to_string());
         fields.insert("model".to_string(), "unknown provider".to_string());
-        let body = ApiError::invalid_fields(fields)
-            .report()
-            .body(ErrorShape::Rest);
+        let body = ApiError::invalid_fields(fields).report().body(ErrorShape::Rest);
         assert_eq!(body["details"]["fields"]["name"], "required");
         assert_eq!(body["details"]["fields"]["model"], "unknown provider");
         assert_eq!(body["code"], "bad_request");

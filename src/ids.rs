@@ -34,9 +34,7 @@ pub fn is_well_formed(prefix: &str, value: &str) -> bool {
         return false;
     };
     suffix.len() == 26
-        && suffix
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+        && suffix.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
         && Ulid::from_string(&suffix.to_ascii_uppercase()).is_ok()
 }
 
@@ -47,19 +45,10 @@ mod tests {
     #[test]
     fn ids_are_prefixed_ordered_and_well_formed() {
         let ids: Vec<String> = (0..1000).map(|_| new_id("agt_")).collect();
-        assert!(
-            ids.windows(2).all(|w| w[0] < w[1]),
-            "ids are not in creation order"
-        );
-        assert!(
-            ids.iter()
-                .all(|id| is_well_formed("agt_", id) && id.len() == 30)
-        );
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids are not in creation order");
+        assert!(ids.iter().all(|id| is_well_formed("agt_", id) && id.len() == 30));
         assert!(!is_well_formed("agt_", &ids[0].replace("agt_", "key_")));
         assert!(!is_well_formed("agt_", "agt_short"));
-        assert!(!is_well_formed(
-            "agt_",
-            &ids[0].to_uppercase().replace("AGT_", "agt_")
-        ));
+        assert!(!is_well_formed("agt_", &ids[0].to_uppercase().replace("AGT_", "agt_")));
     }
 }

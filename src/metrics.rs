@@ -6,9 +6,7 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
-const BUCKETS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 #[derive(Default)]
 struct Histogram {
@@ -77,16 +75,8 @@ impl Metrics {
                 "polpo_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
                 h.count
             );
-            let _ = writeln!(
-                out,
-                "polpo_http_request_duration_seconds_sum{{{labels}}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "polpo_http_request_duration_seconds_count{{{labels}}} {}",
-                h.count
-            );
+            let _ = writeln!(out, "polpo_http_request_duration_seconds_sum{{{labels}}} {}", h.sum);
+            let _ = writeln!(out, "polpo_http_request_duration_seconds_count{{{labels}}} {}", h.count);
         }
         out.push_str("# HELP polpo_auth_key_lookups_total API keys looked up in the database.\n");
         out.push_str("# TYPE polpo_auth_key_lookups_total counter\n");
@@ -96,10 +86,7 @@ impl Metrics {
 }
 
 fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -109,29 +96,24 @@ mod tests {
     #[test]
     fn requests_are_counted_by_route_template_and_status() {
         let metrics = Metrics::default();
-        metrics.record_request(
-            "GET",
-            "/v1/agents/{idOrName}",
-            200,
-            Duration::from_millis(3),
-        );
-        metrics.record_request(
-            "GET",
-            "/v1/agents/{idOrName}",
-            200,
-            Duration::from_millis(30),
-        );
-        metrics.record_request(
-            "GET",
-            "/v1/agents/{idOrName}",
-            404,
-            Duration::from_millis(1),
-        );
+        metrics.record_request("GET", "/v1/agents/{idOrName}", 200, Duration::from_millis(3));
+        metrics.record_request("GET", "/v1/agents/{idOrName}", 200, Duration::from_millis(30));
+        metrics.record_request("GET", "/v1/agents/{idOrName}", 404, Duration::from_millis(1));
         let text = metrics.render(7);
-        assert!(text.contains("polpo_http_requests_total{method=\"GET\",route=\"/v1/agents/{idOrName}\",status=\"200\"} 2"));
-        assert!(text.contains("polpo_http_requests_total{method=\"GET\",route=\"/v1/agents/{idOrName}\",status=\"404\"} 1"));
-        assert!(text.contains("polpo_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/agents/{idOrName}\",le=\"0.005\"} 2"));
-        assert!(text.contains("polpo_http_request_duration_seconds_count{method=\"GET\",route=\"/v1/agents/{idOrName}\"} 3"));
+        assert!(
+            text.contains("polpo_http_requests_total{method=\"GET\",route=\"/v1/agents/{idOrName}\",status=\"200\"} 2")
+        );
+        assert!(
+            text.contains("polpo_http_requests_total{method=\"GET\",route=\"/v1/agents/{idOrName}\",status=\"404\"} 1")
+        );
+        assert!(text.contains(
+            "polpo_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/agents/{idOrName}\",le=\"0.005\"} 2"
+        ));
+        assert!(
+            text.contains(
+                "polpo_http_request_duration_seconds_count{method=\"GET\",route=\"/v1/agents/{idOrName}\"} 3"
+            )
+        );
         assert!(text.contains("polpo_auth_key_lookups_total 7"));
     }
 }

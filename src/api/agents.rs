@@ -13,9 +13,7 @@ use super::input::{Field, Fields, JsonObject, Page, QueryParams};
 use crate::app::AppState;
 use crate::auth::AuthContext;
 use crate::error::ApiError;
-use crate::runtime::agents::{
-    self, Agent, AgentChanges, Identity, IdentityChanges, REASONING_VALUES, Reasoning,
-};
+use crate::runtime::agents::{self, Agent, AgentChanges, Identity, IdentityChanges, REASONING_VALUES, Reasoning};
 
 const WRITABLE: &[&str] = &[
     "name",
@@ -96,12 +94,9 @@ fn name_problem(name: &str) -> Option<String> {
 }
 
 fn tool_problem(tool: &str) -> Option<String> {
-    let ok_chars = tool
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"_.:*-".contains(&b));
+    let ok_chars = tool.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:*-".contains(&b));
     let len = tool.chars().count();
-    (!(1..=128).contains(&len) || !ok_chars)
-        .then(|| "must be 1 to 128 characters of [A-Za-z0-9_.:*-]".into())
+    (!(1..=128).contains(&len) || !ok_chars).then(|| "must be 1 to 128 characters of [A-Za-z0-9_.:*-]".into())
 }
 
 fn skill_problem(skill: &str) -> Option<String> {
@@ -124,9 +119,7 @@ fn timezone_problem(tz: &str) -> Option<String> {
         "Pacific",
         "Etc",
     ];
-    let chars_ok = tz
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b));
+    let chars_ok = tz.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b));
     let shape_ok = matches!(tz, "UTC" | "GMT")
         || tz.split_once('/').is_some_and(|(area, rest)| {
             AREAS.contains(&area) && !rest.is_empty() && rest.split('/').all(|p| !p.is_empty())
@@ -135,11 +128,7 @@ fn timezone_problem(tz: &str) -> Option<String> {
 }
 
 /// Reads and checks an agent body; `creating` makes `name` and `model` required.
-fn read_changes(
-    state: &AppState,
-    body: JsonObject,
-    creating: bool,
-) -> Result<AgentChanges, ApiError> {
+fn read_changes(state: &AppState, body: JsonObject, creating: bool) -> Result<AgentChanges, ApiError> {
     let mut f = Fields::new(body.0, WRITABLE, READ_ONLY);
     let name = f.string("name", 1, 64);
     if let Field::Value(n) = &name
@@ -262,9 +251,7 @@ pub async fn get_agent(
     auth: AuthContext,
     Path(id_or_name): Path<String>,
 ) -> Result<Json<Agent>, ApiError> {
-    Ok(Json(
-        agents::get(&state.db, &auth.scope, &id_or_name).await?,
-    ))
+    Ok(Json(agents::get(&state.db, &auth.scope, &id_or_name).await?))
 }
 
 /// Update an agent; `identity` is merged one level deep (spec §2.2 rule 1).

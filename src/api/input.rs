@@ -29,10 +29,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge { limit: 0 }
             } else {
-                ApiError::bad_request(format!(
-                    "could not read the request body: {}",
-                    rejection.body_text()
-                ))
+                ApiError::bad_request(format!("could not read the request body: {}", rejection.body_text()))
             }
         })?;
         if bytes.is_empty() {
@@ -43,9 +40,8 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
                 "the request body must be sent with Content-Type: application/json",
             ));
         }
-        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::bad_request(format!("malformed JSON in the request body: {e}"))
-        })?;
+        let value: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("malformed JSON in the request body: {e}")))?;
         if depth(&value) > MAX_DEPTH {
             return Err(ApiError::bad_request(format!(
                 "the request body is nested deeper than {MAX_DEPTH} levels"
@@ -53,9 +49,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
         }
         match value {
             Value::Object(map) => Ok(Self(map)),
-            _ => Err(ApiError::bad_request(
-                "the request body must be a JSON object",
-            )),
+            _ => Err(ApiError::bad_request("the request body must be a JSON object")),
         }
     }
 }
@@ -112,12 +106,7 @@ impl Fields {
         Self::nested(object, String::new(), known, read_only)
     }
 
-    fn nested(
-        object: Map<String, Value>,
-        prefix: String,
-        known: &[&str],
-        read_only: &[&str],
-    ) -> Self {
+    fn nested(object: Map<String, Value>, prefix: String, known: &[&str], read_only: &[&str]) -> Self {
         let mut errors = BTreeMap::new();
         for key in object.keys() {
             if read_only.contains(&key.as_str()) {
@@ -126,11 +115,7 @@ impl Fields {
                 errors.insert(format!("{prefix}{key}"), "unknown field".to_string());
             }
         }
-        Self {
-            object,
-            prefix,
-            errors,
-        }
+        Self { object, prefix, errors }
     }
 
     pub fn path(&self, key: &str) -> String {
@@ -188,10 +173,7 @@ impl Fields {
     pub fn text(&mut self, key: &str, max_bytes: usize) -> Field<String> {
         match self.raw(key) {
             Field::Value(Value::String(s)) if s.len() > max_bytes => {
-                self.error(
-                    self.path(key),
-                    format!("must be at most {max_bytes} bytes of UTF-8"),
-                );
+                self.error(self.path(key), format!("must be at most {max_bytes} bytes of UTF-8"));
                 Field::Absent
             }
             Field::Value(Value::String(s)) => Field::Value(s),
@@ -233,10 +215,7 @@ impl Fields {
     pub fn one_of(&mut self, key: &str, allowed: &[&str]) -> Field<String> {
         match self.string(key, 0, 64) {
             Field::Value(s) if !allowed.contains(&s.as_str()) => {
-                self.error(
-                    self.path(key),
-                    format!("must be one of {}", allowed.join(", ")),
-                );
+                self.error(self.path(key), format!("must be one of {}", allowed.join(", ")));
                 Field::Absent
             }
             other => other,
@@ -256,10 +235,7 @@ impl Fields {
             other => return other.map_never(),
         };
         if items.len() > max_items {
-            self.error(
-                self.path(key),
-                format!("must have at most {max_items} items"),
-            );
+            self.error(self.path(key), format!("must have at most {max_items} items"));
             return Field::Absent;
         }
         let mut out = Vec::with_capacity(items.len());
@@ -301,10 +277,7 @@ impl Fields {
             if k_len < key_len.0 || k_len > key_len.1 {
                 self.error(
                     path,
-                    format!(
-                        "keys must be {} to {} characters long",
-                        key_len.0, key_len.1
-                    ),
+                    format!("keys must be {} to {} characters long", key_len.0, key_len.1),
                 );
                 continue;
             }
@@ -312,9 +285,7 @@ impl Fields {
                 Value::String(s) if s.chars().count() <= value_max => {
                     out.insert(k, s);
                 }
-                Value::String(_) => {
-                    self.error(path, format!("must be at most {value_max} characters long"))
-                }
+                Value::String(_) => self.error(path, format!("must be at most {value_max} characters long")),
                 _ => self.error(path, "must be a string"),
             }
         }
@@ -330,12 +301,9 @@ impl Fields {
     /// `key.` paths when the returned reader is passed back to [`Fields::absorb`].
     pub fn object(&mut self, key: &str, known: &[&str]) -> Field<Fields> {
         match self.raw(key) {
-            Field::Value(Value::Object(map)) => Field::Value(Self::nested(
-                map,
-                format!("{}.", self.path(key)),
-                known,
-                &[],
-            )),
+            Field::Value(Value::Object(map)) => {
+                Field::Value(Self::nested(map, format!("{}.", self.path(key)), known, &[]))
+            }
             Field::Value(_) => self.wrong_type(key, "an object"),
             other => other.map_never(),
         }
@@ -373,9 +341,7 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
         let axum::extract::Query(pairs) =
             axum::extract::Query::<Vec<(String, String)>>::from_request_parts(parts, state)
                 .await
-                .map_err(|e| {
-                    ApiError::bad_request(format!("invalid query string: {}", e.body_text()))
-                })?;
+                .map_err(|e| ApiError::bad_request(format!("invalid query string: {}", e.body_text())))?;
         Ok(Self(pairs))
     }
 }
@@ -428,10 +394,7 @@ impl Page {
             Some(text) => match text.parse::<i64>() {
                 Ok(n) if (1..=1000).contains(&n) => n,
                 _ => {
-                    return Err(ApiError::invalid_field(
-                        "limit",
-                        "must be an integer from 1 to 1000",
-                    ));
+                    return Err(ApiError::invalid_field("limit", "must be an integer from 1 to 1000"));
                 }
             },
         };
@@ -453,17 +416,11 @@ impl Page {
     }
 
     /// The page as a JSON array, with `x-next-cursor` when rows beyond it exist.
-    pub fn respond<T: serde::Serialize>(
-        &self,
-        mut items: Vec<T>,
-        id_of: impl Fn(&T) -> &str,
-    ) -> Response {
+    pub fn respond<T: serde::Serialize>(&self, mut items: Vec<T>, id_of: impl Fn(&T) -> &str) -> Response {
         let limit = usize::try_from(self.limit).unwrap_or(usize::MAX);
         let more = items.len() > limit;
         items.truncate(limit);
-        let cursor = more
-            .then(|| items.last().map(|item| id_of(item).to_string()))
-            .flatten();
+        let cursor = more.then(|| items.last().map(|item| id_of(item).to_string())).flatten();
         let mut response = axum::Json(items).into_response();
         if let Some(cursor) = cursor
             && let Ok(value) = HeaderValue::from_str(&cursor)
@@ -489,9 +446,7 @@ mod tests {
     #[test]
     fn every_problem_is_reported_under_its_path() {
         let mut fields = Fields::new(
-            object(
-                json!({"name": 7, "id": "x", "bogus": true, "tags": ["ok", 3], "inner": {"deep": 1}}),
-            ),
+            object(json!({"name": 7, "id": "x", "bogus": true, "tags": ["ok", 3], "inner": {"deep": 1}})),
             &["name", "tags", "inner"],
             &["id"],
         );

@@ -31,13 +31,8 @@ fn read_content(body: JsonObject) -> Result<String, ApiError> {
 
 /// Read the project memory (spec §2.2).
 #[utoipa::path(get, path = "/v1/memory", tag = "memory", responses((status = 200, body = Memory)))]
-pub async fn get_project_memory(
-    State(state): State<AppState>,
-    auth: AuthContext,
-) -> Result<Json<Memory>, ApiError> {
-    Ok(Json(
-        agents::read_memory(&state.db, &auth.scope, None).await?,
-    ))
+pub async fn get_project_memory(State(state): State<AppState>, auth: AuthContext) -> Result<Json<Memory>, ApiError> {
+    Ok(Json(agents::read_memory(&state.db, &auth.scope, None).await?))
 }
 
 /// Replace the project memory (spec §2.2).
@@ -49,9 +44,7 @@ pub async fn put_project_memory(
     body: JsonObject,
 ) -> Result<Json<Memory>, ApiError> {
     let content = read_content(body)?;
-    Ok(Json(
-        agents::write_memory(&state.db, &auth.scope, None, content).await?,
-    ))
+    Ok(Json(agents::write_memory(&state.db, &auth.scope, None, content).await?))
 }
 
 /// Read an agent's memory (spec §2.2).
@@ -64,9 +57,7 @@ pub async fn get_agent_memory(
     Path(id_or_name): Path<String>,
 ) -> Result<Json<Memory>, ApiError> {
     let agent = agents::get(&state.db, &auth.scope, &id_or_name).await?;
-    Ok(Json(
-        agents::read_memory(&state.db, &auth.scope, Some(&agent)).await?,
-    ))
+    Ok(Json(agents::read_memory(&state.db, &auth.scope, Some(&agent)).await?))
 }
 
 /// Replace an agent's memory (spec §2.2).

@@ -68,23 +68,15 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(health::metrics))
         .routes(routes!(health::openapi_json))
         .routes(routes!(agents::list_agents, agents::create_agent))
-        .routes(routes!(
-            agents::get_agent,
-            agents::update_agent,
-            agents::delete_agent
-        ))
+        .routes(routes!(agents::get_agent, agents::update_agent, agents::delete_agent))
         .routes(routes!(memory::get_agent_memory, memory::put_agent_memory))
-        .routes(routes!(
-            memory::get_project_memory,
-            memory::put_project_memory
-        ))
+        .routes(routes!(memory::get_project_memory, memory::put_project_memory))
 }
 
 /// The OpenAPI document, built once from [`routes`].
 pub static OPENAPI: LazyLock<String> = LazyLock::new(|| {
     let (_, doc) = routes().split_for_parts();
-    doc.to_json()
-        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    doc.to_json().unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 });
 
 /// The routes that answer without a key (spec §1.1); everything else is denied by default.

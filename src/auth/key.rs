@@ -65,10 +65,7 @@ pub fn check(token: &str) -> Result<Environment, KeyFormatError> {
     } else {
         return Err(KeyFormatError::Malformed);
     };
-    if !token[PREFIX_LEN..]
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric())
-    {
+    if !token[PREFIX_LEN..].bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(KeyFormatError::Malformed);
     }
     let (body, checksum) = token.split_at(PREFIX_LEN + RANDOM_LEN);
@@ -141,22 +138,10 @@ mod tests {
 
     #[test]
     fn the_spec_test_vectors_check_out() {
-        assert_eq!(
-            crc32fast::hash(b"sk_test_Xq7Lm2Pz9Rt4Vb8Nc1Kd5Wf3Gh"),
-            0xE4FA_19EC
-        );
-        assert_eq!(
-            encode_checksum("sk_test_Xq7Lm2Pz9Rt4Vb8Nc1Kd5Wf3Gh"),
-            "4BywZw"
-        );
-        assert_eq!(
-            check("sk_test_Xq7Lm2Pz9Rt4Vb8Nc1Kd5Wf3Gh4BywZw"),
-            Ok(Environment::Test)
-        );
-        assert_eq!(
-            check("sk_live_Xq7Lm2Pz9Rt4Vb8Nc1Kd5Wf3Gh2plVUr"),
-            Ok(Environment::Live)
-        );
+        assert_eq!(crc32fast::hash(b"sk_test_Xq7Lm2Pz9Rt4Vb8Nc1Kd5Wf3Gh"), 0xE4FA_19EC);
+        assert_eq!(encode_checksum("sk_test_Xq7Lm2Pz9Rt4Vb8Nc1Kd5Wf3Gh"), "4BywZw");
+        assert_eq!(check("sk_test_Xq7Lm2Pz9Rt4Vb8Nc1Kd5Wf3Gh4BywZw"), Ok(Environment::Test));
+        assert_eq!(check("sk_live_Xq7Lm2Pz9Rt4Vb8Nc1Kd5Wf3Gh2plVUr"), Ok(Environment::Live));
     }
 
     #[test]

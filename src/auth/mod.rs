@@ -76,11 +76,7 @@ impl Refusal {
 
 /// The credential of a request, by the carrier order of spec §1.2.2. `allow_query` is true only
 /// for `GET /v1/events`, where `?apiKey=` stands in for headers browsers cannot set.
-pub fn credential(
-    headers: &HeaderMap,
-    query: Option<&str>,
-    allow_query: bool,
-) -> Result<String, Refusal> {
+pub fn credential(headers: &HeaderMap, query: Option<&str>, allow_query: bool) -> Result<String, Refusal> {
     if let Some(value) = headers.get(axum::http::header::AUTHORIZATION) {
         let value = value.to_str().map_err(|_| Refusal::Malformed)?;
         let (scheme, token) = value.split_once(' ').ok_or(Refusal::Malformed)?;
@@ -145,11 +141,7 @@ impl KeyVerifier {
     }
 
     /// Steps 2–5 of spec §1.2.3. On refusal, also returns the key id when one was found.
-    pub async fn verify(
-        &self,
-        db: &Db,
-        token: &str,
-    ) -> Result<AuthContext, (Refusal, Option<String>)> {
+    pub async fn verify(&self, db: &Db, token: &str) -> Result<AuthContext, (Refusal, Option<String>)> {
         let environment = key::check(token).map_err(|e| match e {
             key::KeyFormatError::Malformed => (Refusal::Malformed, None),
             key::KeyFormatError::BadChecksum => (Refusal::BadChecksum, None),
@@ -194,8 +186,7 @@ impl KeyVerifier {
     fn cached(&self, hash: &str, now: i64) -> Option<AuthContext> {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let entry = cache.get(hash)?;
-        let fresh =
-            entry.verified_at.elapsed() < self.ttl && entry.expires_at.is_none_or(|t| t > now);
+        let fresh = entry.verified_at.elapsed() < self.ttl && entry.expires_at.is_none_or(|t| t > now);
         fresh.then(|| entry.context.clone())
     }
 
@@ -242,14 +233,8 @@ mod tests {
     #[test]
     fn the_query_carrier_counts_only_where_allowed() {
         let h = HeaderMap::new();
-        assert_eq!(
-            credential(&h, Some("x=1&apiKey=ghi"), true),
-            Ok("ghi".into())
-        );
-        assert_eq!(
-            credential(&h, Some("apiKey=ghi"), false),
-            Err(Refusal::Missing)
-        );
+        assert_eq!(credential(&h, Some("x=1&apiKey=ghi"), true), Ok("ghi".into()));
+        assert_eq!(credential(&h, Some("apiKey=ghi"), false), Err(Refusal::Missing));
     }
 
     #[test]

@@ -19,12 +19,7 @@ const BUILT_INS: &[(&str, ProviderKind, &str, Option<&str>)] = &[
         "https://api.anthropic.com",
         Some("ANTHROPIC_API_KEY"),
     ),
-    (
-        "xai",
-        ProviderKind::Openai,
-        "https://api.x.ai/v1",
-        Some("XAI_API_KEY"),
-    ),
+    ("xai", ProviderKind::Openai, "https://api.x.ai/v1", Some("XAI_API_KEY")),
     (
         "groq",
         ProviderKind::Openai,
@@ -67,12 +62,7 @@ const BUILT_INS: &[(&str, ProviderKind, &str, Option<&str>)] = &[
         "https://generativelanguage.googleapis.com/v1beta/openai",
         Some("GOOGLE_API_KEY"),
     ),
-    (
-        "ollama",
-        ProviderKind::Openai,
-        "http://localhost:11434/v1",
-        None,
-    ),
+    ("ollama", ProviderKind::Openai, "http://localhost:11434/v1", None),
     ("mock", ProviderKind::Mock, "", None),
 ];
 
@@ -167,19 +157,14 @@ impl Providers {
             }
             let kind = match table.kind {
                 Some(ProviderKind::Mock) | None => {
-                    return Err(format!(
-                        "providers.{name}: kind must be \"openai\" or \"anthropic\""
-                    ));
+                    return Err(format!("providers.{name}: kind must be \"openai\" or \"anthropic\""));
                 }
                 Some(kind) => kind,
             };
             if table.base_url.is_none() && env(&format!("{}_BASE_URL", env_stem(name))).is_none() {
                 return Err(format!("providers.{name}: base_url is required"));
             }
-            by_name.insert(
-                name.clone(),
-                Self::resolve(name, kind, "", None, table, env),
-            );
+            by_name.insert(name.clone(), Self::resolve(name, kind, "", None, table, env));
         }
         Ok(Self { by_name })
     }
@@ -230,13 +215,9 @@ impl Providers {
 
     /// Checks that `model` is in provider form and names a usable provider (and, for `mock`, a
     /// model it has). The error is a client-facing sentence.
-    pub fn check_model<'a>(
-        &'a self,
-        model: &'a str,
-    ) -> Result<(&'a Provider, ModelRef<'a>), String> {
-        let parsed = split_model(model).ok_or_else(|| {
-            "must be provider:model or provider/model (for example mock/echo)".to_string()
-        })?;
+    pub fn check_model<'a>(&'a self, model: &'a str) -> Result<(&'a Provider, ModelRef<'a>), String> {
+        let parsed = split_model(model)
+            .ok_or_else(|| "must be provider:model or provider/model (for example mock/echo)".to_string())?;
         if !valid_provider_name(parsed.provider) {
             return Err(format!("invalid provider name {:?}", parsed.provider));
         }
@@ -377,11 +358,6 @@ mod tests {
             },
         );
         let providers = Providers::from_config(&tables, &no_env).unwrap();
-        assert!(
-            providers
-                .check_model("mock/echo")
-                .unwrap_err()
-                .contains("disabled")
-        );
+        assert!(providers.check_model("mock/echo").unwrap_err().contains("disabled"));
     }
 }

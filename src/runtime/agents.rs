@@ -180,10 +180,7 @@ impl Agent {
         match changes.identity {
             Field::Absent => {}
             Field::Null => self.identity = None,
-            Field::Value(identity) => self
-                .identity
-                .get_or_insert_with(Identity::default)
-                .apply(identity),
+            Field::Value(identity) => self.identity.get_or_insert_with(Identity::default).apply(identity),
         }
         set(&mut self.reports_to, changes.reports_to);
         set(&mut self.temperature, changes.temperature);
@@ -216,9 +213,7 @@ pub async fn find(db: &Db, scope: &Scope, id_or_name: &str) -> Result<Option<Age
 }
 
 pub async fn get(db: &Db, scope: &Scope, id_or_name: &str) -> Result<Agent, ApiError> {
-    find(db, scope, id_or_name)
-        .await?
-        .ok_or_else(|| not_found(id_or_name))
+    find(db, scope, id_or_name).await?.ok_or_else(|| not_found(id_or_name))
 }
 
 /// Resolves `reportsTo` to a stored agent's name; unknown or self → `400`.
@@ -227,10 +222,7 @@ async fn resolve_reports_to(db: &Db, scope: &Scope, agent: &mut Agent) -> Result
         return Ok(());
     };
     if target == agent.name || target == agent.id {
-        return Err(ApiError::invalid_field(
-            "reportsTo",
-            "an agent cannot report to itself",
-        ));
+        return Err(ApiError::invalid_field("reportsTo", "an agent cannot report to itself"));
     }
     match find(db, scope, &target).await? {
         Some(boss) => {
@@ -246,8 +238,7 @@ async fn resolve_reports_to(db: &Db, scope: &Scope, agent: &mut Agent) -> Result
 
 pub async fn create(db: &Db, scope: &Scope, changes: AgentChanges) -> Result<Agent, ApiError> {
     let now = clock::now_ms();
-    let (Field::Value(name), Field::Value(model)) = (changes.name.clone(), changes.model.clone())
-    else {
+    let (Field::Value(name), Field::Value(model)) = (changes.name.clone(), changes.model.clone()) else {
         return Err(ApiError::bad_request("name and model are required"));
     };
     let mut agent = Agent {
@@ -278,30 +269,20 @@ pub async fn create(db: &Db, scope: &Scope, changes: AgentChanges) -> Result<Age
     };
     match store::agents::insert(&db.pool, scope, &row, now).await {
         Ok(()) => Ok(agent),
-        Err(e) if store::is_unique_violation(&e, store::agents::NAME_CONSTRAINT) => {
-            Err(ApiError::Conflict {
-                message: format!("an agent named {:?} already exists", agent.name),
-                details: None,
-            })
-        }
+        Err(e) if store::is_unique_violation(&e, store::agents::NAME_CONSTRAINT) => Err(ApiError::Conflict {
+            message: format!("an agent named {:?} already exists", agent.name),
+            details: None,
+        }),
         Err(e) => Err(e.into()),
     }
 }
 
-pub async fn update(
-    db: &Db,
-    scope: &Scope,
-    id_or_name: &str,
-    changes: AgentChanges,
-) -> Result<Agent, ApiError> {
+pub async fn update(db: &Db, scope: &Scope, id_or_name: &str, changes: AgentChanges) -> Result<Agent, ApiError> {
     let mut agent = get(db, scope, id_or_name).await?;
     if let Field::Value(name) = &changes.name
         && *name != agent.name
     {
-        return Err(ApiError::invalid_field(
-            "name",
-            "cannot be changed after creation",
-        ));
+        return Err(ApiError::invalid_field("name", "cannot be changed after creation"));
     }
     let reports_to_changed = !changes.reports_to.is_absent();
     agent.apply(changes);
@@ -309,15 +290,7 @@ pub async fn update(
         resolve_reports_to(db, scope, &mut agent).await?;
     }
     agent.updated_at = clock::now_ms().max(agent.updated_at);
-    if !store::agents::update(
-        &db.pool,
-        scope,
-        &agent.id,
-        &agent.to_body()?,
-        agent.updated_at,
-    )
-    .await?
-    {
+    if !store::agents::update(&db.pool, scope, &agent.id, &agent.to_body()?, agent.updated_at).await? {
         return Err(not_found(id_or_name));
     }
     Ok(agent)
@@ -331,19 +304,10 @@ pub async fn delete(db: &Db, scope: &Scope, id_or_name: &str) -> Result<(), ApiE
     let deleted = store::agents::delete(&mut *tx, scope, &agent.id).await?;
     store::memory::delete(&mut *tx, scope, &agent.id).await?;
     tx.commit().await?;
-    if deleted {
-        Ok(())
-    } else {
-        Err(not_found(id_or_name))
-    }
+    if deleted { Ok(()) } else { Err(not_found(id_or_name)) }
 }
 
-pub async fn list(
-    db: &Db,
-    scope: &Scope,
-    after: Option<&str>,
-    fetch: i64,
-) -> Result<Vec<Agent>, ApiError> {
+pub async fn list(db: &Db, scope: &Scope, after: Option<&str>, fetch: i64) -> Result<Vec<Agent>, ApiError> {
     let rows = store::agents::list(&db.pool, scope, after, fetch).await?;
     rows.iter().map(Agent::from_row).collect()
 }
@@ -362,11 +326,7 @@ pub struct Memory {
 }
 
 /// Reads project memory (`agent` = `None`) or an agent's memory.
-pub async fn read_memory(
-    db: &Db,
-    scope: &Scope,
-    agent: Option<&Agent>,
-) -> Result<Memory, ApiError> {
+pub async fn read_memory(db: &Db, scope: &Scope, agent: Option<&Agent>) -> Result<Memory, ApiError> {
     let owner = agent.map_or(store::memory::PROJECT_OWNER, |a| a.id.as_str());
     let row = store::memory::get(&db.pool, scope, owner).await?;
     Ok(Memory {
@@ -376,12 +336,7 @@ pub async fn read_memory(
     })
 }
 
-pub async fn write_memory(
-    db: &Db,
-    scope: &Scope,
-    agent: Option<&Agent>,
-    content: String,
-) -> Result<Memory, ApiError> {
+pub async fn write_memory(db: &Db, scope: &Scope, agent: Option<&Agent>, content: String) -> Result<Memory, ApiError> {
     let owner = agent.map_or(store::memory::PROJECT_OWNER, |a| a.id.as_str());
     let now = clock::now_ms();
     store::memory::put(&db.pool, scope, owner, &content, now).await?;

@@ -51,9 +51,7 @@ pub async fn create_project(db: &Db, slug: &str) -> Result<(), AdminError> {
     if store::projects::insert(&db.pool, slug, clock::now_ms()).await? {
         Ok(())
     } else {
-        Err(AdminError::Duplicate(format!(
-            "project {slug:?} already exists"
-        )))
+        Err(AdminError::Duplicate(format!("project {slug:?} already exists")))
     }
 }
 
@@ -69,8 +67,7 @@ pub async fn create_key(
     }
     let plaintext = key::generate(environment).map_err(AdminError::Random)?;
     let now = clock::now_ms();
-    let expires_at =
-        expires_in.map(|d| now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
+    let expires_at = expires_in.map(|d| now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
     let row = store::keys::KeyRow {
         id: ids::new_id("key_"),
         project: project.to_string(),
@@ -108,14 +105,7 @@ pub async fn first_start(db: &Db) -> Result<Option<CreatedKey>, AdminError> {
     if !store::projects::insert(&db.pool, DEFAULT_PROJECT, clock::now_ms()).await? {
         return Ok(None);
     }
-    let key = create_key(
-        db,
-        DEFAULT_PROJECT,
-        Environment::Test,
-        Some("sandbox".into()),
-        None,
-    )
-    .await?;
+    let key = create_key(db, DEFAULT_PROJECT, Environment::Test, Some("sandbox".into()), None).await?;
     Ok(Some(key))
 }
 

@@ -24,12 +24,7 @@ fn from_row(r: &AnyRow) -> Result<AgentRow, sqlx::Error> {
     })
 }
 
-pub async fn insert<'c>(
-    ex: impl Exec<'c>,
-    scope: &Scope,
-    row: &AgentRow,
-    created_at: i64,
-) -> Result<(), sqlx::Error> {
+pub async fn insert<'c>(ex: impl Exec<'c>, scope: &Scope, row: &AgentRow, created_at: i64) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO agents (project, environment, id, name, body, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $6)",
@@ -45,40 +40,28 @@ pub async fn insert<'c>(
     Ok(())
 }
 
-pub async fn get_by_id<'c>(
-    ex: impl Exec<'c>,
-    scope: &Scope,
-    id: &str,
-) -> Result<Option<AgentRow>, sqlx::Error> {
-    sqlx::query(
-        "SELECT id, name, body FROM agents WHERE project = $1 AND environment = $2 AND id = $3",
-    )
-    .bind(&scope.project)
-    .bind(scope.environment.as_str())
-    .bind(id)
-    .fetch_optional(ex)
-    .await?
-    .as_ref()
-    .map(from_row)
-    .transpose()
+pub async fn get_by_id<'c>(ex: impl Exec<'c>, scope: &Scope, id: &str) -> Result<Option<AgentRow>, sqlx::Error> {
+    sqlx::query("SELECT id, name, body FROM agents WHERE project = $1 AND environment = $2 AND id = $3")
+        .bind(&scope.project)
+        .bind(scope.environment.as_str())
+        .bind(id)
+        .fetch_optional(ex)
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
 }
 
-pub async fn get_by_name<'c>(
-    ex: impl Exec<'c>,
-    scope: &Scope,
-    name: &str,
-) -> Result<Option<AgentRow>, sqlx::Error> {
-    sqlx::query(
-        "SELECT id, name, body FROM agents WHERE project = $1 AND environment = $2 AND name = $3",
-    )
-    .bind(&scope.project)
-    .bind(scope.environment.as_str())
-    .bind(name)
-    .fetch_optional(ex)
-    .await?
-    .as_ref()
-    .map(from_row)
-    .transpose()
+pub async fn get_by_name<'c>(ex: impl Exec<'c>, scope: &Scope, name: &str) -> Result<Option<AgentRow>, sqlx::Error> {
+    sqlx::query("SELECT id, name, body FROM agents WHERE project = $1 AND environment = $2 AND name = $3")
+        .bind(&scope.project)
+        .bind(scope.environment.as_str())
+        .bind(name)
+        .fetch_optional(ex)
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
 }
 
 /// Replaces the document; `false` when the agent is gone.
@@ -89,27 +72,25 @@ pub async fn update<'c>(
     body: &str,
     updated_at: i64,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE agents SET body = $4, updated_at = $5 WHERE project = $1 AND environment = $2 AND id = $3",
-    )
-    .bind(&scope.project)
-    .bind(scope.environment.as_str())
-    .bind(id)
-    .bind(body)
-    .bind(updated_at)
-    .execute(ex)
-    .await?;
+    let done =
+        sqlx::query("UPDATE agents SET body = $4, updated_at = $5 WHERE project = $1 AND environment = $2 AND id = $3")
+            .bind(&scope.project)
+            .bind(scope.environment.as_str())
+            .bind(id)
+            .bind(body)
+            .bind(updated_at)
+            .execute(ex)
+            .await?;
     Ok(done.rows_affected() == 1)
 }
 
 pub async fn delete<'c>(ex: impl Exec<'c>, scope: &Scope, id: &str) -> Result<bool, sqlx::Error> {
-    let done =
-        sqlx::query("DELETE FROM agents WHERE project = $1 AND environment = $2 AND id = $3")
-            .bind(&scope.project)
-            .bind(scope.environment.as_str())
-            .bind(id)
-            .execute(ex)
-            .await?;
+    let done = sqlx::query("DELETE FROM agents WHERE project = $1 AND environment = $2 AND id = $3")
+        .bind(&scope.project)
+        .bind(scope.environment.as_str())
+        .bind(id)
+        .execute(ex)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 

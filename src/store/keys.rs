@@ -54,10 +54,7 @@ pub async fn insert<'c>(ex: impl Exec<'c>, key: &KeyRow) -> Result<(), sqlx::Err
     Ok(())
 }
 
-pub async fn find_by_hash<'c>(
-    ex: impl Exec<'c>,
-    hash: &str,
-) -> Result<Option<KeyRow>, sqlx::Error> {
+pub async fn find_by_hash<'c>(ex: impl Exec<'c>, hash: &str) -> Result<Option<KeyRow>, sqlx::Error> {
     let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE hash = $1");
     sqlx::query(&sql)
         .bind(hash)
@@ -81,12 +78,11 @@ pub async fn list<'c>(ex: impl Exec<'c>, project: &str) -> Result<Vec<KeyRow>, s
 
 /// Sets `revoked_at` unless already set; `false` when no such key exists.
 pub async fn revoke<'c>(ex: impl Exec<'c>, id: &str, now: i64) -> Result<bool, sqlx::Error> {
-    let done =
-        sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
-            .bind(id)
-            .bind(now)
-            .execute(ex)
-            .await?;
+    let done = sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
+        .bind(id)
+        .bind(now)
+        .execute(ex)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 

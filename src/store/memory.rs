@@ -12,19 +12,14 @@ pub struct MemoryRow {
     pub updated_at: i64,
 }
 
-pub async fn get<'c>(
-    ex: impl Exec<'c>,
-    scope: &Scope,
-    owner: &str,
-) -> Result<Option<MemoryRow>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT content, updated_at FROM memories WHERE project = $1 AND environment = $2 AND owner = $3",
-    )
-    .bind(&scope.project)
-    .bind(scope.environment.as_str())
-    .bind(owner)
-    .fetch_optional(ex)
-    .await?;
+pub async fn get<'c>(ex: impl Exec<'c>, scope: &Scope, owner: &str) -> Result<Option<MemoryRow>, sqlx::Error> {
+    let row =
+        sqlx::query("SELECT content, updated_at FROM memories WHERE project = $1 AND environment = $2 AND owner = $3")
+            .bind(&scope.project)
+            .bind(scope.environment.as_str())
+            .bind(owner)
+            .fetch_optional(ex)
+            .await?;
     row.map(|r| {
         Ok(MemoryRow {
             content: r.try_get("content")?,

@@ -51,7 +51,7 @@ async fn apply_pending(
     conn: &mut sqlx::pool::PoolConnection<sqlx::Any>,
 ) -> Result<usize, StoreError> {
     sqlx::query(CREATE_TABLE).execute(&mut **conn).await?;
-    let applied = applied_versions(&mut **conn).await?;
+    let applied = applied_versions(conn).await?;
     let mut count = 0;
     for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
         let sql = match backend {
@@ -72,11 +72,7 @@ async fn apply_pending(
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        tracing::info!(
-            version = migration.version,
-            name = migration.name,
-            "applied migration"
-        );
+        tracing::info!(version = migration.version, name = migration.name, "applied migration");
         count += 1;
     }
     Ok(count)
@@ -93,12 +89,12 @@ async fn applied_versions(conn: &mut sqlx::AnyConnection) -> Result<Vec<i64>, sq
 pub async fn pending(db: &Db) -> Result<Vec<i64>, StoreError> {
     let mut conn = db.pool.acquire().await?;
     let exists = match db.backend {
-        Backend::Sqlite => sqlx::query(
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'polpo_migrations'",
-        ),
-        Backend::Postgres => sqlx::query(
-            "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'polpo_migrations'",
-        ),
+        Backend::Sqlite => {
+            sqlx::query("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'polpo_migrations'")
+        }
+        Backend::Postgres => {
+            sqlx::query("SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'polpo_migrations'")
+        }
     }
     .fetch_one(&mut *conn)
     .await?

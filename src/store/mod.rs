@@ -85,10 +85,7 @@ impl Db {
 
     /// A trivial query, for readiness.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
     }
 }
 
@@ -105,9 +102,7 @@ pub fn backend_of(url: &str) -> Option<Backend> {
 /// The file behind a SQLite URL, or `None` for in-memory databases and other backends.
 pub fn sqlite_path(url: Option<&str>) -> Option<PathBuf> {
     let url = url.unwrap_or(DEFAULT_SQLITE_URL);
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or(rest);
     (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
 }
@@ -142,9 +137,7 @@ pub fn lock_sqlite(url: Option<&str>) -> std::io::Result<Option<File>> {
 /// reports the columns, so any unique violation matches there).
 pub fn is_unique_violation(err: &sqlx::Error, name: &str) -> bool {
     match err {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            db.constraint().is_none_or(|c| c == name)
-        }
+        sqlx::Error::Database(db) if db.is_unique_violation() => db.constraint().is_none_or(|c| c == name),
         _ => false,
     }
 }

@@ -10,18 +10,12 @@ pub struct ProjectRow {
 }
 
 /// Inserts the project; `false` when the slug already exists.
-pub async fn insert<'c>(
-    ex: impl Exec<'c>,
-    slug: &str,
-    created_at: i64,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "INSERT INTO projects (slug, created_at) VALUES ($1, $2) ON CONFLICT (slug) DO NOTHING",
-    )
-    .bind(slug)
-    .bind(created_at)
-    .execute(ex)
-    .await?;
+pub async fn insert<'c>(ex: impl Exec<'c>, slug: &str, created_at: i64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("INSERT INTO projects (slug, created_at) VALUES ($1, $2) ON CONFLICT (slug) DO NOTHING")
+        .bind(slug)
+        .bind(created_at)
+        .execute(ex)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 

@@ -1,0 +1,374 @@
+//! `TestApp`: the real router on a fresh database (a SQLite file, or a new database on the
+//! Postgres named by `TEST_DATABASE_URL`), plus `ServerProcess` for tests that need the binary.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use polpo_api::app::{self, AppState};
+use polpo_api::auth::Environment;
+use polpo_api::config::Config;
+use polpo_api::providers::Providers;
+use polpo_api::runtime::bootstrap;
+use polpo_api::store::{self, Db};
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// Provider keys the tests pretend to have, so that `openai:` and `anthropic:` models are usable.
+pub fn fake_provider_env(name: &str) -> Option<String> {
+    match name {
+        "OPENAI_API_KEY" => Some("sk-upstream-openai-secret".into()),
+        "ANTHROPIC_API_KEY" => Some("sk-ant-upstream-secret".into()),
+        _ => None,
+    }
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let path = std::env::temp_dir().join(polpo_api::ids::new_id("polpo-test-"));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh, empty database for one test: its URL, and the directory holding it for SQLite.
+pub struct TestDatabase {
+    pub url: String,
+    pub dir: TempDir,
+}
+
+impl TestDatabase {
+    pub async fn new() -> Self {
+        let dir = TempDir::new();
+        let url = match std::env::var("TEST_DATABASE_URL") {
+            Ok(admin) if !admin.is_empty() => {
+                let name = polpo_api::ids::new_id("polpo_t_");
+                let db = Db::connect(Some(&admin), 1)
+                    .await
+                    .expect("TEST_DATABASE_URL must be reachable");
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&db.pool)
+                    .await
+                    .unwrap();
+                db.pool.close().await;
+                let (base, _) = admin.rsplit_once('/').unwrap();
+                format!("{base}/{name}")
+            }
+            _ => format!("sqlite://{}", dir.0.join("polpo.db").display()),
+        };
+        Self { url, dir }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.url.starts_with("postgres")
+    }
+}
+
+pub struct TestApp {
+    pub router: Router,
+    pub state: AppState,
+    pub db: Db,
+    /// Kept so the database files live as long as the app.
+    pub _database: TestDatabase,
+    /// A `test` key of project `acme`.
+    pub test_key: String,
+    /// A `live` key of project `acme`.
+    pub live_key: String,
+}
+
+pub struct TestResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub text: String,
+}
+
+impl TestResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(Config::default()).await
+    }
+
+    pub async fn spawn_with(mut config: Config) -> Self {
+        let database = TestDatabase::new().await;
+        config.database.url = Some(database.url.clone());
+        let db = Db::connect(Some(&database.url), 5).await.unwrap();
+        store::migrate::run(&db).await.unwrap();
+        let providers = Providers::from_config(&config.providers, &fake_provider_env).unwrap();
+        let state = AppState::new(db.clone(), config, providers);
+        let router = app::router(state.clone());
+        bootstrap::create_project(&db, "acme").await.unwrap();
+        let test_key = bootstrap::create_key(&db, "acme", Environment::Test, None, None)
+            .await
+            .unwrap()
+            .plaintext;
+        let live_key = bootstrap::create_key(&db, "acme", Environment::Live, None, None)
+            .await
+            .unwrap()
+            .plaintext;
+        Self {
+            router,
+            state,
+            db,
+            _database: database,
+            test_key,
+            live_key,
+        }
+    }
+
+    /// A key of another project (created on first use).
+    pub async fn key_of(&self, project: &str, environment: Environment) -> String {
+        let _ = bootstrap::create_project(&self.db, project).await;
+        bootstrap::create_key(&self.db, project, environment, None, None)
+            .await
+            .unwrap()
+            .plaintext
+    }
+
+    /// Sends a request through the real router. `body` is sent as JSON when given.
+    pub async fn call(&self, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> TestResponse {
+        let mut builder = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(path);
+        if let Some(key) = key {
+            builder = builder.header("authorization", format!("Bearer {key}"));
+        }
+        let request = match body {
+            Some(body) => builder
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string())),
+            None => builder.body(Body::empty()),
+        }
+        .unwrap();
+        self.send(request).await
+    }
+
+    pub async fn send(&self, request: Request<Body>) -> TestResponse {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        TestResponse {
+            status,
+            headers,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> TestResponse {
+        self.call("GET", path, Some(key), None).await
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: Value) -> TestResponse {
+        self.call("POST", path, Some(key), Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, key: &str, body: Value) -> TestResponse {
+        self.call("PATCH", path, Some(key), Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, key: &str) -> TestResponse {
+        self.call("DELETE", path, Some(key), None).await
+    }
+
+    /// Creates an agent and returns its JSON.
+    pub async fn create_agent(&self, key: &str, name: &str) -> Value {
+        let response = self
+            .post(
+                "/v1/agents",
+                key,
+                serde_json::json!({"name": name, "model": "mock/echo"}),
+            )
+            .await;
+        assert_eq!(response.status, StatusCode::CREATED, "{}", response.text);
+        response.json()
+    }
+
+    /// The value of an unlabelled metric line, e.g. `polpo_auth_key_lookups_total`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.call("GET", "/metrics", None, None).await.text;
+        text.lines()
+            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("metric {name} missing"))
+            .parse()
+            .unwrap()
+    }
+}
+
+/// Polls `check` until it returns true or `deadline` passes; returns whether it succeeded.
+pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return true;
+        }
+        if start.elapsed() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `polpo-api` binary running `serve` on a free port, its stdout lines and its log file.
+pub struct ServerProcess {
+    pub child: Child,
+    pub base_url: String,
+    pub stdout_lines: Vec<String>,
+    pub log_path: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `serve` in `cwd` with the given extra environment (and `DATABASE_URL` only when
+    /// given there). Waits until it listens.
+    pub fn start(cwd: &Path, env: &[(&str, &str)]) -> Self {
+        let log_path = cwd.join(format!("{}.log", polpo_api::ids::new_id("server-")));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_polpo-api"));
+        command
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .current_dir(cwd)
+            .env_remove("DATABASE_URL")
+            .env_remove("POLPO_CONFIG")
+            .env("POLPO_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let start = Instant::now();
+        let addr = loop {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if let Some(addr) = log.lines().find_map(|l| l.split("listening addr=").nth(1)) {
+                break addr.trim().to_string();
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("server exited with {status} before listening:\n{log}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "server did not listen:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Stdout is written before the listening line, so the key (if any) is already there.
+        std::thread::sleep(Duration::from_millis(10));
+        let stdout_lines = rx.try_iter().collect();
+        Self {
+            child,
+            base_url: format!("http://{addr}"),
+            stdout_lines,
+            log_path,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a CLI command of the binary; returns (exit code, stdout, stderr).
+pub fn cli(cwd: &Path, database_url: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_polpo-api"));
+    command
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("DATABASE_URL")
+        .env_remove("POLPO_CONFIG");
+    if let Some(url) = database_url {
+        command.env("DATABASE_URL", url);
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// An HTTP client for tests against a `ServerProcess`.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// Every (method, path) pair of the OpenAPI document.
+pub fn documented_operations(doc: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in ["get", "post", "put", "patch", "delete"] {
+            if item.get(method).is_some() {
+                out.push((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Fills `{param}` segments with a plausible value.
+pub fn concrete_path(template: &str) -> String {
+    template
+        .split('/')
+        .map(|seg| if seg.starts_with('{') { "sample" } else { seg })
+        .collect::<Vec<_>>()
+        .join("/")
+}

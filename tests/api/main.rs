@@ -1,0 +1,12 @@
+//! Integration tests: the real router and binary on a real database (SQLite by default,
+//! Postgres when `TEST_DATABASE_URL` names a server). Modules mirror the URL paths.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod agents;
+mod auth;
+mod errors;
+mod helpers;
+mod memory;
+mod operations;
+mod process;
+mod scoping;

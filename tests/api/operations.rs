@@ -1,0 +1,142 @@
+//! Spec §9: health, readiness, metrics and the OpenAPI document.
+
+use axum::http::StatusCode;
+use polpo_api::config::Config;
+use serde_json::Value;
+
+use crate::helpers::{TestApp, concrete_path, documented_operations};
+
+#[tokio::test]
+async fn health_and_ready_answer_without_a_key() {
+    let app = TestApp::spawn().await;
+    let health = app.call("GET", "/health", None, None).await;
+    assert_eq!(health.status, StatusCode::OK);
+    let body = health.json();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    assert!(body["uptimeSeconds"].is_u64());
+    let ready = app.call("GET", "/ready", None, None).await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert_eq!(ready.json(), serde_json::json!({"status": "ready"}));
+}
+
+#[tokio::test]
+async fn ready_fails_while_draining_or_without_a_database() {
+    let app = TestApp::spawn().await;
+    app.state.shutdown.cancel();
+    let response = app.call("GET", "/ready", None, None).await;
+    assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.json()["code"], "unavailable");
+    assert_eq!(response.header("retry-after"), Some("1"));
+
+    let app = TestApp::spawn().await;
+    app.db.pool.close().await;
+    let response = app.call("GET", "/ready", None, None).await;
+    assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.json()["details"]["checks"]["database"], "failing");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template_and_status() {
+    let app = TestApp::spawn().await;
+    let agent = app.create_agent(&app.test_key, "ada").await;
+    app.get(&format!("/v1/agents/{}", agent["id"].as_str().unwrap()), &app.test_key)
+        .await;
+    app.get("/v1/agents/ghost", &app.test_key).await;
+    let response = app.call("GET", "/metrics", None, None).await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert!(response.header("content-type").unwrap().starts_with("text/plain"));
+    let text = response.text;
+    assert!(
+        text.contains(r#"polpo_http_requests_total{method="POST",route="/v1/agents",status="201"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"polpo_http_requests_total{method="GET",route="/v1/agents/{idOrName}",status="200"} 1"#));
+    assert!(text.contains(r#"polpo_http_requests_total{method="GET",route="/v1/agents/{idOrName}",status="404"} 1"#));
+    assert!(
+        text.contains(r#"polpo_http_request_duration_seconds_count{method="GET",route="/v1/agents/{idOrName}"} 2"#)
+    );
+    assert!(!text.contains("agt_"), "ids never become labels");
+    assert!(!text.contains(&app.test_key[..12]), "keys never become labels");
+}
+
+#[tokio::test]
+async fn metrics_can_be_switched_off() {
+    let mut config = Config::default();
+    config.metrics.enabled = false;
+    let app = TestApp::spawn_with(config).await;
+    let response = app.call("GET", "/metrics", None, None).await;
+    assert_eq!(response.status, StatusCode::NOT_FOUND);
+    assert_eq!(response.json()["code"], "not_found");
+}
+
+/// Follows a local `$ref` such as `#/components/schemas/Agent`.
+fn resolve<'a>(doc: &'a Value, reference: &str) -> Option<&'a Value> {
+    doc.pointer(reference.strip_prefix('#')?)
+}
+
+fn collect_refs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("$ref", Value::String(r)) => out.push(r.clone()),
+                    _ => collect_refs(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_refs(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_3_1_and_lists_every_route() {
+    let app = TestApp::spawn().await;
+    let response = app.call("GET", "/v1/openapi.json", None, None).await;
+    assert_eq!(response.status, StatusCode::OK);
+    let doc = response.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
+
+    let mut refs = Vec::new();
+    collect_refs(&doc, &mut refs);
+    assert!(!refs.is_empty());
+    for reference in refs {
+        assert!(resolve(&doc, &reference).is_some(), "dangling {reference}");
+    }
+
+    let operations = documented_operations(&doc);
+    for expected in [
+        ("GET", "/health"),
+        ("GET", "/ready"),
+        ("GET", "/metrics"),
+        ("GET", "/v1/openapi.json"),
+        ("GET", "/v1/agents"),
+        ("POST", "/v1/agents"),
+        ("GET", "/v1/agents/{idOrName}"),
+        ("PATCH", "/v1/agents/{idOrName}"),
+        ("DELETE", "/v1/agents/{idOrName}"),
+        ("GET", "/v1/agents/{idOrName}/memory"),
+        ("PUT", "/v1/agents/{idOrName}/memory"),
+        ("GET", "/v1/memory"),
+        ("PUT", "/v1/memory"),
+    ] {
+        assert!(
+            operations.contains(&(expected.0.to_string(), expected.1.to_string())),
+            "{expected:?} undocumented"
+        );
+    }
+    // Every documented operation is served (the route table and the document are one).
+    for (method, template) in &operations {
+        let response = app
+            .call(method, &concrete_path(template), Some(&app.test_key), None)
+            .await;
+        assert_ne!(response.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {template}");
+        assert_ne!(
+            response.text, r#"{"code":"not_found","error":"no such route"}"#,
+            "{method} {template}"
+        );
+        assert!(doc["paths"][template][method.to_lowercase()]["responses"].is_object());
+    }
+}

@@ -1,0 +1,334 @@
+//! The binary as operators run it: first start, the CLI, logs, several instances, shutdown.
+
+use std::time::Duration;
+
+use crate::helpers::{ServerProcess, TempDir, TestDatabase, cli, client, eventually};
+
+#[tokio::test]
+async fn a_fresh_start_prints_a_usable_sandbox_key_once() {
+    // The README's run command: no DATABASE_URL, nothing installed, SQLite in the working directory.
+    let dir = TempDir::new();
+    let mut server = ServerProcess::start(&dir.0, &[]);
+    let key = server.stdout_lines.last().cloned().expect("a key on stdout");
+    assert_eq!(server.stdout_lines.len(), 1, "stdout carries only the key");
+    assert!(key.starts_with("sk_test_") && key.len() == 40, "{key}");
+    assert!(dir.0.join("polpo.db").exists());
+
+    let http = client();
+    let response = http
+        .get(format!("{}/v1/agents", server.base_url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let created = http
+        .post(format!("{}/v1/agents", server.base_url))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"name": "helper", "model": "mock/echo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    // A second serve on the same file refuses to start.
+    let (code, _, stderr) = cli(&dir.0, None, &["serve", "--bind", "127.0.0.1:0"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("another polpo-api serve"), "{stderr}");
+
+    assert_eq!(
+        server.terminate(Duration::from_secs(10)).map(|s| s.code()),
+        Some(Some(0))
+    );
+    // The next start finds the project and prints nothing.
+    let server = ServerProcess::start(&dir.0, &[]);
+    assert!(server.stdout_lines.is_empty(), "{:?}", server.stdout_lines);
+    let response = http
+        .get(format!("{}/v1/agents/helper", server.base_url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn the_cli_manages_projects_and_keys() {
+    let database = TestDatabase::new().await;
+    let dir = &database.dir.0;
+    let url = Some(database.url.as_str());
+    let (code, out, err) = cli(dir, url, &["projects", "create", "acme"]);
+    assert_eq!((code, out.as_str()), (0, "acme\n"), "{err}");
+    assert_eq!(cli(dir, url, &["projects", "create", "acme"]).0, 1, "duplicate slug");
+    assert_eq!(cli(dir, url, &["projects", "create", "Bad_Slug"]).0, 1);
+    let (code, out, _) = cli(dir, url, &["projects", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("acme\t"));
+
+    let (code, out, err) = cli(
+        dir,
+        url,
+        &[
+            "keys",
+            "create",
+            "--project",
+            "acme",
+            "--env",
+            "live",
+            "--name",
+            "ci",
+            "--expires-in",
+            "90d",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let key = *lines.last().unwrap();
+    assert!(key.starts_with("sk_live_") && key.len() == 40);
+    let key_id = lines[0].split_whitespace().next().unwrap();
+    assert!(key_id.starts_with("key_"));
+    assert!(lines[0].contains(&key[..12]));
+
+    let (code, listing, _) = cli(dir, url, &["keys", "list", "--project", "acme"]);
+    assert_eq!(code, 0);
+    assert!(listing.contains(key_id) && listing.contains("live") && listing.contains("ci"));
+    assert!(!listing.contains(key), "the list never shows the key");
+    assert!(!listing.contains(&polpo_api::auth::key::hash(key)), "nor its hash");
+
+    assert_eq!(cli(dir, url, &["keys", "revoke", key_id]).0, 0);
+    assert_eq!(cli(dir, url, &["keys", "revoke", "key_unknown"]).0, 1);
+    assert_eq!(
+        cli(dir, url, &["keys", "create", "--project", "ghost", "--env", "test"]).0,
+        1
+    );
+    assert_eq!(
+        cli(dir, url, &["keys", "create", "--project", "acme", "--env", "prod"]).0,
+        2,
+        "usage error"
+    );
+    assert_eq!(
+        cli(
+            dir,
+            url,
+            &[
+                "keys",
+                "create",
+                "--project",
+                "acme",
+                "--env",
+                "test",
+                "--expires-in",
+                "5ms"
+            ]
+        )
+        .0,
+        2
+    );
+    assert_eq!(cli(dir, url, &["migrate"]).0, 0);
+}
+
+#[tokio::test]
+async fn no_plaintext_key_in_the_database_or_the_logs() {
+    let database = TestDatabase::new().await;
+    let dir = &database.dir.0;
+    let url = database.url.as_str();
+    let mut server = ServerProcess::start(dir, &[("DATABASE_URL", url)]);
+    let first_key = server.stdout_lines.last().cloned().unwrap();
+    cli(dir, Some(url), &["projects", "create", "acme"]);
+    let (_, out, _) = cli(
+        dir,
+        Some(url),
+        &["keys", "create", "--project", "acme", "--env", "live"],
+    );
+    let live_key = out.lines().last().unwrap().to_string();
+
+    let http = client();
+    for key in [&first_key, &live_key] {
+        let base = &server.base_url;
+        http.get(format!("{base}/v1/agents"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        http.get(format!("{base}/v1/nope"))
+            .header("x-api-key", key.as_str())
+            .send()
+            .await
+            .unwrap();
+        http.post(format!("{base}/v1/agents"))
+            .bearer_auth(key)
+            .json(&serde_json::json!({"name": key}))
+            .send()
+            .await
+            .unwrap();
+        let mut corrupted = key.clone().into_bytes();
+        corrupted[20] ^= 1;
+        let corrupted = String::from_utf8(corrupted).unwrap();
+        http.get(format!("{base}/v1/agents"))
+            .bearer_auth(&corrupted)
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        server.terminate(Duration::from_secs(10)).map(|s| s.code()),
+        Some(Some(0))
+    );
+
+    let log = server.log();
+    assert!(log.contains("refused credential"), "the log has the refusals: {log}");
+    let dump = dump_database(&database).await;
+    assert!(dump.contains(&first_key[..12]), "the dump is real: prefixes are stored");
+    for key in [&first_key, &live_key] {
+        assert!(!log.contains(key.as_str()), "key in the log");
+        assert!(!log.contains(&key[12..]), "secret part of a key in the log");
+        assert!(!dump.contains(key.as_str()), "key in the database");
+        assert!(!dump.contains(&key[12..]), "secret part of a key in the database");
+    }
+}
+
+/// Every byte the database holds: the SQLite files, or every row of every table on Postgres.
+async fn dump_database(database: &TestDatabase) -> String {
+    if !database.is_postgres() {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(&database.dir.0).unwrap() {
+            let path = entry.unwrap().path();
+            if path.to_string_lossy().contains("polpo.db") {
+                out.push_str(&String::from_utf8_lossy(&std::fs::read(path).unwrap()));
+            }
+        }
+        return out;
+    }
+    let db = polpo_api::store::Db::connect(Some(&database.url), 1).await.unwrap();
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let mut out = String::new();
+    for table in tables {
+        let rows: Vec<String> = sqlx::query_scalar(&format!("SELECT row_to_json(t)::text FROM {table} t"))
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+        out.push_str(&rows.join("\n"));
+    }
+    out
+}
+
+#[tokio::test]
+async fn two_instances_share_one_postgres() {
+    let database = TestDatabase::new().await;
+    if !database.is_postgres() {
+        // SQLite is single-instance by design; that refusal is covered by the fresh-start test.
+        return;
+    }
+    let dir = &database.dir.0;
+    let url = database.url.as_str();
+    cli(dir, Some(url), &["migrate"]);
+    let a = ServerProcess::start(dir, &[("DATABASE_URL", url)]);
+    let b = ServerProcess::start(dir, &[("DATABASE_URL", url)]);
+    let printed: Vec<&String> = a.stdout_lines.iter().chain(&b.stdout_lines).collect();
+    assert_eq!(printed.len(), 1, "exactly one instance creates the sandbox key");
+    cli(dir, Some(url), &["projects", "create", "acme"]);
+    let (_, out, _) = cli(
+        dir,
+        Some(url),
+        &["keys", "create", "--project", "acme", "--env", "live"],
+    );
+    let key = out.lines().last().unwrap().to_string();
+    let key_id = out
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+
+    let http = client();
+    let created = http
+        .post(format!("{}/v1/agents", a.base_url))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"name": "shared", "model": "mock/echo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let agent: serde_json::Value = created.json().await.unwrap();
+    let seen: serde_json::Value = http
+        .get(format!("{}/v1/agents/shared", b.base_url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen, agent, "B serves what A wrote");
+    let dup = http
+        .post(format!("{}/v1/agents", b.base_url))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"name": "shared", "model": "mock/echo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dup.status(), 409);
+
+    // Both have the key cached; revoke it (through the CLI, as an operator would).
+    assert_eq!(
+        http.get(format!("{}/v1/agents", b.base_url))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(cli(dir, Some(url), &["keys", "revoke", &key_id]).0, 0);
+    for server in [&a, &b] {
+        let refused = eventually(Duration::from_secs(6), || async {
+            http.get(format!("{}/v1/agents", server.base_url))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == 401
+        })
+        .await;
+        assert!(refused, "{} still accepts the revoked key", server.base_url);
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_zero() {
+    let database = TestDatabase::new().await;
+    let mut server = ServerProcess::start(&database.dir.0, &[("DATABASE_URL", database.url.as_str())]);
+    let http = client();
+    assert_eq!(
+        http.get(format!("{}/ready", server.base_url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let status = server
+        .terminate(Duration::from_secs(10))
+        .expect("exited within the deadline");
+    assert_eq!(status.code(), Some(0));
+    assert!(server.log().contains("shutting down"));
+}
+
+#[tokio::test]
+async fn no_migrate_refuses_a_database_behind_the_schema() {
+    let database = TestDatabase::new().await;
+    let (code, _, stderr) = cli(
+        &database.dir.0,
+        Some(&database.url),
+        &["serve", "--no-migrate", "--bind", "127.0.0.1:0"],
+    );
+    assert_eq!(code, 1);
+    assert!(stderr.contains("behind"), "{stderr}");
+}
