@@ -265,6 +265,19 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_default_file_matches_the_built_in_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_PATH);
+        let file = Config::from_file(&path).unwrap();
+        let built_in = Config::default();
+        assert_eq!(file.server.bind, built_in.server.bind);
+        assert_eq!(file.server.body_limit, built_in.server.body_limit);
+        assert_eq!(file.server.shutdown_timeout, built_in.server.shutdown_timeout);
+        assert_eq!(file.database.max_connections, built_in.database.max_connections);
+        assert_eq!(file.auth.cache_ttl, built_in.auth.cache_ttl);
+        assert_eq!(file.log.format, built_in.log.format);
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let err = Config::from_toml("[server]\nbindd = \"x\"\n").unwrap_err();
         assert!(err.contains("bindd"), "{err}");
