@@ -17,7 +17,7 @@ use crate::auth::{self, KeyVerifier};
 use crate::config::Config;
 use crate::error::{ApiError, ErrorReport, ErrorShape};
 use crate::metrics::Metrics;
-use crate::providers::Providers;
+use crate::providers::{Clients, Providers};
 use crate::store::Db;
 
 /// Everything handlers share. Cheap to clone.
@@ -26,25 +26,33 @@ pub struct AppState {
     pub db: Db,
     pub config: Arc<Config>,
     pub providers: Arc<Providers>,
+    /// One client per usable provider.
+    pub clients: Clients,
     pub verifier: Arc<KeyVerifier>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
     /// Cancelled when the server starts draining (spec §10.5).
     pub shutdown: CancellationToken,
+    /// Cancelled when the shutdown deadline is reached: streams still open end with an
+    /// `unavailable` error frame.
+    pub hard_stop: CancellationToken,
 }
 
 impl AppState {
-    pub fn new(db: Db, config: Config, providers: Providers) -> Self {
+    pub fn new(db: Db, config: Config, providers: Providers) -> Result<Self, String> {
         let verifier = KeyVerifier::new(config.auth_cache_ttl());
-        Self {
+        let clients = Clients::build(&providers, &config.upstream)?;
+        Ok(Self {
             db,
             providers: Arc::new(providers),
+            clients,
             verifier: Arc::new(verifier),
             metrics: Arc::new(Metrics::default()),
             started: Instant::now(),
             shutdown: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
             config: Arc::new(config),
-        }
+        })
     }
 }
 

@@ -229,8 +229,9 @@ async fn serve(config: Config, no_migrate: bool) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(addr = %addr, "listening");
     let deadline = config.server.shutdown_timeout;
-    let state = AppState::new(db.clone(), config, providers);
+    let state = AppState::new(db.clone(), config, providers)?;
     let shutdown = state.shutdown.clone();
+    let hard_stop = state.hard_stop.clone();
     let mut server = tokio::spawn(app::serve(listener, state));
     tokio::select! {
         () = app::shutdown_signal() => {
@@ -239,8 +240,12 @@ async fn serve(config: Config, no_migrate: bool) -> Result<(), String> {
             match tokio::time::timeout(deadline, &mut server).await {
                 Ok(_) => tracing::info!("drained"),
                 Err(_) => {
-                    tracing::warn!("shutdown deadline reached; closing remaining connections");
-                    server.abort();
+                    tracing::warn!("shutdown deadline reached; closing remaining streams");
+                    hard_stop.cancel();
+                    // A moment for open streams to write their error frame.
+                    if tokio::time::timeout(std::time::Duration::from_millis(500), &mut server).await.is_err() {
+                        server.abort();
+                    }
                 }
             }
         }

@@ -19,6 +19,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
     pub providers: BTreeMap<String, ProviderConfig>,
+    pub upstream: UpstreamConfig,
+    pub events: EventsConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -47,6 +49,52 @@ pub struct AuthConfig {
     /// How long a verified key is trusted without asking the database; capped at 5 s (spec §1.2.3).
     #[serde(deserialize_with = "de_duration")]
     pub cache_ttl: Duration,
+}
+
+/// Time limits on model provider calls (spec §3.9).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// TCP + TLS connection set-up.
+    #[serde(deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    /// From sending the request to the provider's first chunk.
+    #[serde(deserialize_with = "de_duration")]
+    pub first_chunk_timeout: Duration,
+    /// Longest silence between two chunks of a stream.
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    /// Longest whole answer.
+    #[serde(deserialize_with = "de_duration")]
+    pub total_timeout: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            first_chunk_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            total_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The event log and streams (spec §7).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Keep-alive comment interval on every stream.
+    #[serde(deserialize_with = "de_duration")]
+    pub keepalive: Duration,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            keepalive: Duration::from_secs(15),
+        }
+    }
 }
 
 /// One `[providers.<name>]` table (spec §4.3). Every member is optional so that a table may only

@@ -31,6 +31,19 @@ pub enum ApiError {
     Conflict { message: String, details: Option<Value> },
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// A rate limit, ours or the provider's; `retry_after` becomes `Retry-After`/`retry-after-ms`.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: std::time::Duration,
+    },
+    /// The model provider failed, refused or answered something unusable. `message` is safe to
+    /// show; `cause` goes to the log only.
+    #[error("{message}")]
+    Upstream { message: String, cause: String },
+    /// The model provider did not answer in time.
+    #[error("the model provider did not answer in time")]
+    UpstreamTimeout,
     /// An unexpected fault. The string is for the log only; the client sees "internal error".
     #[error("internal error")]
     Internal(String),
@@ -92,6 +105,9 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -106,6 +122,9 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict { .. } => "conflict",
             Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Upstream { .. } => "upstream_error",
+            Self::UpstreamTimeout => "upstream_timeout",
             Self::Internal(_) => "internal_error",
             Self::Unavailable(_) => "unavailable",
         }
@@ -140,7 +159,13 @@ impl ApiError {
             other => other.to_string(),
         };
         let log_cause = match self {
-            Self::Internal(cause) | Self::Unavailable(cause) if !cause.is_empty() => Some(cause.clone()),
+            Self::Internal(cause) | Self::Unavailable(cause) | Self::Upstream { cause, .. } if !cause.is_empty() => {
+                Some(cause.clone())
+            }
+            _ => None,
+        };
+        let retry_after = match self {
+            Self::RateLimited { retry_after, .. } => Some(*retry_after),
             _ => None,
         };
         ErrorReport {
@@ -150,6 +175,7 @@ impl ApiError {
             param,
             details,
             log_cause,
+            retry_after,
         }
     }
 }
@@ -175,6 +201,8 @@ pub struct ErrorReport {
     pub details: Option<Value>,
     /// The real cause of a 5xx, logged with the request id, never sent.
     pub log_cause: Option<String>,
+    /// A known wait before retrying (429, or a provider's hint).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 /// Which JSON shape an error body takes.
@@ -187,6 +215,12 @@ pub enum ErrorShape {
 }
 
 impl ErrorReport {
+    /// The OpenAI error object (spec §3.11) without its `{"error": …}` wrapper, as written in a
+    /// stream's error frame.
+    pub fn openai_error(&self) -> Value {
+        json!({"message": self.message, "type": openai_type(self.status), "code": self.code, "param": self.param})
+    }
+
     pub fn body(&self, shape: ErrorShape) -> Value {
         match shape {
             ErrorShape::Rest => {
@@ -196,14 +230,7 @@ impl ErrorReport {
                 }
                 body
             }
-            ErrorShape::OpenAi => json!({
-                "error": {
-                    "message": self.message,
-                    "type": openai_type(self.status),
-                    "code": self.code,
-                    "param": self.param,
-                }
-            }),
+            ErrorShape::OpenAi => json!({ "error": self.openai_error() }),
         }
     }
 
@@ -222,6 +249,12 @@ impl ErrorReport {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
+        }
+        if let Some(wait) = self.retry_after {
+            let ms = wait.as_millis().max(1);
+            let seconds = ms.div_ceil(1000).max(1);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds as u64));
+            headers.insert("retry-after-ms", HeaderValue::from(ms as u64));
         }
         response.extensions_mut().insert(self);
         response

@@ -6,7 +6,8 @@
 //! - `error`: the one error type and its two JSON shapes
 //! - `auth`: API key format, verification, cache and request context
 //! - `api`: HTTP handlers, one file per resource, and the OpenAPI document
-//! - `runtime`: business rules (agents, bootstrap)
+//! - `runtime`: business rules (agents, chat turns, sessions, bootstrap)
+//! - `events`: the event catalogue and the event log
 //! - `providers`: model providers and model-string validation
 //! - `store`: SQL for SQLite and Postgres, migrations
 //! - `metrics`: Prometheus counters and histograms
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod ids;
 pub mod metrics;
 pub mod providers;

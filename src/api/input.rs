@@ -197,6 +197,14 @@ impl Fields {
         }
     }
 
+    pub fn boolean(&mut self, key: &str) -> Field<bool> {
+        match self.raw(key) {
+            Field::Value(Value::Bool(b)) => Field::Value(b),
+            Field::Value(_) => self.wrong_type(key, "a boolean"),
+            other => other.map_never(),
+        }
+    }
+
     pub fn number(&mut self, key: &str, min: f64, max: f64) -> Field<f64> {
         match self.raw(key) {
             Field::Value(Value::Number(n)) => match n.as_f64() {

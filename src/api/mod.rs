@@ -3,9 +3,11 @@
 //! without being documented.
 
 pub mod agents;
+pub mod chat;
 pub mod health;
 pub mod input;
 pub mod memory;
+pub mod sessions;
 
 use std::sync::LazyLock;
 
@@ -71,6 +73,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::get_agent, agents::update_agent, agents::delete_agent))
         .routes(routes!(memory::get_agent_memory, memory::put_agent_memory))
         .routes(routes!(memory::get_project_memory, memory::put_project_memory))
+        .routes(routes!(chat::create_chat_completion))
+        .routes(routes!(sessions::list_sessions))
+        .routes(routes!(sessions::get_session, sessions::delete_session))
+        .routes(routes!(sessions::list_messages))
 }
 
 /// The OpenAPI document, built once from [`routes`].

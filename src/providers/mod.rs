@@ -1,9 +1,18 @@
 //! Model providers (spec §4): the registry of built-in and configured providers, model-string
 //! parsing, and the usability check applied wherever a model is named.
 
-use std::collections::BTreeMap;
+pub mod anthropic;
+pub mod http;
+pub mod mock;
+pub mod openai;
+pub mod sse;
+pub mod types;
 
-use crate::config::{ProviderConfig, ProviderKind};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::config::{ProviderConfig, ProviderKind, UpstreamConfig};
+use types::ModelClient;
 
 /// Built-in providers: name, kind, default base URL, key variable (`None`: no key needed).
 const BUILT_INS: &[(&str, ProviderKind, &str, Option<&str>)] = &[
@@ -250,6 +259,44 @@ impl Providers {
             ));
         }
         Ok((provider, parsed))
+    }
+}
+
+/// One client per usable provider, sharing one pooled HTTP client.
+#[derive(Clone, Default)]
+pub struct Clients {
+    by_name: BTreeMap<String, Arc<dyn ModelClient>>,
+}
+
+impl Clients {
+    pub fn build(providers: &Providers, upstream: &UpstreamConfig) -> Result<Self, String> {
+        let http = http::client(http::Timeouts {
+            connect: upstream.connect_timeout,
+        })
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let mut by_name: BTreeMap<String, Arc<dyn ModelClient>> = BTreeMap::new();
+        for provider in providers.by_name.values().filter(|p| p.usable()) {
+            let client: Arc<dyn ModelClient> = match provider.kind {
+                ProviderKind::Mock => Arc::new(mock::MockClient),
+                ProviderKind::Openai => Arc::new(openai::OpenAiClient::new(
+                    http.clone(),
+                    &provider.name,
+                    provider.base_url.clone(),
+                    provider.api_key.clone(),
+                )),
+                ProviderKind::Anthropic => Arc::new(anthropic::AnthropicClient::new(
+                    http.clone(),
+                    provider.base_url.clone(),
+                    provider.api_key.clone(),
+                )),
+            };
+            by_name.insert(provider.name.clone(), client);
+        }
+        Ok(Self { by_name })
+    }
+
+    pub fn get(&self, provider: &str) -> Option<Arc<dyn ModelClient>> {
+        self.by_name.get(provider).cloned()
     }
 }
 

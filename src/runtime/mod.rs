@@ -2,3 +2,6 @@
 
 pub mod agents;
 pub mod bootstrap;
+pub mod chat;
+pub mod prompt;
+pub mod sessions;

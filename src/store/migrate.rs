@@ -14,12 +14,20 @@ struct Migration {
     postgres: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "foundation",
-    sqlite: include_str!("../../migrations/sqlite/0001_foundation.sql"),
-    postgres: include_str!("../../migrations/postgres/0001_foundation.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "foundation",
+        sqlite: include_str!("../../migrations/sqlite/0001_foundation.sql"),
+        postgres: include_str!("../../migrations/postgres/0001_foundation.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "chat_and_events",
+        sqlite: include_str!("../../migrations/sqlite/0002_chat_and_events.sql"),
+        postgres: include_str!("../../migrations/postgres/0002_chat_and_events.sql"),
+    },
+];
 
 /// Arbitrary constant naming the migration lock among Postgres advisory locks.
 const PG_LOCK_ID: i64 = 7_242_001;

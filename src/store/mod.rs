@@ -3,6 +3,8 @@
 //! (`$1` placeholders work on both; times are integer milliseconds, JSON documents are text).
 
 pub mod agents;
+pub mod chat;
+pub mod events;
 pub mod keys;
 pub mod memory;
 pub mod migrate;

@@ -36,7 +36,14 @@ async fn every_route_without_a_key_answers_401_unauthorized() {
         }
         let response = app.call(&method, &concrete_path(&template), None, None).await;
         assert_eq!(response.status, StatusCode::UNAUTHORIZED, "{method} {template}");
-        assert_eq!(response.json()["code"], "unauthorized", "{method} {template}");
+        // The chat completions path answers in the OpenAI error shape (spec §3.11).
+        let body = response.json();
+        let code = if template == "/v1/chat/completions" {
+            &body["error"]["code"]
+        } else {
+            &body["code"]
+        };
+        assert_eq!(code, "unauthorized", "{method} {template}");
         assert_eq!(
             response.header("www-authenticate"),
             Some("Bearer"),

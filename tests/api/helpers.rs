@@ -12,12 +12,14 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use polpo_api::app::{self, AppState};
 use polpo_api::auth::Environment;
-use polpo_api::config::Config;
+use polpo_api::config::{Config, ProviderConfig};
 use polpo_api::providers::Providers;
 use polpo_api::runtime::bootstrap;
 use polpo_api::store::{self, Db};
 use serde_json::Value;
 use tower::ServiceExt;
+
+use crate::fakes::FakeProvider;
 
 /// Provider keys the tests pretend to have, so that `openai:` and `anthropic:` models are usable.
 pub fn fake_provider_env(name: &str) -> Option<String> {
@@ -117,7 +119,7 @@ impl TestApp {
         let db = Db::connect(Some(&database.url), 5).await.unwrap();
         store::migrate::run(&db).await.unwrap();
         let providers = Providers::from_config(&config.providers, &fake_provider_env).unwrap();
-        let state = AppState::new(db.clone(), config, providers);
+        let state = AppState::new(db.clone(), config, providers).unwrap();
         let router = app::router(state.clone());
         bootstrap::create_project(&db, "acme").await.unwrap();
         let test_key = bootstrap::create_key(&db, "acme", Environment::Test, None, None)
@@ -136,6 +138,26 @@ impl TestApp {
             test_key,
             live_key,
         }
+    }
+
+    /// An app whose `openai` and `anthropic` providers are the given fakes.
+    pub async fn with_fakes(openai: &FakeProvider, anthropic: &FakeProvider, mut config: Config) -> Self {
+        for (name, fake) in [("openai", openai), ("anthropic", anthropic)] {
+            let table = ProviderConfig {
+                base_url: Some(fake.base_url.clone()),
+                ..ProviderConfig::default()
+            };
+            config.providers.insert(name.to_string(), table);
+        }
+        Self::spawn_with(config).await
+    }
+
+    /// Serves the router on a real listener (for streams and disconnects); returns its base URL.
+    pub async fn serve(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(app::serve(listener, self.state.clone()));
+        format!("http://{addr}")
     }
 
     /// A key of another project (created on first use).

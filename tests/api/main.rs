@@ -4,7 +4,10 @@
 
 mod agents;
 mod auth;
+mod chat;
 mod errors;
+mod fakes;
+mod fakes_selftest;
 mod helpers;
 mod memory;
 mod operations;

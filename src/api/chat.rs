@@ -1,0 +1,511 @@
+//! `POST /v1/chat/completions`: the OpenAI-compatible endpoint (spec §3). Errors here use the
+//! OpenAI shape (§3.11); the app middleware renders them.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::input::{Field, Fields, JsonObject};
+use crate::app::AppState;
+use crate::auth::AuthContext;
+use crate::error::ApiError;
+use crate::ids;
+use crate::providers::types::{ChatMessage, Chunk, FinishReason, Params, Role, ToolCall, Usage};
+use crate::runtime::chat::{self, CompletionRequest, StartError, TurnEvent};
+use crate::runtime::sessions::StoredToolCall;
+
+const FIELDS: &[&str] = &[
+    "messages",
+    "agent",
+    "model",
+    "stream",
+    "stream_options",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "user",
+    "metadata",
+    "n",
+];
+
+fn tool_name_ok(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Checks one content part; `images` says whether `image_url` parts are allowed.
+fn check_part(part: &Value, path: &str, images: bool, f: &mut Fields) {
+    match part.get("type").and_then(Value::as_str) {
+        Some("text") if part.get("text").is_some_and(Value::is_string) => {}
+        Some("text") => f.error(format!("{path}.text"), "must be a string"),
+        Some("image_url") if images => {
+            let url = part.pointer("/image_url/url").and_then(Value::as_str).unwrap_or("");
+            if !(url.starts_with("https://") || url.starts_with("data:")) {
+                f.error(format!("{path}.image_url.url"), "must be an https or data: URL");
+            }
+        }
+        Some(other) => f.error(
+            format!("{path}.type"),
+            format!("unsupported content part type {other:?}"),
+        ),
+        None => f.error(format!("{path}.type"), "required"),
+    }
+}
+
+fn read_message(value: &Value, path: &str, f: &mut Fields) -> Option<ChatMessage> {
+    let Some(object) = value.as_object() else {
+        f.error(path.to_string(), "must be an object");
+        return None;
+    };
+    let role = match object.get("role").and_then(Value::as_str) {
+        Some("system" | "developer") => Role::System,
+        Some("user") => Role::User,
+        Some("assistant") => Role::Assistant,
+        Some("tool") => Role::Tool,
+        Some(other) => {
+            f.error(format!("{path}.role"), format!("unsupported role {other:?}"));
+            return None;
+        }
+        None => {
+            f.error(format!("{path}.role"), "required");
+            return None;
+        }
+    };
+    for key in object.keys() {
+        if !["role", "content", "name", "tool_calls", "tool_call_id", "refusal"].contains(&key.as_str()) {
+            f.error(format!("{path}.{key}"), "unknown field");
+        }
+    }
+    let content = object.get("content").filter(|c| !c.is_null()).cloned();
+    match &content {
+        Some(Value::String(_)) => {}
+        Some(Value::Array(parts)) => {
+            for (i, part) in parts.iter().enumerate() {
+                check_part(part, &format!("{path}.content[{i}]"), role == Role::User, f);
+            }
+        }
+        Some(_) => f.error(
+            format!("{path}.content"),
+            "must be a string or an array of content parts",
+        ),
+        None => {}
+    }
+    let mut tool_calls = Vec::new();
+    if let Some(calls) = object.get("tool_calls").filter(|c| !c.is_null()) {
+        match (role, calls.as_array()) {
+            (Role::Assistant, Some(calls)) => {
+                for (i, call) in calls.iter().enumerate() {
+                    let id = call.get("id").and_then(Value::as_str);
+                    let name = call.pointer("/function/name").and_then(Value::as_str);
+                    let arguments = call.pointer("/function/arguments").and_then(Value::as_str);
+                    match (id, name, arguments) {
+                        (Some(id), Some(name), Some(arguments)) => tool_calls.push(ToolCall {
+                            id: id.to_string(),
+                            name: name.to_string(),
+                            arguments: arguments.to_string(),
+                        }),
+                        _ => f.error(
+                            format!("{path}.tool_calls[{i}]"),
+                            "needs id, function.name and function.arguments",
+                        ),
+                    }
+                }
+            }
+            _ => f.error(
+                format!("{path}.tool_calls"),
+                "only assistant messages carry an array of tool calls",
+            ),
+        }
+    }
+    let tool_call_only = role == Role::Assistant && !tool_calls.is_empty();
+    if content.is_none() && !tool_call_only {
+        f.error(format!("{path}.content"), "required");
+    }
+    let tool_call_id = object.get("tool_call_id").and_then(Value::as_str).map(str::to_string);
+    if role == Role::Tool && tool_call_id.is_none() {
+        f.error(format!("{path}.tool_call_id"), "required for tool messages");
+    }
+    let name = object.get("name").and_then(Value::as_str).map(str::to_string);
+    Some(ChatMessage {
+        role,
+        content,
+        name,
+        tool_calls,
+        tool_call_id,
+    })
+}
+
+fn read_tools(tools: Vec<Value>, f: &mut Fields) -> Vec<Value> {
+    for (i, tool) in tools.iter().enumerate() {
+        let path = format!("tools[{i}]");
+        if tool.get("type").and_then(Value::as_str) != Some("function") {
+            f.error(format!("{path}.type"), "must be \"function\"");
+        }
+        match tool.pointer("/function/name").and_then(Value::as_str) {
+            Some(name) if tool_name_ok(name) => {}
+            _ => f.error(
+                format!("{path}.function.name"),
+                "must be 1 to 64 characters of [A-Za-z0-9_-]",
+            ),
+        }
+        if tool.pointer("/function/parameters").is_some_and(|p| !p.is_object()) {
+            f.error(format!("{path}.function.parameters"), "must be an object");
+        }
+    }
+    tools
+}
+
+/// Reads and validates the request body (spec §3.2, §3.3).
+fn read_request(body: JsonObject) -> Result<CompletionRequest, ApiError> {
+    let mut object = body.0;
+    // Structured members are taken out first and checked by hand; the rest by the field reader.
+    let mut take = |key: &str| object.remove(key).filter(|v| !v.is_null());
+    let messages_value = take("messages");
+    let stream_options = take("stream_options");
+    let stop = take("stop");
+    let tools = take("tools");
+    let tool_choice = take("tool_choice");
+    let response_format = take("response_format");
+    let mut f = Fields::new(object, FIELDS, &[]);
+    let mut messages = Vec::new();
+    match messages_value {
+        Some(Value::Array(items)) if !items.is_empty() => {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(m) = read_message(item, &format!("messages[{i}]"), &mut f) {
+                    messages.push(m);
+                }
+            }
+        }
+        Some(Value::Array(_)) => f.error("messages".into(), "must contain at least one message"),
+        Some(_) => f.error("messages".into(), "must be an array of messages"),
+        None => f.error("messages".into(), "required"),
+    }
+    let agent = f.string("agent", 1, 256).into_option();
+    let model = f.string("model", 1, 256).into_option();
+    let stream = match f.boolean("stream") {
+        Field::Value(b) => b,
+        _ => false,
+    };
+    let include_usage = match &stream_options {
+        None => false,
+        Some(_) if !stream => {
+            f.error("stream_options".into(), "only allowed with stream: true");
+            false
+        }
+        Some(Value::Object(o)) => {
+            if o.keys().any(|k| k != "include_usage") {
+                f.error("stream_options".into(), "only include_usage is supported");
+            }
+            o.get("include_usage").and_then(Value::as_bool).unwrap_or(false)
+        }
+        Some(_) => {
+            f.error("stream_options".into(), "must be an object");
+            false
+        }
+    };
+    let temperature = f.number("temperature", 0.0, 2.0).into_option();
+    let top_p = f.number("top_p", 0.0, 1.0).into_option();
+    let max_tokens = f.integer("max_tokens", 1, i64::from(i32::MAX)).into_option();
+    let max_completion_tokens = f.integer("max_completion_tokens", 1, i64::from(i32::MAX)).into_option();
+    if max_tokens.is_some() && max_completion_tokens.is_some() {
+        f.error(
+            "max_completion_tokens".into(),
+            "give max_tokens or max_completion_tokens, not both",
+        );
+    }
+    let stop = match stop {
+        None => None,
+        Some(Value::String(s)) => Some(vec![s]),
+        Some(Value::Array(items)) => {
+            let strings: Vec<String> = items.iter().filter_map(Value::as_str).map(str::to_string).collect();
+            if strings.len() != items.len() || strings.len() > 4 {
+                f.error("stop".into(), "must be a string or at most 4 strings");
+            }
+            Some(strings)
+        }
+        Some(_) => {
+            f.error("stop".into(), "must be a string or an array of strings");
+            None
+        }
+    };
+    if stop
+        .as_ref()
+        .is_some_and(|s| s.iter().any(|s| !(1..=256).contains(&s.chars().count())))
+    {
+        f.error("stop".into(), "each stop sequence must be 1 to 256 characters long");
+    }
+    let seed = f.integer("seed", i64::MIN, i64::MAX).into_option();
+    let presence_penalty = f.number("presence_penalty", -2.0, 2.0).into_option();
+    let frequency_penalty = f.number("frequency_penalty", -2.0, 2.0).into_option();
+    let tools = match tools {
+        None => None,
+        Some(Value::Array(items)) if items.len() <= 128 => Some(read_tools(items, &mut f)),
+        Some(_) => {
+            f.error("tools".into(), "must be an array of at most 128 tools");
+            None
+        }
+    };
+    if let Some(choice) = &tool_choice {
+        match choice {
+            Value::String(s) if ["none", "auto", "required"].contains(&s.as_str()) => {}
+            Value::Object(_) => {
+                let name = choice.pointer("/function/name").and_then(Value::as_str);
+                let known = tools
+                    .iter()
+                    .flatten()
+                    .any(|t| t.pointer("/function/name").and_then(Value::as_str) == name);
+                if name.is_none() || !known {
+                    f.error("tool_choice".into(), "must name a function listed in tools");
+                }
+            }
+            _ => f.error("tool_choice".into(), "must be none, auto, required or a named function"),
+        }
+    }
+    let parallel_tool_calls = f.boolean("parallel_tool_calls").into_option();
+    if let Some(format) = &response_format {
+        let kind = format.get("type").and_then(Value::as_str);
+        let ok = match kind {
+            Some("text" | "json_object") => true,
+            Some("json_schema") => {
+                format.pointer("/json_schema/name").is_some_and(Value::is_string)
+                    && format.pointer("/json_schema/schema").is_some_and(Value::is_object)
+            }
+            _ => false,
+        };
+        if !ok {
+            f.error(
+                "response_format".into(),
+                "must be text, json_object or json_schema with a name and a schema",
+            );
+        }
+    }
+    let user = f.string("user", 0, 256).into_option();
+    let metadata = f.metadata("metadata").into_option().unwrap_or_default();
+    if let Field::Value(n) = f.integer("n", i64::MIN, i64::MAX)
+        && n != 1
+    {
+        f.error("n".into(), "only 1 is supported");
+    }
+    f.finish()?;
+    Ok(CompletionRequest {
+        messages,
+        agent,
+        model,
+        stream,
+        include_usage,
+        params: Params {
+            temperature,
+            top_p,
+            max_tokens: max_tokens.or(max_completion_tokens),
+            stop,
+            seed,
+            presence_penalty,
+            frequency_penalty,
+            tools,
+            tool_choice,
+            parallel_tool_calls,
+            response_format,
+            user,
+            reasoning: None,
+        },
+        metadata: metadata.into_iter().collect::<BTreeMap<_, _>>(),
+    })
+}
+
+fn session_header(session_id: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(session_id) {
+        headers.insert("x-session-id", value);
+    }
+    headers
+}
+
+/// Create a chat completion, streamed or not (spec §3).
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "chat",
+    request_body(content = Object, description = "An OpenAI chat completion request, plus `agent` and `metadata` (spec §3.2)"),
+    params(("x-session-id" = Option<String>, Header, description = "`new` or absent starts a session; a session id continues it")),
+    responses((status = 200, description = "a chat.completion object, or a text/event-stream of chat.completion.chunk frames ending in [DONE]",
+               headers(("x-session-id" = String, description = "the session used"))),
+              (status = 400, description = "OpenAI error shape"), (status = 404, description = "unknown agent or session"),
+              (status = 409, description = "session of another agent"), (status = 429, description = "rate limited"),
+              (status = 502, description = "provider failed"), (status = 504, description = "provider timed out")))]
+pub async fn create_chat_completion(
+    State(state): State<AppState>,
+    auth: AuthContext,
+    headers: HeaderMap,
+    body: JsonObject,
+) -> Result<Response, Response> {
+    let request = read_request(body).map_err(IntoResponse::into_response)?;
+    let header = headers
+        .get("x-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let stream = request.stream;
+    let include_usage = request.include_usage;
+    let turn = chat::start(&state, &auth.scope, header.as_deref(), request)
+        .await
+        .map_err(|StartError { error, session_id }| match session_id {
+            Some(id) => (session_header(&id), error).into_response(),
+            None => error.into_response(),
+        })?;
+    let completion = Completion {
+        id: ids::new_id("chatcmpl-"),
+        created: crate::clock::now_ms() / 1000,
+        model: turn.model.clone(),
+    };
+    let headers = session_header(&turn.session_id);
+    if stream {
+        let keepalive = state.config.events.keepalive;
+        let frames = stream_frames(completion, turn.events, include_usage);
+        let mut response = Sse::new(frames)
+            .keep_alive(KeepAlive::new().interval(keepalive).text(" ping"))
+            .into_response();
+        response.headers_mut().extend(headers);
+        response
+            .headers_mut()
+            .insert("x-accel-buffering", HeaderValue::from_static("no"));
+        return Ok(response);
+    }
+    collect(completion, turn.events)
+        .await
+        .map(|body| (headers.clone(), Json(body)).into_response())
+        .map_err(|error| (headers, error).into_response())
+}
+
+/// The fields every chunk and completion repeats.
+struct Completion {
+    id: String,
+    created: i64,
+    model: String,
+}
+
+impl Completion {
+    fn chunk(&self, delta: Value, finish: Option<FinishReason>) -> Value {
+        json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish.map(FinishReason::as_str)}]
+        })
+    }
+}
+
+fn usage_json(usage: Usage) -> Value {
+    json!({"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+           "total_tokens": usage.prompt_tokens + usage.completion_tokens})
+}
+
+fn delta_json(chunk: &Chunk) -> Value {
+    match chunk {
+        Chunk::Text(text) => json!({"content": text}),
+        Chunk::ToolCallStart { index, id, name } => json!({"tool_calls": [
+            {"index": index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
+        Chunk::ToolCallArguments { index, arguments } => {
+            json!({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]})
+        }
+        Chunk::Finish(_) | Chunk::Usage(_) => json!({}),
+    }
+}
+
+fn data(value: &Value) -> Result<SseEvent, Infallible> {
+    Ok(SseEvent::default().data(value.to_string()))
+}
+
+/// The stream of spec §3.8: role chunk, deltas, finish chunk, optional usage chunk, `[DONE]`;
+/// or one error frame and the end, without `[DONE]`.
+fn stream_frames(
+    completion: Completion,
+    mut events: tokio::sync::mpsc::Receiver<TurnEvent>,
+    include_usage: bool,
+) -> impl futures_util::Stream<Item = Result<SseEvent, Infallible>> {
+    async_stream::stream! {
+        yield data(&completion.chunk(json!({"role": "assistant", "content": ""}), None));
+        while let Some(event) = events.recv().await {
+            match event {
+                TurnEvent::Started => {}
+                TurnEvent::Delta(chunk) => yield data(&completion.chunk(delta_json(&chunk), None)),
+                TurnEvent::Completed { finish, usage } => {
+                    yield data(&completion.chunk(json!({}), Some(finish)));
+                    if include_usage {
+                        yield data(&json!({
+                            "id": completion.id, "object": "chat.completion.chunk", "created": completion.created,
+                            "model": completion.model, "choices": [], "usage": usage_json(usage)
+                        }));
+                    }
+                    yield Ok(SseEvent::default().data("[DONE]"));
+                    return;
+                }
+                TurnEvent::Failed(error) => {
+                    yield data(&json!({"error": error.report().openai_error()}));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A non-streamed answer: the whole reply as one `chat.completion` (spec §3.7).
+async fn collect(
+    completion: Completion,
+    mut events: tokio::sync::mpsc::Receiver<TurnEvent>,
+) -> Result<Value, ApiError> {
+    let mut text = String::new();
+    let mut calls: BTreeMap<u32, StoredToolCall> = BTreeMap::new();
+    while let Some(event) = events.recv().await {
+        match event {
+            TurnEvent::Started => {}
+            TurnEvent::Delta(Chunk::Text(t)) => text.push_str(&t),
+            TurnEvent::Delta(Chunk::ToolCallStart { index, id, name }) => {
+                calls.insert(
+                    index,
+                    StoredToolCall {
+                        id,
+                        name,
+                        arguments: String::new(),
+                    },
+                );
+            }
+            TurnEvent::Delta(Chunk::ToolCallArguments { index, arguments }) => {
+                if let Some(call) = calls.get_mut(&index) {
+                    call.arguments.push_str(&arguments);
+                }
+            }
+            TurnEvent::Delta(_) => {}
+            TurnEvent::Completed { finish, usage } => {
+                let mut message = json!({"role": "assistant", "content": text, "refusal": null});
+                if !calls.is_empty() {
+                    if text.is_empty() {
+                        message["content"] = Value::Null;
+                    }
+                    message["tool_calls"] = calls
+                        .values()
+                        .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+                        .collect();
+                }
+                return Ok(json!({
+                    "id": completion.id, "object": "chat.completion", "created": completion.created,
+                    "model": completion.model,
+                    "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish.as_str()}],
+                    "usage": usage_json(usage),
+                }));
+            }
+            TurnEvent::Failed(error) => return Err(error),
+        }
+    }
+    Err(ApiError::internal("chat task ended without an answer"))
+}

@@ -1,0 +1,307 @@
+//! OpenAI-compatible providers (spec §4.4): openai, xai, groq, openrouter, mistral, deepseek,
+//! together, fireworks, google, ollama and custom ones. Always streams upstream, always asks for
+//! usage.
+
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use serde_json::{Map, Value, json};
+
+use super::http;
+use super::sse;
+use super::types::{
+    ChatMessage, ChatRequest, Chunk, ChunkStream, FinishReason, ModelClient, ProviderError, Role, Usage,
+};
+use crate::runtime::agents::Reasoning;
+
+pub struct OpenAiClient {
+    http: reqwest::Client,
+    base_url: String,
+    api_key: Option<String>,
+    /// OpenAI itself wants `max_completion_tokens`; most compatible APIs still take `max_tokens`.
+    max_tokens_field: &'static str,
+}
+
+impl OpenAiClient {
+    pub fn new(http: reqwest::Client, provider: &str, base_url: String, api_key: Option<String>) -> Self {
+        let max_tokens_field = if provider == "openai" {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        Self {
+            http,
+            base_url,
+            api_key,
+            max_tokens_field,
+        }
+    }
+}
+
+impl ModelClient for OpenAiClient {
+    fn stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChunkStream, ProviderError>> {
+        Box::pin(async move {
+            let body = to_wire(&request, self.max_tokens_field);
+            let mut builder = self
+                .http
+                .post(format!("{}/chat/completions", self.base_url))
+                .json(&body);
+            if let Some(key) = &self.api_key {
+                builder = builder.bearer_auth(key);
+            }
+            let response = http::send(builder).await?;
+            if !response.status().is_success() {
+                return Err(http::error_for(response, error_message).await);
+            }
+            Ok(Box::pin(chunks(response)) as ChunkStream)
+        })
+    }
+}
+
+fn error_message(body: &Value) -> Option<String> {
+    body.pointer("/error/message")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::Tool => "tool",
+    }
+}
+
+fn message_to_wire(message: &ChatMessage) -> Value {
+    let mut out = Map::new();
+    out.insert("role".into(), json!(role_name(message.role)));
+    out.insert("content".into(), message.content.clone().unwrap_or(Value::Null));
+    if let Some(name) = &message.name {
+        out.insert("name".into(), json!(name));
+    }
+    if !message.tool_calls.is_empty() {
+        let calls: Vec<Value> = message
+            .tool_calls
+            .iter()
+            .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+            .collect();
+        out.insert("tool_calls".into(), Value::Array(calls));
+    }
+    if let Some(id) = &message.tool_call_id {
+        out.insert("tool_call_id".into(), json!(id));
+    }
+    Value::Object(out)
+}
+
+/// The request body in OpenAI form.
+pub fn to_wire(request: &ChatRequest, max_tokens_field: &str) -> Value {
+    let p = &request.params;
+    let mut body = Map::new();
+    body.insert("model".into(), json!(request.model));
+    body.insert(
+        "messages".into(),
+        request.messages.iter().map(message_to_wire).collect(),
+    );
+    body.insert("stream".into(), json!(true));
+    body.insert("stream_options".into(), json!({"include_usage": true}));
+    let mut put = |key: &str, value: Option<Value>| {
+        if let Some(value) = value {
+            body.insert(key.to_string(), value);
+        }
+    };
+    put("temperature", p.temperature.map(|v| json!(v)));
+    put("top_p", p.top_p.map(|v| json!(v)));
+    put(max_tokens_field, p.max_tokens.map(|v| json!(v)));
+    put("stop", p.stop.as_ref().map(|v| json!(v)));
+    put("seed", p.seed.map(|v| json!(v)));
+    put("presence_penalty", p.presence_penalty.map(|v| json!(v)));
+    put("frequency_penalty", p.frequency_penalty.map(|v| json!(v)));
+    put("tools", p.tools.as_ref().map(|v| json!(v)));
+    put("tool_choice", p.tool_choice.clone());
+    put("parallel_tool_calls", p.parallel_tool_calls.map(|v| json!(v)));
+    put("response_format", p.response_format.clone());
+    put("user", p.user.as_ref().map(|v| json!(v)));
+    let effort = match p.reasoning {
+        None | Some(Reasoning::Off) => None,
+        Some(Reasoning::Minimal) => Some("minimal"),
+        Some(Reasoning::Low) => Some("low"),
+        Some(Reasoning::Medium) => Some("medium"),
+        Some(Reasoning::High) => Some("high"),
+        Some(Reasoning::Xhigh) => Some("xhigh"),
+    };
+    put("reasoning_effort", effort.map(|v| json!(v)));
+    Value::Object(body)
+}
+
+fn finish_reason(text: &str) -> FinishReason {
+    match text {
+        "length" => FinishReason::Length,
+        "tool_calls" | "function_call" => FinishReason::ToolCalls,
+        "content_filter" => FinishReason::ContentFilter,
+        _ => FinishReason::Stop,
+    }
+}
+
+/// The chunks of one parsed `chat.completion.chunk` object.
+pub fn parse_chunk(value: &Value) -> Result<Vec<Chunk>, ProviderError> {
+    if let Some(error) = value.get("error") {
+        let message = error
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("error in stream");
+        return Err(ProviderError::Upstream(format!("error frame: {message}")));
+    }
+    let mut out = Vec::new();
+    if let Some(choice) = value.get("choices").and_then(Value::as_array).and_then(|c| c.first()) {
+        let delta = choice.get("delta").unwrap_or(&Value::Null);
+        if let Some(text) = delta.get("content").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+            out.push(Chunk::Text(text.to_string()));
+        }
+        for call in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+            let index = call
+                .get("index")
+                .and_then(Value::as_u64)
+                .and_then(|i| u32::try_from(i).ok())
+                .unwrap_or(0);
+            let function = call.get("function").unwrap_or(&Value::Null);
+            let id = call.get("id").and_then(Value::as_str);
+            let name = function.get("name").and_then(Value::as_str);
+            if id.is_some() || name.is_some() {
+                out.push(Chunk::ToolCallStart {
+                    index,
+                    id: id.unwrap_or_default().to_string(),
+                    name: name.unwrap_or_default().to_string(),
+                });
+            }
+            if let Some(arguments) = function
+                .get("arguments")
+                .and_then(Value::as_str)
+                .filter(|a| !a.is_empty())
+            {
+                out.push(Chunk::ToolCallArguments {
+                    index,
+                    arguments: arguments.to_string(),
+                });
+            }
+        }
+        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+            out.push(Chunk::Finish(finish_reason(reason)));
+        }
+    }
+    if let Some(usage) = value.get("usage").filter(|u| u.is_object()) {
+        let count = |k: &str| usage.get(k).and_then(Value::as_i64).unwrap_or(0);
+        out.push(Chunk::Usage(Usage {
+            prompt_tokens: count("prompt_tokens"),
+            completion_tokens: count("completion_tokens"),
+        }));
+    }
+    Ok(out)
+}
+
+fn chunks(response: reqwest::Response) -> impl futures_util::Stream<Item = Result<Chunk, ProviderError>> + Send {
+    let frames = sse::frames(response);
+    async_stream::stream! {
+        futures_util::pin_mut!(frames);
+        let mut finished = false;
+        while let Some(frame) = frames.next().await {
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(e) => {
+                    yield Err(e);
+                    return;
+                }
+            };
+            if frame.data == "[DONE]" {
+                return;
+            }
+            let parsed = serde_json::from_str::<Value>(&frame.data)
+                .map_err(|_| ProviderError::Upstream("a stream frame is not JSON".into()))
+                .and_then(|v| parse_chunk(&v));
+            match parsed {
+                Ok(chunks) => {
+                    for chunk in chunks {
+                        finished |= matches!(chunk, Chunk::Finish(_));
+                        yield Ok(chunk);
+                    }
+                }
+                Err(e) => {
+                    yield Err(e);
+                    return;
+                }
+            }
+        }
+        // Some compatible servers close without [DONE]; that is only an error mid-answer.
+        if !finished {
+            yield Err(ProviderError::Upstream("stream ended before the answer finished".into()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::types::{Params, ToolCall};
+
+    #[test]
+    fn requests_always_stream_with_usage_and_map_reasoning() {
+        let request = ChatRequest {
+            model: "gpt-4o".into(),
+            messages: vec![
+                ChatMessage::text(Role::System, "be brief"),
+                ChatMessage {
+                    role: Role::Assistant,
+                    content: None,
+                    name: None,
+                    tool_calls: vec![ToolCall {
+                        id: "call_1".into(),
+                        name: "f".into(),
+                        arguments: "{}".into(),
+                    }],
+                    tool_call_id: None,
+                },
+            ],
+            params: Params {
+                max_tokens: Some(50),
+                reasoning: Some(Reasoning::High),
+                ..Params::default()
+            },
+        };
+        let body = to_wire(&request, "max_completion_tokens");
+        assert_eq!(body["stream"], true);
+        assert_eq!(body["stream_options"]["include_usage"], true);
+        assert_eq!(body["max_completion_tokens"], 50);
+        assert_eq!(body["reasoning_effort"], "high");
+        assert!(body["messages"][1]["content"].is_null());
+        assert_eq!(body["messages"][1]["tool_calls"][0]["function"]["name"], "f");
+        assert!(body.get("temperature").is_none());
+    }
+
+    #[test]
+    fn chunks_carry_text_tool_calls_finish_and_usage() {
+        let frame = json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]},
+            "finish_reason": null}]});
+        assert_eq!(
+            parse_chunk(&frame).unwrap(),
+            vec![Chunk::ToolCallStart {
+                index: 0,
+                id: "call_1".into(),
+                name: "get_weather".into()
+            }]
+        );
+        let frame = json!({"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]});
+        assert_eq!(
+            parse_chunk(&frame).unwrap(),
+            vec![Chunk::Text("hi".into()), Chunk::Finish(FinishReason::Stop)]
+        );
+        let frame = json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}});
+        assert_eq!(
+            parse_chunk(&frame).unwrap(),
+            vec![Chunk::Usage(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4
+            })]
+        );
+        assert!(parse_chunk(&json!({"error": {"message": "boom"}})).is_err());
+    }
+}

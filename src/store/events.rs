@@ -1,0 +1,80 @@
+//! The event log: `events` rows and the per-scope `event_counters` row that numbers them.
+
+use sqlx::Row;
+
+use super::Exec;
+use crate::auth::Scope;
+
+/// Takes `count` sequence numbers for the scope and returns the last one. The counter row stays
+/// locked until the transaction ends, which serialises event-writing commits per scope.
+pub async fn reserve<'c>(ex: impl Exec<'c>, scope: &Scope, count: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO event_counters (project, environment, last_seq) VALUES ($1, $2, $3)
+         ON CONFLICT (project, environment) DO UPDATE SET last_seq = event_counters.last_seq + $3
+         RETURNING last_seq",
+    )
+    .bind(&scope.project)
+    .bind(scope.environment.as_str())
+    .bind(count)
+    .fetch_one(ex)
+    .await?
+    .try_get(0)
+}
+
+pub async fn insert<'c>(
+    ex: impl Exec<'c>,
+    scope: &Scope,
+    seq: i64,
+    name: &str,
+    payload: &str,
+    created_at: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO events (project, environment, seq, name, payload, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&scope.project)
+    .bind(scope.environment.as_str())
+    .bind(seq)
+    .bind(name)
+    .bind(payload)
+    .bind(created_at)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+/// A stored event.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub seq: i64,
+    pub name: String,
+    pub payload: String,
+}
+
+/// Events after `after`, oldest first.
+pub async fn list_after<'c>(
+    ex: impl Exec<'c>,
+    scope: &Scope,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<EventRow>, sqlx::Error> {
+    sqlx::query(
+        "SELECT seq, name, payload FROM events WHERE project = $1 AND environment = $2 AND seq > $3
+         ORDER BY seq LIMIT $4",
+    )
+    .bind(&scope.project)
+    .bind(scope.environment.as_str())
+    .bind(after)
+    .bind(limit)
+    .fetch_all(ex)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(EventRow {
+            seq: r.try_get("seq")?,
+            name: r.try_get("name")?,
+            payload: r.try_get("payload")?,
+        })
+    })
+    .collect()
+}
