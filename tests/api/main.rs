@@ -13,3 +13,4 @@ mod memory;
 mod operations;
 mod process;
 mod scoping;
+mod sdk;
