@@ -16,6 +16,7 @@ use crate::api;
 use crate::auth::{self, KeyVerifier};
 use crate::config::Config;
 use crate::error::{ApiError, ErrorReport, ErrorShape};
+use crate::events::hub::Hub;
 use crate::metrics::Metrics;
 use crate::providers::{Clients, Providers};
 use crate::store::Db;
@@ -29,6 +30,8 @@ pub struct AppState {
     /// One client per usable provider.
     pub clients: Clients,
     pub verifier: Arc<KeyVerifier>,
+    /// Live fan-out of the event log.
+    pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
     /// Cancelled when the server starts draining (spec §10.5).
@@ -42,19 +45,31 @@ impl AppState {
     pub fn new(db: Db, config: Config, providers: Providers) -> Result<Self, String> {
         let verifier = KeyVerifier::new(config.auth_cache_ttl());
         let clients = Clients::build(&providers, &config.upstream)?;
+        let shutdown = CancellationToken::new();
+        let hub = Hub::new(
+            db.clone(),
+            config.events.subscriber_buffer,
+            EVENT_TICK,
+            shutdown.clone(),
+        );
         Ok(Self {
+            hub: Arc::new(hub),
             db,
             providers: Arc::new(providers),
             clients,
             verifier: Arc::new(verifier),
             metrics: Arc::new(Metrics::default()),
             started: Instant::now(),
-            shutdown: CancellationToken::new(),
+            shutdown,
             hard_stop: CancellationToken::new(),
             config: Arc::new(config),
         })
     }
 }
+
+/// How often an event feed re-reads the log without a wake-up (spec §7.5: under 5 s even when
+/// notifications are lost).
+const EVENT_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The path whose errors use the OpenAI shape (spec §3.11).
 const OPENAI_SHAPED_PATH: &str = "/v1/chat/completions";
@@ -175,6 +190,33 @@ fn normalize_error(response: Response, shape: ErrorShape) -> Response {
     }
     fresh
 }
+
+/// Starts the work that runs beside the HTTP server until shutdown: the event-log retention purge
+/// and, on Postgres, the listener that wakes event feeds for other instances' commits.
+pub fn spawn_background(state: &AppState) {
+    if let Some(url) = state.config.database.url.clone() {
+        tokio::spawn(Arc::clone(&state.hub).listen_postgres(url));
+    }
+    let (db, retention, shutdown) = (state.db.clone(), state.config.events.retention, state.shutdown.clone());
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(PURGE_EVERY);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let cutoff = crate::clock::now_ms() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+            match crate::store::events::purge(&db.pool, cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "purged events past retention"),
+                Err(e) => tracing::warn!(error = %e, "event purge failed"),
+            }
+        }
+    });
+}
+
+/// How often expired events are purged.
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Waits for SIGTERM or SIGINT.
 pub async fn shutdown_signal() {

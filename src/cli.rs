@@ -232,6 +232,7 @@ async fn serve(config: Config, no_migrate: bool) -> Result<(), String> {
     let state = AppState::new(db.clone(), config, providers)?;
     let shutdown = state.shutdown.clone();
     let hard_stop = state.hard_stop.clone();
+    app::spawn_background(&state);
     let mut server = tokio::spawn(app::serve(listener, state));
     tokio::select! {
         () = app::shutdown_signal() => {

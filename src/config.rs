@@ -84,6 +84,11 @@ impl Default for UpstreamConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventsConfig {
+    /// How long events are kept before the background purge deletes them.
+    #[serde(deserialize_with = "de_duration")]
+    pub retention: Duration,
+    /// Events buffered per stream subscriber; a subscriber that falls further behind is dropped.
+    pub subscriber_buffer: usize,
     /// Keep-alive comment interval on every stream.
     #[serde(deserialize_with = "de_duration")]
     pub keepalive: Duration,
@@ -92,6 +97,8 @@ pub struct EventsConfig {
 impl Default for EventsConfig {
     fn default() -> Self {
         Self {
+            retention: Duration::from_secs(7 * 86_400),
+            subscriber_buffer: 1000,
             keepalive: Duration::from_secs(15),
         }
     }

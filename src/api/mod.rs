@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod chat;
+pub mod events;
 pub mod health;
 pub mod input;
 pub mod memory;
@@ -77,6 +78,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::list_sessions))
         .routes(routes!(sessions::get_session, sessions::delete_session))
         .routes(routes!(sessions::list_messages))
+        .routes(routes!(events::stream_events))
+        .routes(routes!(events::event_history))
 }
 
 /// The OpenAPI document, built once from [`routes`].

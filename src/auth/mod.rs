@@ -29,6 +29,8 @@ pub struct Scope {
 pub struct AuthContext {
     pub key_id: String,
     pub scope: Scope,
+    /// SHA-256 of the key, so that long-lived streams can re-check it (never the key itself).
+    pub key_hash: String,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for AuthContext {
@@ -178,16 +180,46 @@ impl KeyVerifier {
                 project: row.project,
                 environment,
             },
+            key_hash: hash.clone(),
         };
         self.remember(hash, context.clone(), row.expires_at);
         Ok(context)
     }
 
     fn cached(&self, hash: &str, now: i64) -> Option<AuthContext> {
+        self.cached_within(hash, now, self.ttl)
+    }
+
+    fn cached_within(&self, hash: &str, now: i64, max_age: Duration) -> Option<AuthContext> {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let entry = cache.get(hash)?;
-        let fresh = entry.verified_at.elapsed() < self.ttl && entry.expires_at.is_none_or(|t| t > now);
+        let fresh = entry.verified_at.elapsed() < max_age && entry.expires_at.is_none_or(|t| t > now);
         fresh.then(|| entry.context.clone())
+    }
+
+    /// For open streams: is the key behind `context` still valid? Trusts a verification at most
+    /// `max_age` old, else asks the database. A database error keeps the stream (a blip must not
+    /// cut every stream); a revoked, expired or vanished key ends it.
+    pub async fn still_valid(&self, db: &Db, context: &AuthContext, max_age: Duration) -> bool {
+        let now = crate::clock::now_ms();
+        if self
+            .cached_within(&context.key_hash, now, max_age.min(self.ttl))
+            .is_some()
+        {
+            return true;
+        }
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        match store::keys::find_by_hash(&db.pool, &context.key_hash).await {
+            Ok(Some(row)) if row.revoked_at.is_none() && row.expires_at.is_none_or(|t| t > now) => {
+                self.remember(context.key_hash.clone(), context.clone(), row.expires_at);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not re-check a stream's key");
+                true
+            }
+        }
     }
 
     fn remember(&self, hash: String, context: AuthContext, expires_at: Option<i64>) {

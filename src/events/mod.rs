@@ -1,11 +1,14 @@
 //! The event catalogue (spec §7.7) as one typed definition, and appending events to the log in
 //! the caller's transaction. Emitting an event with the wrong payload does not compile.
 
+pub mod filter;
+pub mod hub;
+
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::auth::Scope;
-use crate::store;
+use crate::store::{self, Backend};
 
 /// Token counts as events and task results show them (spec §5.2 Usage).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -63,8 +66,12 @@ impl Event {
 /// Appends events to the scope's log inside the caller's transaction, numbering them from the
 /// scope's counter row (spec §7.3: the row lock orders commits, so no smaller number can commit
 /// after a larger one is visible).
+///
+/// On Postgres the same transaction sends a NOTIFY, delivered at commit, that wakes the feeds of
+/// other instances; the caller wakes this instance's feed after commit ([`hub::Hub::wake`]).
 pub async fn append(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: Backend,
     scope: &Scope,
     at_ms: i64,
     events: &[Event],
@@ -89,6 +96,13 @@ pub async fn append(
             at_ms,
         )
         .await?;
+    }
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(hub::PG_CHANNEL)
+            .bind(format!("{}/{}", scope.project, scope.environment.as_str()))
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(())
 }

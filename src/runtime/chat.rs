@@ -17,6 +17,7 @@ use crate::auth::Scope;
 use crate::clock;
 use crate::config::UpstreamConfig;
 use crate::error::ApiError;
+use crate::events::hub::Hub;
 use crate::events::{self, Event, UsageCounts};
 use crate::ids;
 use crate::providers::split_model;
@@ -221,6 +222,7 @@ pub async fn start(
     let (tx, mut rx) = mpsc::channel(64);
     let drive = Drive {
         db: state.db.clone(),
+        hub: Arc::clone(&state.hub),
         scope: scope.clone(),
         session_id: session_id.clone(),
         agent: agent_name,
@@ -272,8 +274,9 @@ async fn create_session(
         title: row.title.clone(),
         user: row.user.clone(),
     };
-    events::append(&mut tx, scope, now, &[event]).await?;
+    events::append(&mut tx, state.db.backend, scope, now, &[event]).await?;
     tx.commit().await?;
+    state.hub.wake(scope);
     Ok(row.id)
 }
 
@@ -395,6 +398,7 @@ enum Outcome {
 
 struct Drive {
     db: Db,
+    hub: Arc<Hub>,
     scope: Scope,
     session_id: String,
     agent: Option<String>,
@@ -581,8 +585,9 @@ impl Drive {
                 role: row.role,
             });
         }
-        events::append(&mut tx, &self.scope, now, &added).await?;
+        events::append(&mut tx, self.db.backend, &self.scope, now, &added).await?;
         tx.commit().await?;
+        self.hub.wake(&self.scope);
         Ok(())
     }
 
@@ -637,8 +642,9 @@ impl Drive {
                 user: self.user.clone(),
             },
         ];
-        events::append(&mut tx, &self.scope, now, &announced).await?;
+        events::append(&mut tx, self.db.backend, &self.scope, now, &announced).await?;
         tx.commit().await?;
+        self.hub.wake(&self.scope);
         Ok(())
     }
 }

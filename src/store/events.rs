@@ -78,3 +78,32 @@ pub async fn list_after<'c>(
     })
     .collect()
 }
+
+/// The last committed sequence number of the scope (0 before its first event).
+pub async fn latest<'c>(ex: impl Exec<'c>, scope: &Scope) -> Result<i64, sqlx::Error> {
+    let row = sqlx::query("SELECT last_seq FROM event_counters WHERE project = $1 AND environment = $2")
+        .bind(&scope.project)
+        .bind(scope.environment.as_str())
+        .fetch_optional(ex)
+        .await?;
+    row.map_or(Ok(0), |r| r.try_get(0))
+}
+
+/// The oldest retained sequence number, if any event is retained.
+pub async fn oldest<'c>(ex: impl Exec<'c>, scope: &Scope) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query("SELECT MIN(seq) FROM events WHERE project = $1 AND environment = $2")
+        .bind(&scope.project)
+        .bind(scope.environment.as_str())
+        .fetch_one(ex)
+        .await?
+        .try_get(0)
+}
+
+/// Deletes events created before `before` (retention, spec §7.3 rule 4); returns how many.
+pub async fn purge<'c>(ex: impl Exec<'c>, before: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM events WHERE created_at < $1")
+        .bind(before)
+        .execute(ex)
+        .await?;
+    Ok(done.rows_affected())
+}

@@ -27,6 +27,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0002_chat_and_events.sql"),
         postgres: include_str!("../../migrations/postgres/0002_chat_and_events.sql"),
     },
+    Migration {
+        version: 3,
+        name: "webhooks",
+        sqlite: include_str!("../../migrations/sqlite/0003_webhooks.sql"),
+        postgres: include_str!("../../migrations/postgres/0003_webhooks.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the migration lock among Postgres advisory locks.

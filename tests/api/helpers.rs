@@ -121,6 +121,7 @@ impl TestApp {
         let providers = Providers::from_config(&config.providers, &fake_provider_env).unwrap();
         let state = AppState::new(db.clone(), config, providers).unwrap();
         let router = app::router(state.clone());
+        app::spawn_background(&state);
         bootstrap::create_project(&db, "acme").await.unwrap();
         let test_key = bootstrap::create_key(&db, "acme", Environment::Test, None, None)
             .await
@@ -191,6 +192,17 @@ impl TestApp {
         let response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
+        // An event stream never ends by itself: callers that want one use a real listener.
+        if headers
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+        {
+            return TestResponse {
+                status,
+                headers,
+                text: String::new(),
+            };
+        }
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         TestResponse {
             status,

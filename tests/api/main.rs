@@ -6,6 +6,7 @@ mod agents;
 mod auth;
 mod chat;
 mod errors;
+mod events;
 mod fakes;
 mod fakes_selftest;
 mod helpers;

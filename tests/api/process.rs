@@ -332,3 +332,70 @@ async fn no_migrate_refuses_a_database_behind_the_schema() {
     assert_eq!(code, 1);
     assert!(stderr.contains("behind"), "{stderr}");
 }
+
+#[tokio::test]
+async fn events_cross_instances_on_one_postgres() {
+    use crate::events::SseReader;
+    let database = TestDatabase::new().await;
+    if !database.is_postgres() {
+        // One SQLite file serves one instance; there is no other instance to hear from.
+        return;
+    }
+    let dir = &database.dir.0;
+    let url = database.url.as_str();
+    cli(dir, Some(url), &["migrate"]);
+    let a = ServerProcess::start(dir, &[("DATABASE_URL", url)]);
+    let b = ServerProcess::start(dir, &[("DATABASE_URL", url)]);
+    let key = a.stdout_lines.iter().chain(&b.stdout_lines).next().unwrap().clone();
+    let http = client();
+    let chat = |base: String| {
+        let (http, key) = (http.clone(), key.clone());
+        async move {
+            let response = http
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(&key)
+                .json(&serde_json::json!({"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        }
+    };
+    // Subscribe on B, produce on A.
+    let mut on_b = SseReader::open(&b.base_url, &key, "/v1/events", None).await;
+    chat(a.base_url.clone()).await;
+    let first = on_b.take(4).await;
+    assert_eq!(first.iter().map(|f| f.id.unwrap()).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    drop(on_b);
+    // Missed while away, produced on B; resume on A.
+    chat(b.base_url.clone()).await;
+    let mut on_a = SseReader::open(&a.base_url, &key, "/v1/events", Some(4)).await;
+    assert_eq!(
+        on_a.take(4).await.iter().map(|f| f.id.unwrap()).collect::<Vec<_>>(),
+        [5, 6, 7, 8]
+    );
+    chat(b.base_url.clone()).await;
+    assert_eq!(
+        on_a.take(4).await.iter().map(|f| f.id.unwrap()).collect::<Vec<_>>(),
+        [9, 10, 11, 12]
+    );
+}
+
+#[tokio::test]
+async fn sigterm_with_a_hundred_open_event_streams_exits_in_time() {
+    let database = TestDatabase::new().await;
+    let mut server = ServerProcess::start(&database.dir.0, &[("DATABASE_URL", database.url.as_str())]);
+    let key = server.stdout_lines.last().cloned().unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..100 {
+        streams.push(crate::events::SseReader::open(&server.base_url, &key, "/v1/events", None).await);
+    }
+    let status = server
+        .terminate(Duration::from_secs(10))
+        .expect("exited within 10 s (the deadline is 30 s)");
+    assert_eq!(status.code(), Some(0));
+    for stream in &mut streams {
+        assert!(stream.next(Duration::from_secs(2)).await.is_none());
+        assert!(stream.ended, "an event stream was left open");
+    }
+}

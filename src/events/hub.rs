@@ -1,0 +1,244 @@
+//! Live fan-out of the event log within one instance (spec §7.5). The events table is the source
+//! of truth: one feed task per active scope re-reads it after every wake-up (a local commit, a
+//! Postgres NOTIFY from another instance, or a periodic tick) and hands each new event to the
+//! scope's subscribers. A subscriber whose buffer is full is dropped, never waited for.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Environment, Scope};
+use crate::store::{self, Backend, Db};
+
+/// The Postgres channel whose notifications wake feeds; the payload is `project/environment`.
+pub const PG_CHANNEL: &str = "polpo_events";
+
+/// An event as stored: sequence number, name and payload JSON text.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub name: String,
+    pub payload: String,
+}
+
+type ScopeKey = (String, Environment);
+
+struct Subscriber {
+    id: u64,
+    tx: mpsc::Sender<Arc<StoredEvent>>,
+}
+
+struct Feed {
+    scope: Scope,
+    subscribers: Mutex<Vec<Subscriber>>,
+    wake: Notify,
+}
+
+pub struct Hub {
+    db: Db,
+    buffer: usize,
+    /// Longest a feed sleeps without a wake-up: the bound on latency when notifications are lost.
+    tick: Duration,
+    feeds: Mutex<HashMap<ScopeKey, Arc<Feed>>>,
+    next_id: AtomicU64,
+    shutdown: CancellationToken,
+}
+
+/// A live subscription; dropping it unsubscribes.
+pub struct Subscription {
+    pub events: mpsc::Receiver<Arc<StoredEvent>>,
+    feed: Arc<Feed>,
+    id: u64,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut subscribers = self.feed.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        subscribers.retain(|s| s.id != self.id);
+    }
+}
+
+fn key(scope: &Scope) -> ScopeKey {
+    (scope.project.clone(), scope.environment)
+}
+
+impl Hub {
+    pub fn new(db: Db, buffer: usize, tick: Duration, shutdown: CancellationToken) -> Self {
+        Self {
+            db,
+            buffer: buffer.max(1),
+            tick,
+            feeds: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            shutdown,
+        }
+    }
+
+    /// Subscribes to events of `scope` committed from now on (the feed's cursor); the caller
+    /// reads any backlog from the table itself, after subscribing, and drops duplicates by seq.
+    pub async fn subscribe(self: &Arc<Self>, scope: &Scope) -> Result<Subscription, sqlx::Error> {
+        let (tx, rx) = mpsc::channel(self.buffer);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let subscriber = Subscriber { id, tx };
+        // Attaching happens under the map lock, which a feed also holds to retire: a subscriber
+        // is never attached to a feed that has already stopped.
+        let subscriber = match self.attach(scope, subscriber) {
+            Ok(feed) => return Ok(Subscription { events: rx, feed, id }),
+            Err(subscriber) => subscriber,
+        };
+        let start = store::events::latest(&self.db.pool, scope).await?;
+        let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        let feed = match feeds.get(&key(scope)) {
+            Some(feed) => feed.clone(),
+            None => {
+                let feed = Arc::new(Feed {
+                    scope: scope.clone(),
+                    subscribers: Mutex::default(),
+                    wake: Notify::new(),
+                });
+                feeds.insert(key(scope), feed.clone());
+                tokio::spawn(Arc::clone(self).run_feed(feed.clone(), start));
+                feed
+            }
+        };
+        feed.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(subscriber);
+        Ok(Subscription { events: rx, feed, id })
+    }
+
+    fn attach(&self, scope: &Scope, subscriber: Subscriber) -> Result<Arc<Feed>, Subscriber> {
+        let feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        match feeds.get(&key(scope)) {
+            Some(feed) => {
+                feed.subscribers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(subscriber);
+                Ok(feed.clone())
+            }
+            None => Err(subscriber),
+        }
+    }
+
+    /// Called after a commit that wrote events of `scope`.
+    pub fn wake(&self, scope: &Scope) {
+        if let Some(feed) = self.feeds.lock().unwrap_or_else(|p| p.into_inner()).get(&key(scope)) {
+            feed.wake.notify_one();
+        }
+    }
+
+    fn wake_all(&self) {
+        for feed in self.feeds.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            feed.wake.notify_one();
+        }
+    }
+
+    async fn run_feed(self: Arc<Self>, feed: Arc<Feed>, mut cursor: i64) {
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                () = feed.wake.notified() => {}
+                () = tokio::time::sleep(self.tick) => {}
+            }
+            if self.retire_if_idle(&feed) {
+                return;
+            }
+            loop {
+                let batch = match store::events::list_after(&self.db.pool, &feed.scope, cursor, 500).await {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event feed could not read the log; retrying");
+                        break;
+                    }
+                };
+                let Some(last) = batch.last() else { break };
+                cursor = last.seq;
+                let full = batch.len() == 500;
+                let events: Vec<Arc<StoredEvent>> = batch
+                    .into_iter()
+                    .map(|r| {
+                        Arc::new(StoredEvent {
+                            seq: r.seq,
+                            name: r.name,
+                            payload: r.payload,
+                        })
+                    })
+                    .collect();
+                let mut subscribers = feed.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+                // A subscriber that cannot take an event is disconnected; it resumes by id.
+                subscribers.retain(|s| events.iter().all(|e| s.tx.try_send(Arc::clone(e)).is_ok()));
+                if !full {
+                    break;
+                }
+            }
+        }
+        self.feeds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key(&feed.scope));
+    }
+
+    /// Removes the feed when nobody listens any more; true when it did.
+    fn retire_if_idle(&self, feed: &Arc<Feed>) -> bool {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = feed.subscribers.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
+        if idle {
+            feeds.remove(&key(&feed.scope));
+        }
+        idle
+    }
+
+    /// On Postgres: listens for other instances' commits and wakes the matching feeds; after a
+    /// reconnect every feed re-reads, since notifications may have been lost meanwhile.
+    pub async fn listen_postgres(self: Arc<Self>, url: String) {
+        if self.db.backend != Backend::Postgres {
+            return;
+        }
+        loop {
+            let mut listener = match sqlx::postgres::PgListener::connect(&url).await {
+                Ok(listener) => listener,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event listener cannot connect; retrying");
+                    tokio::select! {
+                        () = self.shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            if let Err(e) = listener.listen(PG_CHANNEL).await {
+                tracing::warn!(error = %e, "event listener cannot LISTEN; retrying");
+                continue;
+            }
+            self.wake_all();
+            loop {
+                let next = tokio::select! {
+                    () = self.shutdown.cancelled() => return,
+                    next = listener.try_recv() => next,
+                };
+                match next {
+                    Ok(Some(notification)) => {
+                        let (project, environment) = notification.payload().split_once('/').unwrap_or_default();
+                        if let Some(environment) = Environment::parse(environment) {
+                            self.wake(&Scope {
+                                project: project.to_string(),
+                                environment,
+                            });
+                        }
+                    }
+                    // The connection dropped and will be re-established: re-read everything.
+                    Ok(None) => self.wake_all(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event listener failed; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

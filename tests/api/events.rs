@@ -1,0 +1,531 @@
+//! Spec §7: the event stream and history: order, resumption, filters, scoping, slow subscribers,
+//! revocation, retention resets.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use polpo_api::auth::{Environment, Scope};
+use polpo_api::config::Config;
+use polpo_api::events::{self, Event};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, client, eventually};
+
+/// One SSE frame as received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    pub id: Option<i64>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Reads frames from a streaming response.
+pub struct SseReader {
+    response: reqwest::Response,
+    buffer: String,
+    pub ended: bool,
+}
+
+impl SseReader {
+    pub async fn open(base: &str, key: &str, path_and_query: &str, last_event_id: Option<i64>) -> Self {
+        let mut request = client()
+            .get(format!("{base}{path_and_query}"))
+            .bearer_auth(key)
+            .timeout(Duration::from_secs(120));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
+        Self {
+            response,
+            buffer: String::new(),
+            ended: false,
+        }
+    }
+
+    /// The next frame with data (comments and `retry:` skipped); `None` on timeout or end.
+    pub async fn next(&mut self, wait: Duration) -> Option<Frame> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut frame = Frame {
+                    id: None,
+                    event: None,
+                    data: String::new(),
+                };
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        frame.id = Some(v.parse().unwrap());
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        frame.event = Some(v.to_string());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        frame.data = v.to_string();
+                    }
+                }
+                if !frame.data.is_empty() {
+                    return Some(frame);
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.response.chunk()).await {
+                Ok(Ok(Some(bytes))) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                Ok(_) => {
+                    self.ended = true;
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Exactly `n` frames, each within a generous deadline.
+    pub async fn take(&mut self, n: usize) -> Vec<Frame> {
+        let mut frames = Vec::with_capacity(n);
+        while frames.len() < n {
+            match self.next(Duration::from_secs(10)).await {
+                Some(frame) => frames.push(frame),
+                None => panic!("stream stalled after {} of {n} frames", frames.len()),
+            }
+        }
+        frames
+    }
+}
+
+fn test_scope() -> Scope {
+    Scope {
+        project: "acme".into(),
+        environment: Environment::Test,
+    }
+}
+
+/// Writes `n` events to the scope's log in transactions of up to 100, as the server does.
+pub async fn produce(app: &TestApp, scope: &Scope, n: usize, user: &str) {
+    produce_paced(app, scope, n, user, "", |_| true).await;
+}
+
+/// As [`produce`], with `padding` added to each title, and waiting before each transaction
+/// until `ready(events written so far)` says so.
+async fn produce_paced(
+    app: &TestApp,
+    scope: &Scope,
+    n: usize,
+    user: &str,
+    padding: &str,
+    ready: impl Fn(usize) -> bool,
+) {
+    let mut left = n;
+    while left > 0 {
+        let written = n - left;
+        assert!(
+            eventually(Duration::from_secs(20), || async { ready(written) }).await,
+            "the reading subscriber fell behind"
+        );
+        let batch = left.min(100);
+        let events: Vec<Event> = (0..batch)
+            .map(|i| Event::SessionCreated {
+                session_id: format!("sess_{i}"),
+                agent: None,
+                title: format!("event {i}{padding}"),
+                user: Some(user.to_string()),
+            })
+            .collect();
+        let mut tx = app.db.pool.begin().await.unwrap();
+        events::append(&mut tx, app.db.backend, scope, polpo_api::clock::now_ms(), &events)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        app.state.hub.wake(scope);
+        left -= batch;
+    }
+}
+
+async fn chat(app: &TestApp, key: &str, text: &str) {
+    let response = app
+        .post(
+            "/v1/chat/completions",
+            key,
+            json!({"model": "mock/echo", "messages": [{"role": "user", "content": text}]}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+}
+
+#[tokio::test]
+async fn a_subscriber_gets_every_event_once_in_order_and_resumes_exactly() {
+    let app = TestApp::spawn().await;
+    let base = app.serve().await;
+    let mut watcher = SseReader::open(&base, &app.test_key, "/v1/events", None).await;
+    let mut early = SseReader::open(&base, &app.test_key, "/v1/events", None).await;
+
+    chat(&app, &app.test_key, "one").await;
+    let first = early.take(4).await;
+    let names: Vec<&str> = first.iter().map(|f| f.event.as_deref().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "session:created",
+            "message:added",
+            "message:added",
+            "completion:finished"
+        ]
+    );
+    let payload: Value = serde_json::from_str(&first[3].data).unwrap();
+    assert!(payload["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(payload["model"], "mock/echo");
+    let last_seen = first[3].id.unwrap();
+    drop(early);
+
+    // Missed while away: two more turns; then resume and also receive what comes live.
+    chat(&app, &app.test_key, "two").await;
+    chat(&app, &app.test_key, "three").await;
+    let mut resumed = SseReader::open(&base, &app.test_key, "/v1/events", Some(last_seen)).await;
+    let missed = resumed.take(8).await;
+    assert_eq!(
+        missed.iter().map(|f| f.id.unwrap()).collect::<Vec<_>>(),
+        ((last_seen + 1)..=(last_seen + 8)).collect::<Vec<_>>()
+    );
+    chat(&app, &app.test_key, "four").await;
+    let live = resumed.take(4).await;
+    assert_eq!(live[0].id, Some(last_seen + 9));
+    assert!(
+        resumed.next(Duration::from_millis(300)).await.is_none(),
+        "no duplicates"
+    );
+
+    // The subscriber connected throughout saw all 16, each once, in order.
+    let all = watcher.take(16).await;
+    let ids: Vec<i64> = all.iter().map(|f| f.id.unwrap()).collect();
+    assert_eq!(ids, (1..=16).collect::<Vec<_>>());
+    // The ?lastEventId= form works as the header does.
+    let mut by_query = SseReader::open(&base, &app.test_key, &format!("/v1/events?lastEventId={}", 14), None).await;
+    assert_eq!(
+        by_query.take(2).await.iter().map(|f| f.id.unwrap()).collect::<Vec<_>>(),
+        [15, 16]
+    );
+}
+
+#[tokio::test]
+async fn an_earlier_number_cannot_commit_after_a_later_one() {
+    let app = TestApp::spawn().await;
+    let base = app.serve().await;
+    let scope = test_scope();
+    let mut live = SseReader::open(&base, &app.test_key, "/v1/events", None).await;
+    let event = |title: &str| Event::SessionCreated {
+        session_id: "sess_x".into(),
+        agent: None,
+        title: title.into(),
+        user: None,
+    };
+
+    // Transaction A takes number 1 and holds it open.
+    let mut a = app.db.pool.begin().await.unwrap();
+    events::append(
+        &mut a,
+        app.db.backend,
+        &scope,
+        polpo_api::clock::now_ms(),
+        &[event("A")],
+    )
+    .await
+    .unwrap();
+    // Transaction B, started later, cannot take a number (and commit) until A ends.
+    let pool = app.db.pool.clone();
+    let backend = app.db.backend;
+    let b = tokio::spawn(async move {
+        let mut b = pool.begin().await.unwrap();
+        events::append(
+            &mut b,
+            backend,
+            &test_scope(),
+            polpo_api::clock::now_ms(),
+            &[event("B")],
+        )
+        .await
+        .unwrap();
+        b.commit().await.unwrap();
+    });
+    let b_done_early = eventually(Duration::from_millis(500), || async { b.is_finished() }).await;
+    assert!(!b_done_early, "B committed while A still held an earlier number");
+    a.commit().await.unwrap();
+    b.await.unwrap();
+    app.state.hub.wake(&scope);
+
+    let frames = live.take(2).await;
+    assert_eq!(
+        frames
+            .iter()
+            .map(|f| (f.id.unwrap(), f.data.contains("\"A\"")))
+            .collect::<Vec<_>>(),
+        [(1, true), (2, false)]
+    );
+    let mut resumed = SseReader::open(&base, &app.test_key, "/v1/events", Some(0)).await;
+    assert_eq!(
+        resumed.take(2).await.iter().map(|f| f.id.unwrap()).collect::<Vec<_>>(),
+        [1, 2]
+    );
+}
+
+#[tokio::test]
+async fn filters_select_events_by_pattern() {
+    let app = TestApp::spawn().await;
+    let base = app.serve().await;
+    let mut sessions_only = SseReader::open(&base, &app.test_key, "/v1/events?filter=session:*", None).await;
+    let mut finished = SseReader::open(
+        &base,
+        &app.test_key,
+        "/v1/events?filter=*:finished,%20session:created",
+        None,
+    )
+    .await;
+    chat(&app, &app.test_key, "hello").await;
+    assert_eq!(sessions_only.take(1).await[0].event.as_deref(), Some("session:created"));
+    assert!(sessions_only.next(Duration::from_millis(300)).await.is_none());
+    let both = finished.take(2).await;
+    assert_eq!(
+        both.iter().map(|f| f.event.clone().unwrap()).collect::<Vec<_>>(),
+        ["session:created", "completion:finished"]
+    );
+
+    for (filter, expected) in [
+        ("message:added", vec!["message:added", "message:added"]),
+        (
+            "*:added,completion:*",
+            vec!["message:added", "message:added", "completion:finished"],
+        ),
+        ("task:*", vec![]),
+        (
+            "*",
+            vec![
+                "session:created",
+                "message:added",
+                "message:added",
+                "completion:finished",
+            ],
+        ),
+    ] {
+        let history = app
+            .get(&format!("/v1/events/history?filter={filter}"), &app.test_key)
+            .await;
+        assert_eq!(history.status, StatusCode::OK);
+        let names: Vec<String> = history
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, expected, "{filter}");
+    }
+    for bad in ["Task:*", "task:%3F", &"a".repeat(101)] {
+        assert_eq!(
+            app.get(&format!("/v1/events?filter={bad}"), &app.test_key).await.status,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            app.get(&format!("/v1/events/history?filter={bad}"), &app.test_key)
+                .await
+                .status,
+            StatusCode::BAD_REQUEST
+        );
+    }
+}
+
+#[tokio::test]
+async fn live_and_test_events_never_cross() {
+    let app = TestApp::spawn().await;
+    let base = app.serve().await;
+    let other = app.key_of("globex", Environment::Test).await;
+    let mut test_stream = SseReader::open(&base, &app.test_key, "/v1/events", None).await;
+    let mut other_stream = SseReader::open(&base, &other, "/v1/events", None).await;
+    chat(&app, &app.live_key, "live one").await;
+    chat(&app, &app.live_key, "live two").await;
+    chat(&app, &app.test_key, "test one").await;
+    let frames = test_stream.take(4).await;
+    assert_eq!(frames[0].id, Some(1), "the test scope numbers its own events");
+    assert!(test_stream.next(Duration::from_millis(300)).await.is_none());
+    assert!(
+        other_stream.next(Duration::from_millis(300)).await.is_none(),
+        "another project sees nothing"
+    );
+    // Another project's id is no resume point here: past this scope's latest is refused …
+    let response = app
+        .call("GET", "/v1/events?lastEventId=8", Some(&app.test_key), None)
+        .await;
+    assert_eq!(response.status, StatusCode::BAD_REQUEST);
+    // … and within range it replays only this scope's own events.
+    let history = app.get("/v1/events/history?after=0", &other).await.json();
+    assert_eq!(history, json!([]));
+    let live_history = app.get("/v1/events/history", &app.live_key).await.json();
+    assert_eq!(live_history.as_array().unwrap().len(), 8);
+    assert_eq!(
+        app.get("/v1/events/history", &app.test_key)
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+}
+
+#[tokio::test]
+async fn history_pages_and_reports_retention_resets() {
+    let app = TestApp::spawn().await;
+    let scope = test_scope();
+    produce(&app, &scope, 25, "u").await;
+    let page = app.get("/v1/events/history?limit=10", &app.test_key).await;
+    let items = page.json();
+    assert_eq!(items.as_array().unwrap().len(), 10);
+    assert_eq!(items[0]["id"], 1);
+    assert_eq!(items[0]["event"], "session:created");
+    assert!(items[0]["timestamp"].is_string() && items[0]["data"]["title"] == "event 0");
+    assert_eq!(page.header("x-next-cursor"), Some("10"));
+    let rest = app.get("/v1/events/history?after=20&limit=10", &app.test_key).await;
+    assert_eq!(rest.json().as_array().unwrap().len(), 5);
+    assert!(rest.header("x-next-cursor").is_none());
+    for bad in ["after=-1", "after=x", "limit=0", "limit=1001", "colour=red"] {
+        assert_eq!(
+            app.get(&format!("/v1/events/history?{bad}"), &app.test_key)
+                .await
+                .status,
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
+    }
+
+    // Retention deletes the first 25; a reader resuming after 5 is told and starts at the oldest.
+    polpo_api::store::events::purge(&app.db.pool, polpo_api::clock::now_ms() + 1)
+        .await
+        .unwrap();
+    produce(&app, &scope, 3, "u").await;
+    let reset = app.get("/v1/events/history?after=5", &app.test_key).await;
+    assert_eq!(reset.header("x-events-reset"), Some("true"));
+    assert_eq!(reset.json()[0]["id"], 26);
+    assert!(
+        app.get("/v1/events/history?after=26", &app.test_key)
+            .await
+            .header("x-events-reset")
+            .is_none()
+    );
+
+    let base = app.serve().await;
+    let mut stream = SseReader::open(&base, &app.test_key, "/v1/events", Some(5)).await;
+    let first = stream.take(1).await.remove(0);
+    assert_eq!(first.event.as_deref(), Some("reset"));
+    assert_eq!(first.id, None, "reset carries no id");
+    let data: Value = serde_json::from_str(&first.data).unwrap();
+    assert_eq!(data["reason"], "expired");
+    assert_eq!(data["oldestAvailable"], 26);
+    assert_eq!(
+        stream.take(3).await.iter().map(|f| f.id.unwrap()).collect::<Vec<_>>(),
+        [26, 27, 28]
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_key_ends_its_event_streams() {
+    let app = TestApp::spawn().await;
+    let base = app.serve().await;
+    let mut stream = SseReader::open(&base, &app.test_key, "/v1/events", None).await;
+    let hash = polpo_api::auth::key::hash(&app.test_key);
+    let row = polpo_api::store::keys::find_by_hash(&app.db.pool, &hash)
+        .await
+        .unwrap()
+        .unwrap();
+    polpo_api::runtime::bootstrap::revoke_key(&app.db, &row.id)
+        .await
+        .unwrap();
+    assert!(stream.next(Duration::from_secs(5)).await.is_none());
+    assert!(stream.ended, "the stream did not close within 5 s of the revocation");
+}
+
+/// Resident memory of this process, in KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_subscriber_that_reads_nothing_is_dropped_without_slowing_others() {
+    let mut config = Config::default();
+    config.events.subscriber_buffer = 1000;
+    let app = TestApp::spawn_with(config).await;
+    let base = app.serve().await;
+    let addr = base.trim_start_matches("http://").to_string();
+
+    // A client with a tiny receive window that never reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(addr.parse().unwrap()).await.unwrap();
+    let request = format!(
+        "GET /v1/events HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\n\r\n",
+        app.test_key
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, request.as_bytes())
+        .await
+        .unwrap();
+    let mut reader = SseReader::open(&base, &app.test_key, "/v1/events", None).await;
+
+    let before = rss_kib();
+    // 2 KB events: 20 MB in all, far more than socket buffers hold for the stalled client.
+    let padding = "x".repeat(2000);
+    let consumed = AtomicUsize::new(0);
+    let producer = async {
+        let scope = test_scope();
+        // Paced to the reading subscriber, which keeps up; the stalled one cannot.
+        produce_paced(&app, &scope, 10_000, "u", &padding, |written| {
+            written <= consumed.load(Ordering::SeqCst) + 200
+        })
+        .await;
+    };
+    let consumer = async {
+        let mut last = 0;
+        for _ in 0..10_000 {
+            let frame = reader.take(1).await.remove(0);
+            assert_eq!(frame.id.unwrap(), last + 1, "the reading subscriber missed events");
+            last += 1;
+            consumed.store(usize::try_from(last).unwrap(), Ordering::SeqCst);
+        }
+    };
+    tokio::join!(producer, consumer);
+    let after = rss_kib();
+    println!("RSS before {before} KiB, after 10,000 events with a stalled subscriber {after} KiB");
+    assert!(
+        after.saturating_sub(before) < 64 * 1024,
+        "memory grew by {} KiB",
+        after - before
+    );
+
+    // The stalled subscriber now reads: it gets at most what was buffered, then the end of the
+    // response (the terminating chunk, or the connection closing).
+    let mut received = Vec::new();
+    let read_all = async {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut stalled, &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+            if received.ends_with(b"\r\n0\r\n\r\n") {
+                break;
+            }
+        }
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(20), read_all).await.is_ok(),
+        "the stalled subscriber was never disconnected"
+    );
+    let text = String::from_utf8_lossy(&received);
+    let delivered = text.matches("\nid: ").count() + usize::from(text.starts_with("id: "));
+    assert!(
+        delivered < 10_000,
+        "the stalled subscriber was not dropped ({delivered} events delivered)"
+    );
+}
