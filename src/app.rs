@@ -197,6 +197,13 @@ pub fn spawn_background(state: &AppState) {
     if let Some(url) = state.config.database.url.clone() {
         tokio::spawn(Arc::clone(&state.hub).listen_postgres(url));
     }
+    let worker = crate::events::webhooks::Worker {
+        db: state.db.clone(),
+        settings: state.config.webhooks.clone(),
+        wake: Arc::clone(&state.hub.committed),
+        shutdown: state.shutdown.clone(),
+    };
+    tokio::spawn(worker.run());
     let (db, retention, shutdown) = (state.db.clone(), state.config.events.retention, state.shutdown.clone());
     tokio::spawn(async move {
         let mut every = tokio::time::interval(PURGE_EVERY);
@@ -210,6 +217,9 @@ pub fn spawn_background(state: &AppState) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "purged events past retention"),
                 Err(e) => tracing::warn!(error = %e, "event purge failed"),
+            }
+            if let Err(e) = crate::store::webhooks::purge_deliveries(&db.pool, cutoff).await {
+                tracing::warn!(error = %e, "webhook delivery purge failed");
             }
         }
     });

@@ -21,6 +21,7 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     pub upstream: UpstreamConfig,
     pub events: EventsConfig,
+    pub webhooks: WebhooksConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -100,6 +101,37 @@ impl Default for EventsConfig {
             retention: Duration::from_secs(7 * 86_400),
             subscriber_buffer: 1000,
             keepalive: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Webhook delivery (spec §8).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// A delivery succeeds on a 2xx within this time.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Hosts that may be reached over plain http.
+    pub allow_http_hosts: Vec<String>,
+    /// Allows loopback, private, link-local and similar destinations (never metadata addresses).
+    pub allow_private_networks: bool,
+    /// The first retry wait; each later one doubles, up to an hour.
+    #[serde(deserialize_with = "de_duration")]
+    pub retry_base: Duration,
+    /// How long after the event a failing delivery is retried before it is marked failed.
+    #[serde(deserialize_with = "de_duration")]
+    pub give_up_after: Duration,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            allow_http_hosts: Vec::new(),
+            allow_private_networks: false,
+            retry_base: Duration::from_secs(10),
+            give_up_after: Duration::from_secs(86_400),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod health;
 pub mod input;
 pub mod memory;
 pub mod sessions;
+pub mod webhooks;
 
 use std::sync::LazyLock;
 
@@ -80,6 +81,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::list_messages))
         .routes(routes!(events::stream_events))
         .routes(routes!(events::event_history))
+        .routes(routes!(webhooks::list_webhooks, webhooks::create_webhook))
+        .routes(routes!(webhooks::get_webhook, webhooks::delete_webhook))
+        .routes(routes!(webhooks::list_deliveries))
 }
 
 /// The OpenAPI document, built once from [`routes`].

@@ -46,6 +46,8 @@ pub struct Hub {
     feeds: Mutex<HashMap<ScopeKey, Arc<Feed>>>,
     next_id: AtomicU64,
     shutdown: CancellationToken,
+    /// Woken with every local commit of events, for the webhook worker.
+    pub committed: Arc<Notify>,
 }
 
 /// A live subscription; dropping it unsubscribes.
@@ -75,6 +77,7 @@ impl Hub {
             feeds: Mutex::default(),
             next_id: AtomicU64::new(0),
             shutdown,
+            committed: Arc::new(Notify::new()),
         }
     }
 
@@ -128,6 +131,7 @@ impl Hub {
 
     /// Called after a commit that wrote events of `scope`.
     pub fn wake(&self, scope: &Scope) {
+        self.committed.notify_one();
         if let Some(feed) = self.feeds.lock().unwrap_or_else(|p| p.into_inner()).get(&key(scope)) {
             feed.wake.notify_one();
         }

@@ -3,6 +3,7 @@
 
 pub mod filter;
 pub mod hub;
+pub mod webhooks;
 
 use serde::Serialize;
 use serde_json::Value;

@@ -153,6 +153,18 @@ impl TestApp {
         Self::spawn_with(config).await
     }
 
+    /// A second instance on the same database (a restart, or a peer behind the load balancer),
+    /// with its background work running.
+    pub async fn another_instance(&self, config: Config) -> AppState {
+        let mut config = config;
+        config.database.url = Some(self._database.url.clone());
+        let db = Db::connect(Some(&self._database.url), 5).await.unwrap();
+        let providers = Providers::from_config(&config.providers, &fake_provider_env).unwrap();
+        let state = AppState::new(db, config, providers).unwrap();
+        app::spawn_background(&state);
+        state
+    }
+
     /// Serves the router on a real listener (for streams and disconnects); returns its base URL.
     pub async fn serve(&self) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -15,3 +15,4 @@ mod operations;
 mod process;
 mod scoping;
 mod sdk;
+mod webhooks;

@@ -1,0 +1,360 @@
+//! Spec §8: webhook endpoints, URL rules, signed at-least-once delivery in order, retries and
+//! restarts.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode};
+use hmac::{Hmac, Mac};
+use polpo_api::config::Config;
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::helpers::{TestApp, eventually};
+
+/// A webhook receiver on loopback that answers with scripted statuses (then 200) and records
+/// every request.
+struct Receiver {
+    url: String,
+    received: Arc<Mutex<Vec<(HeaderMap, String, u16)>>>,
+}
+
+impl Receiver {
+    async fn start(script: Vec<u16>) -> Self {
+        let received: Arc<Mutex<Vec<(HeaderMap, String, u16)>>> = Arc::default();
+        let script = Arc::new(Mutex::new(script));
+        let (log, plan) = (received.clone(), script.clone());
+        let router = Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: String| {
+                let (log, plan) = (log.clone(), plan.clone());
+                async move {
+                    let status = {
+                        let mut plan = plan.lock().unwrap();
+                        if plan.is_empty() { 200 } else { plan.remove(0) }
+                    };
+                    log.lock().unwrap().push((headers, body, status));
+                    StatusCode::from_u16(status).unwrap()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        Self {
+            url: format!("http://{addr}/hook"),
+            received,
+        }
+    }
+
+    fn requests(&self) -> Vec<(HeaderMap, String, u16)> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+fn loopback_config() -> Config {
+    let mut config = Config::default();
+    config.webhooks.allow_http_hosts = vec!["127.0.0.1".into()];
+    config.webhooks.allow_private_networks = true;
+    config.webhooks.retry_base = Duration::from_millis(200);
+    config
+}
+
+fn verify(secret: &str, headers: &HeaderMap, body: &str) {
+    let signature = headers["polpo-signature"].to_str().unwrap();
+    let (t, v1) = signature.split_once(",v1=").unwrap();
+    let t = t.strip_prefix("t=").unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.{body}").as_bytes());
+    let expected: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(v1, expected, "signature does not verify");
+    let age = polpo_api::clock::now_ms() / 1000 - t.parse::<i64>().unwrap();
+    assert!((0..300).contains(&age), "timestamp is not fresh");
+}
+
+async fn chat(app: &TestApp) {
+    let response = app
+        .post(
+            "/v1/chat/completions",
+            &app.test_key,
+            json!({"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn webhooks_are_created_read_listed_and_deleted() {
+    let app = TestApp::spawn_with(loopback_config()).await;
+    let created = app
+        .post(
+            "/v1/webhooks",
+            &app.test_key,
+            json!({"url": "http://127.0.0.1:9/hook", "events": ["task:*", "session:created"], "description": "ops"}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let webhook = created.json();
+    let secret = webhook["secret"].as_str().unwrap();
+    assert!(secret.starts_with("whsec_") && secret.len() == 38);
+    let id = webhook["id"].as_str().unwrap();
+    assert!(id.starts_with("wh_"));
+    let read = app.get(&format!("/v1/webhooks/{id}"), &app.test_key).await.json();
+    assert!(read.get("secret").is_none(), "the secret is shown once");
+    assert_eq!(read["events"], json!(["task:*", "session:created"]));
+    assert_eq!(
+        app.get("/v1/webhooks", &app.test_key)
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(app.get("/v1/webhooks", &app.live_key).await.json(), json!([]));
+    assert_eq!(
+        app.get(&format!("/v1/webhooks/{id}"), &app.live_key).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.delete(&format!("/v1/webhooks/{id}"), &app.test_key).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.get(&format!("/v1/webhooks/{id}"), &app.test_key).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    for body in [
+        json!({"events": ["*"]}),
+        json!({"url": "http://127.0.0.1:9/hook", "events": []}),
+        json!({"url": "http://127.0.0.1:9/hook", "events": ["Bad"]}),
+        json!({"url": "ftp://example.com/hook", "events": ["*"]}),
+        json!({"url": "http://169.254.169.254/latest", "events": ["*"]}),
+        json!({"url": "http://127.0.0.1:9/hook", "events": ["*"], "secret": "mine"}),
+    ] {
+        assert_eq!(
+            app.post("/v1/webhooks", &app.test_key, body.clone()).await.status,
+            StatusCode::BAD_REQUEST,
+            "{body}"
+        );
+    }
+    for i in 0..20 {
+        let response = app
+            .post(
+                "/v1/webhooks",
+                &app.test_key,
+                json!({"url": format!("http://127.0.0.1:9/h{i}"), "events": ["*"]}),
+            )
+            .await;
+        assert_eq!(response.status, StatusCode::CREATED);
+    }
+    let over = app
+        .post(
+            "/v1/webhooks",
+            &app.test_key,
+            json!({"url": "http://127.0.0.1:9/h", "events": ["*"]}),
+        )
+        .await;
+    assert_eq!(over.status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn loopback_destinations_need_the_configuration_to_allow_them() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .post(
+            "/v1/webhooks",
+            &app.test_key,
+            json!({"url": "http://127.0.0.1:9/hook", "events": ["*"]}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::BAD_REQUEST);
+    assert!(response.json()["details"]["fields"]["url"].is_string());
+    let response = app
+        .post(
+            "/v1/webhooks",
+            &app.test_key,
+            json!({"url": "https://127.0.0.1:9/hook", "events": ["*"]}),
+        )
+        .await;
+    assert_eq!(
+        response.status,
+        StatusCode::BAD_REQUEST,
+        "https does not make loopback acceptable"
+    );
+}
+
+#[tokio::test]
+async fn deliveries_are_signed_retried_and_recorded() {
+    let receiver = Receiver::start(vec![500, 503]).await;
+    let app = TestApp::spawn_with(loopback_config()).await;
+    // Events before the webhook exists are not delivered.
+    chat(&app).await;
+    let webhook = app
+        .post(
+            "/v1/webhooks",
+            &app.test_key,
+            json!({"url": receiver.url, "events": ["completion:*"]}),
+        )
+        .await
+        .json();
+    let (id, secret) = (
+        webhook["id"].as_str().unwrap().to_string(),
+        webhook["secret"].as_str().unwrap().to_string(),
+    );
+    chat(&app).await;
+
+    let delivered = eventually(Duration::from_secs(15), || async {
+        receiver.requests().iter().any(|r| r.2 == 200)
+    })
+    .await;
+    assert!(
+        delivered,
+        "never delivered: {:?}",
+        receiver.requests().iter().map(|r| r.2).collect::<Vec<_>>()
+    );
+    let requests = receiver.requests();
+    assert_eq!(
+        requests.iter().map(|r| r.2).collect::<Vec<_>>(),
+        [500, 503, 200],
+        "succeeds on the third attempt"
+    );
+    let (headers, body, _) = &requests[2];
+    verify(&secret, headers, body);
+    assert_eq!(headers["polpo-event"], "completion:finished");
+    assert_eq!(headers["content-type"], "application/json");
+    assert!(headers["user-agent"].to_str().unwrap().starts_with("polpo-webhooks/"));
+    let payload: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(
+        headers["polpo-delivery"].to_str().unwrap(),
+        payload["id"].as_str().unwrap()
+    );
+    assert_eq!(
+        payload["id"], "evt_8",
+        "the 8th event of the scope (the first turn's 4 came before the webhook)"
+    );
+    assert_eq!(payload["event"], "completion:finished");
+    assert_eq!(payload["data"]["model"], "mock/echo");
+    assert!(body.starts_with(r#"{"id":"evt_8","event":"completion:finished","timestamp":"#));
+    assert!(
+        requests.iter().all(|r| r.0["polpo-delivery"] == "evt_8"),
+        "the same delivery id on every attempt"
+    );
+
+    let recorded = eventually(Duration::from_secs(5), || async {
+        let list = app
+            .get(&format!("/v1/webhooks/{id}/deliveries"), &app.test_key)
+            .await
+            .json();
+        list[0]["status"] == "succeeded"
+    })
+    .await;
+    assert!(recorded);
+    let list = app
+        .get(&format!("/v1/webhooks/{id}/deliveries"), &app.test_key)
+        .await
+        .json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["eventId"], "evt_8");
+    assert_eq!(list[0]["attempts"], 3);
+    assert_eq!(list[0]["lastStatusCode"], 200);
+    assert!(list[0]["nextAttemptAt"].is_null());
+    assert_eq!(
+        app.get(&format!("/v1/webhooks/{id}/deliveries?status=failed"), &app.test_key)
+            .await
+            .json(),
+        json!([])
+    );
+    assert_eq!(
+        app.get(&format!("/v1/webhooks/{id}/deliveries?after=evt_8"), &app.test_key)
+            .await
+            .json(),
+        json!([])
+    );
+    assert_eq!(
+        app.get(&format!("/v1/webhooks/{id}/deliveries?after=8"), &app.test_key)
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn a_failing_delivery_holds_back_later_ones() {
+    let receiver = Receiver::start(vec![500, 500]).await;
+    let app = TestApp::spawn_with(loopback_config()).await;
+    app.post(
+        "/v1/webhooks",
+        &app.test_key,
+        json!({"url": receiver.url, "events": ["session:created"]}),
+    )
+    .await;
+    chat(&app).await;
+    chat(&app).await;
+    let both = eventually(Duration::from_secs(15), || async {
+        receiver.requests().iter().filter(|r| r.2 == 200).count() == 2
+    })
+    .await;
+    assert!(both);
+    let ids: Vec<(String, u16)> = receiver
+        .requests()
+        .iter()
+        .map(|r| (r.0["polpo-delivery"].to_str().unwrap().to_string(), r.2))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("evt_1".into(), 500),
+            ("evt_1".into(), 500),
+            ("evt_1".into(), 200),
+            ("evt_5".into(), 200)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_restart_between_attempts_loses_nothing() {
+    let receiver = Receiver::start(vec![500]).await;
+    let mut config = loopback_config();
+    config.webhooks.retry_base = Duration::from_secs(1);
+    let app = TestApp::spawn_with(config.clone()).await;
+    let webhook = app
+        .post(
+            "/v1/webhooks",
+            &app.test_key,
+            json!({"url": receiver.url, "events": ["session:created"]}),
+        )
+        .await
+        .json();
+    let id = webhook["id"].as_str().unwrap().to_string();
+    chat(&app).await;
+    assert!(eventually(Duration::from_secs(10), || async { receiver.requests().len() == 1 }).await);
+    // The instance stops before its retry; a new one on the same database carries on.
+    app.state.shutdown.cancel();
+    let restarted = app.another_instance(config).await;
+    assert!(
+        eventually(Duration::from_secs(15), || async { receiver.requests().len() == 2 }).await,
+        "the retry never came"
+    );
+    assert_eq!(receiver.requests()[1].2, 200);
+    assert_eq!(receiver.requests()[1].0["polpo-delivery"], "evt_1");
+    let scope = polpo_api::auth::Scope {
+        project: "acme".into(),
+        environment: polpo_api::auth::Environment::Test,
+    };
+    let rows = polpo_api::store::webhooks::list_deliveries(&restarted.db.pool, &scope, &id, "", 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let rows = polpo_api::store::webhooks::list_deliveries(&restarted.db.pool, &scope, &id, "", 0, 10)
+                .await
+                .unwrap();
+            rows[0].status == "succeeded" && rows[0].attempts == 2
+        })
+        .await
+    );
+}
