@@ -359,12 +359,13 @@ pub async fn create_chat_completion(
         .map(str::to_string);
     let stream = request.stream;
     let include_usage = request.include_usage;
-    let turn = chat::start(&state, &auth.scope, header.as_deref(), request)
-        .await
-        .map_err(|StartError { error, session_id }| match session_id {
-            Some(id) => (session_header(&id), error).into_response(),
-            None => error.into_response(),
-        })?;
+    let turn =
+        chat::start(&state, &auth, header.as_deref(), request)
+            .await
+            .map_err(|StartError { error, session_id }| match session_id {
+                Some(id) => (session_header(&id), error).into_response(),
+                None => error.into_response(),
+            })?;
     let completion = Completion {
         id: ids::new_id("chatcmpl-"),
         created: crate::clock::now_ms() / 1000,
@@ -375,7 +376,7 @@ pub async fn create_chat_completion(
         let keepalive = state.config.events.keepalive;
         let frames = stream_frames(completion, turn.events, include_usage);
         let mut response = Sse::new(frames)
-            .keep_alive(KeepAlive::new().interval(keepalive).text(" ping"))
+            .keep_alive(KeepAlive::new().interval(keepalive).text("ping"))
             .into_response();
         response.headers_mut().extend(headers);
         response

@@ -147,7 +147,7 @@ pub async fn stream_events(
     };
     let keepalive = state.config.events.keepalive;
     let mut response = Sse::new(frames)
-        .keep_alive(KeepAlive::new().interval(keepalive).text(" ping"))
+        .keep_alive(KeepAlive::new().interval(keepalive).text("ping"))
         .into_response();
     response
         .headers_mut()

@@ -13,7 +13,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
-use crate::auth::Scope;
+use crate::auth::{AuthContext, KeyVerifier, Scope};
 use crate::clock;
 use crate::config::UpstreamConfig;
 use crate::error::ApiError;
@@ -159,10 +159,11 @@ fn title_of(messages: &[ChatMessage]) -> String {
 /// Runs everything up to the provider's first chunk; the rest continues in a task.
 pub async fn start(
     state: &AppState,
-    scope: &Scope,
+    auth: &AuthContext,
     session_header: Option<&str>,
     request: CompletionRequest,
 ) -> Result<Turn, StartError> {
+    let scope = &auth.scope;
     let target = resolve_target(state, scope, &request).await?;
     let agent_name = target.agent.as_ref().map(|a| a.name.clone());
 
@@ -223,6 +224,8 @@ pub async fn start(
     let drive = Drive {
         db: state.db.clone(),
         hub: Arc::clone(&state.hub),
+        verifier: Arc::clone(&state.verifier),
+        auth: auth.clone(),
         scope: scope.clone(),
         session_id: session_id.clone(),
         agent: agent_name,
@@ -340,6 +343,11 @@ pub fn provider_error(error: ProviderError) -> ApiError {
     }
 }
 
+/// How often a running completion re-checks its key, and the oldest verification it trusts, so
+/// that a revoked key's streams end within 5 s.
+const KEY_RECHECK: Duration = Duration::from_secs(1);
+const KEY_MAX_AGE: Duration = Duration::from_secs(3);
+
 /// The assistant reply as it accumulates.
 #[derive(Default)]
 struct Reply {
@@ -393,12 +401,16 @@ enum Outcome {
     Finished,
     ClientLeft,
     Shutdown,
+    KeyRevoked,
     Failed(ApiError),
 }
 
 struct Drive {
     db: Db,
     hub: Arc<Hub>,
+    verifier: Arc<KeyVerifier>,
+    /// Who asked; a stream whose key is revoked ends (spec §1.2.3).
+    auth: AuthContext,
     scope: Scope,
     session_id: String,
     agent: Option<String>,
@@ -471,6 +483,7 @@ impl Drive {
                 TurnEvent::Failed(error)
             }
             Outcome::Shutdown => TurnEvent::Failed(ApiError::Unavailable("shutdown deadline reached".into())),
+            Outcome::KeyRevoked => TurnEvent::Failed(ApiError::InvalidApiKey),
             Outcome::ClientLeft => return,
         };
         let _ = tx.send(event).await;
@@ -484,12 +497,22 @@ impl Drive {
         reply: &mut Reply,
         deadline: Instant,
     ) -> Outcome {
+        let mut recheck = tokio::time::interval(KEY_RECHECK);
+        recheck.reset();
+        // Silence is measured from the last chunk, not from the last key check.
+        let mut last_chunk = Instant::now();
         loop {
-            let wait_until = (Instant::now() + self.limits.idle_timeout).min(deadline);
+            let wait_until = (last_chunk + self.limits.idle_timeout).min(deadline);
             let next = tokio::select! {
                 biased;
                 () = tx.closed() => return Outcome::ClientLeft,
                 () = self.hard_stop.cancelled() => return Outcome::Shutdown,
+                _ = recheck.tick() => {
+                    if !self.verifier.still_valid(&self.db, &self.auth, KEY_MAX_AGE).await {
+                        return Outcome::KeyRevoked;
+                    }
+                    continue;
+                }
                 next = timeout_at(wait_until, upstream.next()) => next,
             };
             match next {
@@ -497,6 +520,7 @@ impl Drive {
                 Ok(None) => return Outcome::Finished,
                 Ok(Some(Err(e))) => return Outcome::Failed(provider_error(e)),
                 Ok(Some(Ok(chunk))) => {
+                    last_chunk = Instant::now();
                     if let Some(delta) = reply.absorb(chunk)
                         && tx.send(TurnEvent::Delta(delta)).await.is_err()
                     {
@@ -522,7 +546,7 @@ impl Drive {
                 };
                 reply.finish.unwrap_or(default).as_str().to_string()
             }
-            Outcome::ClientLeft | Outcome::Shutdown => "interrupted".to_string(),
+            Outcome::ClientLeft | Outcome::Shutdown | Outcome::KeyRevoked => "interrupted".to_string(),
             Outcome::Failed(_) => "error".to_string(),
         };
         match reply.usage {

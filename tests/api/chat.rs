@@ -818,3 +818,70 @@ async fn session_endpoints_list_read_and_delete() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn a_stream_carries_keep_alives_and_ends_when_its_key_is_revoked() {
+    let mut config = Config::default();
+    config.events.keepalive = Duration::from_millis(30);
+    let s = setup_with(config).await;
+    let base = s.app.serve().await;
+    let mut response = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(&s.app.test_key)
+        .json(&json!({"model": "openai:slow", "stream": true, "messages": user("tick")}))
+        .send()
+        .await
+        .unwrap();
+    let session = response.headers()["x-session-id"].to_str().unwrap().to_string();
+    let mut text = String::new();
+    while !text.contains("\n: ping\n") {
+        text.push_str(&String::from_utf8_lossy(&response.chunk().await.unwrap().unwrap()));
+    }
+    let hash = polpo_api::auth::key::hash(&s.app.test_key);
+    let row = polpo_api::store::keys::find_by_hash(&s.app.db.pool, &hash)
+        .await
+        .unwrap()
+        .unwrap();
+    polpo_api::runtime::bootstrap::revoke_key(&s.app.db, &row.id)
+        .await
+        .unwrap();
+    let rest = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(bytes)) = response.chunk().await {
+            text.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    })
+    .await;
+    assert!(rest.is_ok(), "the stream outlived its key by 5 s");
+    let frames = data_frames(&text);
+    let last: Value = serde_json::from_str(frames.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "invalid_api_key");
+    assert_eq!(last["error"]["type"], "authentication_error");
+    assert!(s.openai.wait_for_abandoned_stream(Duration::from_secs(1)).await);
+    let messages = crate::helpers::eventually(Duration::from_secs(5), || async {
+        let rows = polpo_api::store::chat::list_messages(&s.app.db.pool, &s.app.state_scope(), &session, "", 10)
+            .await
+            .unwrap();
+        rows.len() == 2 && rows[1].finish_reason.as_deref() == Some("interrupted")
+    })
+    .await;
+    assert!(messages, "the partial reply was not stored as interrupted");
+}
+
+#[tokio::test]
+async fn silence_mid_stream_ends_it_with_an_upstream_timeout_frame() {
+    let mut config = Config::default();
+    config.upstream.idle_timeout = Duration::from_millis(40);
+    let s = setup_with(config).await;
+    let base = s.app.serve().await;
+    let (status, _, text) = stream(
+        &base,
+        &s.app.test_key,
+        json!({"model": "openai:slow", "stream": true, "messages": user("x")}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let frames = data_frames(&text);
+    let last: Value = serde_json::from_str(frames.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_timeout", "{text}");
+    assert_eq!(last["error"]["type"], "api_error");
+}

@@ -529,3 +529,108 @@ async fn a_subscriber_that_reads_nothing_is_dropped_without_slowing_others() {
         "the stalled subscriber was not dropped ({delivered} events delivered)"
     );
 }
+
+#[tokio::test]
+async fn aliases_are_stored_with_their_own_numbers_and_filter_like_any_event() {
+    let app = TestApp::spawn().await;
+    let scope = test_scope();
+    let usage = events::UsageCounts {
+        prompt_tokens: 1,
+        completion_tokens: 2,
+        total_tokens: 3,
+    };
+    let batch = [
+        Event::TaskTransition {
+            task_id: "task_1".into(),
+            from: "review".into(),
+            to: "done".into(),
+            task: json!({"id": "task_1"}),
+        },
+        Event::AgentFinished {
+            task_id: "task_1".into(),
+            agent: "a".into(),
+            model: "mock/echo".into(),
+            attempt: 1,
+            duration_ms: 3,
+            usage,
+            error: None,
+        },
+    ];
+    let mut tx = app.db.pool.begin().await.unwrap();
+    events::append(&mut tx, app.db.backend, &scope, polpo_api::clock::now_ms(), &batch)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let all = app.get("/v1/events/history", &app.test_key).await.json();
+    let listed: Vec<(i64, &str)> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["id"].as_i64().unwrap(), e["event"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (1, "task:transition"),
+            (2, "task:completed"),
+            (3, "agent:finished"),
+            (4, "agent:completed")
+        ]
+    );
+    assert_eq!(all[0]["data"], all[1]["data"], "an alias carries the same payload");
+    for (filter, expected) in [
+        ("*:completed", vec!["task:completed", "agent:completed"]),
+        ("task:*", vec!["task:transition", "task:completed"]),
+        ("agent:finished", vec!["agent:finished"]),
+        (
+            "task:transition,agent:finished",
+            vec!["task:transition", "agent:finished"],
+        ),
+    ] {
+        let history = app
+            .get(&format!("/v1/events/history?filter={filter}"), &app.test_key)
+            .await
+            .json();
+        let names: Vec<&str> = history
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, expected, "{filter}");
+    }
+}
+
+#[tokio::test]
+async fn browsers_can_carry_the_key_in_the_query_and_get_keep_alives() {
+    let mut config = Config::default();
+    config.events.keepalive = Duration::from_millis(100);
+    let app = TestApp::spawn_with(config).await;
+    let base = app.serve().await;
+    let response = client()
+        .get(format!("{base}/v1/events?apiKey={}", app.test_key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert_eq!(response.headers()["x-accel-buffering"], "no");
+    assert_eq!(response.headers()["cache-control"], "no-cache");
+    let mut response = response;
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !text.contains(": ping") {
+        match tokio::time::timeout_at(deadline, response.chunk()).await {
+            Ok(Ok(Some(bytes))) => text.push_str(&String::from_utf8_lossy(&bytes)),
+            _ => panic!("no keep-alive comment in {text:?}"),
+        }
+    }
+    assert!(text.starts_with("retry: 3000"), "{text:?}");
+    // The query carrier is for the stream only.
+    let history = client()
+        .get(format!("{base}/v1/events/history?apiKey={}", app.test_key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(history.status(), 401);
+}

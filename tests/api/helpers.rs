@@ -173,6 +173,14 @@ impl TestApp {
         format!("http://{addr}")
     }
 
+    /// The scope of `test_key`.
+    pub fn state_scope(&self) -> polpo_api::auth::Scope {
+        polpo_api::auth::Scope {
+            project: "acme".into(),
+            environment: Environment::Test,
+        }
+    }
+
     /// A key of another project (created on first use).
     pub async fn key_of(&self, project: &str, environment: Environment) -> String {
         let _ = bootstrap::create_project(&self.db, project).await;
