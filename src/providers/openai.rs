@@ -8,9 +8,7 @@ use serde_json::{Map, Value, json};
 
 use super::http;
 use super::sse;
-use super::types::{
-    ChatMessage, ChatRequest, Chunk, ChunkStream, FinishReason, ModelClient, ProviderError, Role, Usage,
-};
+use super::types::{ChatMessage, ChatRequest, Chunk, ChunkStream, FinishReason, ModelClient, ProviderError, Usage};
 use crate::runtime::agents::Reasoning;
 
 pub struct OpenAiClient {
@@ -63,18 +61,9 @@ fn error_message(body: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::System => "system",
-        Role::User => "user",
-        Role::Assistant => "assistant",
-        Role::Tool => "tool",
-    }
-}
-
 fn message_to_wire(message: &ChatMessage) -> Value {
     let mut out = Map::new();
-    out.insert("role".into(), json!(role_name(message.role)));
+    out.insert("role".into(), json!(message.role.as_str()));
     out.insert("content".into(), message.content.clone().unwrap_or(Value::Null));
     if let Some(name) = &message.name {
         out.insert("name".into(), json!(name));
@@ -240,7 +229,7 @@ fn chunks(response: reqwest::Response) -> impl futures_util::Stream<Item = Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::types::{Params, ToolCall};
+    use crate::providers::types::{Params, Role, ToolCall};
 
     #[test]
     fn requests_always_stream_with_usage_and_map_reasoning() {

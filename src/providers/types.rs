@@ -20,6 +20,18 @@ pub enum Role {
     Tool,
 }
 
+impl Role {
+    /// The OpenAI role name; also how messages are stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::System => "system",
+            Self::User => "user",
+            Self::Assistant => "assistant",
+            Self::Tool => "tool",
+        }
+    }
+}
+
 /// A tool call made by the model: `arguments` is JSON text, as OpenAI sends it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolCall {

@@ -589,7 +589,7 @@ impl Drive {
             let row = store::chat::MessageRow {
                 id: ids::new_id(MESSAGE_PREFIX),
                 session_id: self.session_id.clone(),
-                role: role_name(message.role).to_string(),
+                role: message.role.as_str().to_string(),
                 content: message.content.clone().unwrap_or(Value::Null).to_string(),
                 tool_calls: tool_calls_json(message.tool_calls.iter().map(|c| StoredToolCall {
                     id: c.id.clone(),
@@ -670,15 +670,6 @@ impl Drive {
         tx.commit().await?;
         self.hub.wake(&self.scope);
         Ok(())
-    }
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::System => "system",
-        Role::User => "user",
-        Role::Assistant => "assistant",
-        Role::Tool => "tool",
     }
 }
 

@@ -216,18 +216,25 @@ async fn dump_database(database: &TestDatabase) -> String {
     out
 }
 
+/// Two `serve` processes on one migrated Postgres database; `None` on SQLite.
+fn two_instances(database: &TestDatabase) -> Option<(ServerProcess, ServerProcess)> {
+    if !database.is_postgres() {
+        return None;
+    }
+    let (dir, url) = (&database.dir.0, database.url.as_str());
+    cli(dir, Some(url), &["migrate"]);
+    Some((
+        ServerProcess::start(dir, &[("DATABASE_URL", url)]),
+        ServerProcess::start(dir, &[("DATABASE_URL", url)]),
+    ))
+}
+
 #[tokio::test]
 async fn two_instances_share_one_postgres() {
     let database = TestDatabase::new().await;
-    if !database.is_postgres() {
-        // SQLite is single-instance by design; that refusal is covered by the fresh-start test.
-        return;
-    }
-    let dir = &database.dir.0;
-    let url = database.url.as_str();
-    cli(dir, Some(url), &["migrate"]);
-    let a = ServerProcess::start(dir, &[("DATABASE_URL", url)]);
-    let b = ServerProcess::start(dir, &[("DATABASE_URL", url)]);
+    // SQLite is single-instance by design; that refusal is covered by the fresh-start test.
+    let Some((a, b)) = two_instances(&database) else { return };
+    let (dir, url) = (&database.dir.0, database.url.as_str());
     let printed: Vec<&String> = a.stdout_lines.iter().chain(&b.stdout_lines).collect();
     assert_eq!(printed.len(), 1, "exactly one instance creates the sandbox key");
     cli(dir, Some(url), &["projects", "create", "acme"]);
@@ -337,15 +344,8 @@ async fn no_migrate_refuses_a_database_behind_the_schema() {
 async fn events_cross_instances_on_one_postgres() {
     use crate::events::SseReader;
     let database = TestDatabase::new().await;
-    if !database.is_postgres() {
-        // One SQLite file serves one instance; there is no other instance to hear from.
-        return;
-    }
-    let dir = &database.dir.0;
-    let url = database.url.as_str();
-    cli(dir, Some(url), &["migrate"]);
-    let a = ServerProcess::start(dir, &[("DATABASE_URL", url)]);
-    let b = ServerProcess::start(dir, &[("DATABASE_URL", url)]);
+    // One SQLite file serves one instance; there is no other instance to hear from.
+    let Some((a, b)) = two_instances(&database) else { return };
     let key = a.stdout_lines.iter().chain(&b.stdout_lines).next().unwrap().clone();
     let http = client();
     let chat = |base: String| {
