@@ -54,6 +54,9 @@ pub enum Refusal {
     Unknown,
     Revoked,
     Expired,
+    /// The database could not be asked: `503`, so that clients retry instead of discarding a
+    /// key that may be valid.
+    LookupFailed,
 }
 
 impl Refusal {
@@ -65,12 +68,14 @@ impl Refusal {
             Self::Unknown => "unknown",
             Self::Revoked => "revoked",
             Self::Expired => "expired",
+            Self::LookupFailed => "lookup_failed",
         }
     }
 
     pub fn error(self) -> ApiError {
         match self {
             Self::Missing | Self::Malformed => ApiError::Unauthorized,
+            Self::LookupFailed => ApiError::Unavailable(String::new()),
             _ => ApiError::InvalidApiKey,
         }
     }
@@ -159,7 +164,7 @@ impl KeyVerifier {
             Ok(None) => return Err((Refusal::Unknown, None)),
             Err(e) => {
                 tracing::error!(error = %e, "key lookup failed");
-                return Err((Refusal::Unknown, None));
+                return Err((Refusal::LookupFailed, None));
             }
         };
         if row.revoked_at.is_some() {

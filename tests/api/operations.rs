@@ -34,6 +34,11 @@ async fn ready_fails_while_draining_or_without_a_database() {
     let response = app.call("GET", "/ready", None, None).await;
     assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.json()["details"]["checks"]["database"], "failing");
+    // A key that cannot be checked is not declared invalid: the client is told to retry.
+    let response = app.get("/v1/agents", &app.test_key).await;
+    assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.json()["code"], "unavailable");
+    assert_eq!(response.header("retry-after"), Some("1"));
 }
 
 #[tokio::test]
