@@ -87,6 +87,13 @@ pub fn router(state: AppState) -> Router {
 /// finish (the caller bounds that with the shutdown deadline).
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
+    // Streams write small frames: without TCP_NODELAY a stream's last frame waits for the
+    // client's delayed ACK (about 40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

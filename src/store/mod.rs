@@ -66,9 +66,12 @@ impl Db {
             }
             Backend::Postgres => url.parse::<AnyConnectOptions>()?,
         };
+        // SQLite has one writer at a time. One connection queues statements in the pool (an
+        // async wait) instead of letting several connections spin on SQLITE_BUSY with sleeps.
+        let max_connections = if backend == Backend::Sqlite { 1 } else { max_connections.max(1) };
         let mut pool = AnyPoolOptions::new()
-            .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(5));
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10));
         if backend == Backend::Sqlite {
             pool = pool.after_connect(|conn, _meta| {
                 Box::pin(async move {
