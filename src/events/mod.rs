@@ -296,9 +296,11 @@ pub async fn append(
     }
     let count = i64::try_from(entries.len()).unwrap_or(i64::MAX);
     let last = store::events::reserve(&mut **tx, scope, count).await?;
-    for (seq, (name, payload)) in ((last - count + 1)..).zip(entries) {
-        store::events::insert(&mut **tx, scope, seq, &name, &payload.to_string(), at_ms).await?;
-    }
+    let rows: Vec<(String, String)> = entries
+        .into_iter()
+        .map(|(name, payload)| (name, payload.to_string()))
+        .collect();
+    store::events::insert_many(&mut **tx, scope, last - count + 1, &rows, at_ms).await?;
     if backend == Backend::Postgres {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(hub::PG_CHANNEL)

@@ -208,9 +208,14 @@ pub async fn start(
         });
     }
 
-    let session_id = match existing {
-        Some(row) => row.id,
-        None => create_session(state, scope, agent_name.clone(), &request).await?,
+    // A new session is stored with its first messages once the provider answers (one
+    // transaction), or alone if the provider fails first (spec §3.6 rules 1 and 5).
+    let (session_id, new_session) = match existing {
+        Some(row) => (row.id, None),
+        None => {
+            let row = new_session_row(agent_name.clone(), &request)?;
+            (row.id.clone(), Some(row))
+        }
     };
     let with_session = |error: ApiError| StartError {
         error,
@@ -219,7 +224,10 @@ pub async fn start(
 
     let provider_request = compose_request(state, scope, &target, &request, &transcript, &new)
         .await
-        .map_err(with_session)?;
+        .map_err(|error| StartError {
+            error,
+            session_id: new_session.is_none().then(|| session_id.clone()),
+        })?;
     let (tx, mut rx) = mpsc::channel(64);
     let drive = Drive {
         db: state.db.clone(),
@@ -228,6 +236,7 @@ pub async fn start(
         auth: auth.clone(),
         scope: scope.clone(),
         session_id: session_id.clone(),
+        new_session,
         agent: agent_name,
         model: target.model.clone(),
         user: request.params.user.clone(),
@@ -252,35 +261,18 @@ pub async fn start(
     }
 }
 
-async fn create_session(
-    state: &AppState,
-    scope: &Scope,
-    agent: Option<String>,
-    request: &CompletionRequest,
-) -> Result<String, ApiError> {
+fn new_session_row(agent: Option<String>, request: &CompletionRequest) -> Result<store::chat::SessionRow, ApiError> {
     let now = clock::now_ms();
-    let row = store::chat::SessionRow {
+    Ok(store::chat::SessionRow {
         id: ids::new_id(SESSION_PREFIX),
-        agent: agent.clone(),
+        agent,
         user: request.params.user.clone(),
         metadata: serde_json::to_string(&request.metadata).map_err(ApiError::internal)?,
         title: title_of(&request.messages),
         message_count: 0,
         created_at: now,
         updated_at: now,
-    };
-    let mut tx = state.db.pool.begin().await?;
-    store::chat::insert_session(&mut *tx, scope, &row).await?;
-    let event = Event::SessionCreated {
-        session_id: row.id.clone(),
-        agent,
-        title: row.title.clone(),
-        user: row.user.clone(),
-    };
-    events::append(&mut tx, state.db.backend, scope, now, &[event]).await?;
-    tx.commit().await?;
-    state.hub.wake(scope);
-    Ok(row.id)
+    })
 }
 
 /// What the provider receives (spec §3.5).
@@ -298,8 +290,11 @@ async fn compose_request(
     match &target.agent {
         Some(agent) => {
             let caller = system.iter().map(|m| m.text_content()).collect::<Vec<_>>().join("\n\n");
-            let project_memory = agents::read_memory(&state.db, scope, None).await?.content;
-            let agent_memory = agents::read_memory(&state.db, scope, Some(agent)).await?.content;
+            let (project_memory, agent_memory) = store::memory::get_pair(&state.db.pool, scope, &agent.id).await?;
+            let (project_memory, agent_memory) = (
+                project_memory.map(|m| m.content).unwrap_or_default(),
+                agent_memory.map(|m| m.content).unwrap_or_default(),
+            );
             let text = prompt::compose(agent, &project_memory, &agent_memory, &caller);
             messages.push(ChatMessage::text(Role::System, text));
             params.temperature = params.temperature.or(agent.temperature);
@@ -406,6 +401,8 @@ enum Outcome {
 }
 
 struct Drive {
+    /// A session this turn creates; not yet stored.
+    new_session: Option<store::chat::SessionRow>,
     db: Db,
     hub: Arc<Hub>,
     verifier: Arc<KeyVerifier>,
@@ -531,7 +528,12 @@ impl Drive {
         }
     }
 
+    /// A failure before the first chunk: a new session is stored empty, so that its id, which
+    /// the client receives, names a session it can retry in.
     async fn fail_early(&self, tx: &mpsc::Sender<TurnEvent>, error: ApiError) {
+        if let Err(e) = self.store_session_and(&[]).await {
+            tracing::error!(session_id = %self.session_id, error = ?e, "could not store the new session");
+        }
         let _ = tx.send(TurnEvent::Failed(error)).await;
     }
 
@@ -576,16 +578,43 @@ impl Drive {
 
     /// Stores N when the provider starts answering (spec §3.6 rule 5).
     async fn store_new_messages(&self) -> Result<(), ApiError> {
+        self.store_session_and(&self.new_messages).await
+    }
+
+    /// In one transaction: the new session (if this turn creates one) or the existing session's
+    /// counters, then `messages`, with their events.
+    async fn store_session_and(&self, messages: &[ChatMessage]) -> Result<(), ApiError> {
+        if self.new_session.is_none() && messages.is_empty() {
+            return Ok(());
+        }
         let now = clock::now_ms();
+        let count = i64::try_from(messages.len()).unwrap_or(i64::MAX);
         let mut tx = self.db.pool.begin().await?;
-        let count = i64::try_from(self.new_messages.len()).unwrap_or(i64::MAX);
+        let mut announced = Vec::with_capacity(messages.len() + 1);
         // The session row is written first: it orders concurrent turns on SQLite and notices a
         // session deleted meanwhile.
-        if !store::chat::touch_session(&mut *tx, &self.scope, &self.session_id, count, now).await? {
-            return Err(sessions::not_found(&self.session_id));
+        match &self.new_session {
+            Some(row) => {
+                let row = store::chat::SessionRow {
+                    message_count: count,
+                    updated_at: now,
+                    ..row.clone()
+                };
+                store::chat::insert_session(&mut *tx, &self.scope, &row).await?;
+                announced.push(Event::SessionCreated {
+                    session_id: row.id.clone(),
+                    agent: row.agent.clone(),
+                    title: row.title.clone(),
+                    user: row.user.clone(),
+                });
+            }
+            None => {
+                if !store::chat::touch_session(&mut *tx, &self.scope, &self.session_id, count, now).await? {
+                    return Err(sessions::not_found(&self.session_id));
+                }
+            }
         }
-        let mut added = Vec::with_capacity(self.new_messages.len());
-        for message in &self.new_messages {
+        for message in messages {
             let row = store::chat::MessageRow {
                 id: ids::new_id(MESSAGE_PREFIX),
                 session_id: self.session_id.clone(),
@@ -603,13 +632,13 @@ impl Drive {
                 created_at: now,
             };
             store::chat::insert_message(&mut *tx, &self.scope, &row).await?;
-            added.push(Event::MessageAdded {
+            announced.push(Event::MessageAdded {
                 session_id: self.session_id.clone(),
                 message_id: row.id,
                 role: row.role,
             });
         }
-        events::append(&mut tx, self.db.backend, &self.scope, now, &added).await?;
+        events::append(&mut tx, self.db.backend, &self.scope, now, &announced).await?;
         tx.commit().await?;
         self.hub.wake(&self.scope);
         Ok(())

@@ -21,25 +21,36 @@ pub async fn reserve<'c>(ex: impl Exec<'c>, scope: &Scope, count: i64) -> Result
     .try_get(0)
 }
 
-pub async fn insert<'c>(
+/// Inserts `(name, payload)` entries numbered from `first_seq`, in one statement.
+pub async fn insert_many<'c>(
     ex: impl Exec<'c>,
     scope: &Scope,
-    seq: i64,
-    name: &str,
-    payload: &str,
+    first_seq: i64,
+    entries: &[(String, String)],
     created_at: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO events (project, environment, seq, name, payload, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(&scope.project)
-    .bind(scope.environment.as_str())
-    .bind(seq)
-    .bind(name)
-    .bind(payload)
-    .bind(created_at)
-    .execute(ex)
-    .await?;
+    if entries.is_empty() {
+        return Ok(());
+    }
+    // Only placeholders are formatted into the text; every value is bound.
+    let rows: Vec<String> = (0..entries.len())
+        .map(|i| {
+            let base = 4 + i * 3;
+            format!("($1, $2, ${}, ${}, ${}, $3)", base, base + 1, base + 2)
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO events (project, environment, seq, name, payload, created_at) VALUES {}",
+        rows.join(", ")
+    );
+    let mut query = sqlx::query(&sql)
+        .bind(&scope.project)
+        .bind(scope.environment.as_str())
+        .bind(created_at);
+    for (seq, (name, payload)) in (first_seq..).zip(entries) {
+        query = query.bind(seq).bind(name).bind(payload);
+    }
+    query.execute(ex).await?;
     Ok(())
 }
 

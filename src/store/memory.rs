@@ -29,6 +29,38 @@ pub async fn get<'c>(ex: impl Exec<'c>, scope: &Scope, owner: &str) -> Result<Op
     .transpose()
 }
 
+/// Project memory and one agent's memory in one query: `(project, agent)`.
+pub async fn get_pair<'c>(
+    ex: impl Exec<'c>,
+    scope: &Scope,
+    agent_owner: &str,
+) -> Result<(Option<MemoryRow>, Option<MemoryRow>), sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT owner, content, updated_at FROM memories
+         WHERE project = $1 AND environment = $2 AND owner IN ($3, $4)",
+    )
+    .bind(&scope.project)
+    .bind(scope.environment.as_str())
+    .bind(PROJECT_OWNER)
+    .bind(agent_owner)
+    .fetch_all(ex)
+    .await?;
+    let (mut project, mut agent) = (None, None);
+    for r in &rows {
+        let owner: String = r.try_get("owner")?;
+        let row = MemoryRow {
+            content: r.try_get("content")?,
+            updated_at: r.try_get("updated_at")?,
+        };
+        if owner == PROJECT_OWNER {
+            project = Some(row)
+        } else {
+            agent = Some(row)
+        }
+    }
+    Ok((project, agent))
+}
+
 pub async fn put<'c>(
     ex: impl Exec<'c>,
     scope: &Scope,

@@ -68,7 +68,11 @@ impl Db {
         };
         // SQLite has one writer at a time. One connection queues statements in the pool (an
         // async wait) instead of letting several connections spin on SQLITE_BUSY with sleeps.
-        let max_connections = if backend == Backend::Sqlite { 1 } else { max_connections.max(1) };
+        let max_connections = if backend == Backend::Sqlite {
+            1
+        } else {
+            max_connections.max(1)
+        };
         let mut pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10));
