@@ -5,3 +5,4 @@ pub mod bootstrap;
 pub mod chat;
 pub mod prompt;
 pub mod sessions;
+pub mod turn;

@@ -1,0 +1,426 @@
+//! The provider stream of one chat turn, driven in a task of its own (spec §3.6, §3.8–§3.10):
+//! waiting for the first chunk, forwarding deltas, noticing a client that left, a revoked key, a
+//! silent provider or the shutdown deadline, and storing what was said.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_util::sync::CancellationToken;
+
+use super::chat::TurnEvent;
+use crate::auth::{AuthContext, KeyVerifier, Scope};
+use crate::clock;
+use crate::config::UpstreamConfig;
+use crate::error::ApiError;
+use crate::events::hub::Hub;
+use crate::events::{self, Event, UsageCounts};
+use crate::ids;
+use crate::providers::types::{
+    ChatMessage, ChatRequest, Chunk, ChunkStream, FinishReason, ModelClient, ProviderError, Usage,
+};
+use crate::runtime::sessions::{self, MESSAGE_PREFIX, StoredToolCall, StoredUsage};
+use crate::store::{self, Db};
+
+/// Maps a provider failure to the client's answer (spec §3.9); secrets stay in `cause`.
+pub fn provider_error(error: ProviderError) -> ApiError {
+    match error {
+        ProviderError::Unauthorized { status } => ApiError::Upstream {
+            message: "the model provider refused the server's credentials".into(),
+            cause: format!("provider answered {status}"),
+        },
+        ProviderError::Rejected { status, message } => ApiError::Upstream {
+            message: match &message {
+                Some(m) => format!("the model provider rejected the request: {m}"),
+                None => "the model provider rejected the request".into(),
+            },
+            cause: format!("provider answered {status}"),
+        },
+        ProviderError::RateLimited { retry_after } => ApiError::RateLimited {
+            message: "the model provider is rate limiting requests; retry later".into(),
+            retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
+        },
+        ProviderError::Upstream(cause) => ApiError::Upstream {
+            message: "the model provider returned an error".into(),
+            cause,
+        },
+        ProviderError::Timeout => ApiError::UpstreamTimeout,
+    }
+}
+
+/// How often a running completion re-checks its key, and the oldest verification it trusts, so
+/// that a revoked key's streams end within 5 s.
+const KEY_RECHECK: Duration = Duration::from_secs(1);
+const KEY_MAX_AGE: Duration = Duration::from_secs(3);
+
+/// The assistant reply as it accumulates.
+#[derive(Default)]
+struct Reply {
+    text: String,
+    tool_calls: BTreeMap<u32, StoredToolCall>,
+    finish: Option<FinishReason>,
+    usage: Option<Usage>,
+}
+
+impl Reply {
+    /// Takes a chunk in; returns it when the client should see it.
+    fn absorb(&mut self, chunk: Chunk) -> Option<Chunk> {
+        match &chunk {
+            Chunk::Text(text) => self.text.push_str(text),
+            Chunk::ToolCallStart { index, id, name } => {
+                self.tool_calls.insert(
+                    *index,
+                    StoredToolCall {
+                        id: id.clone(),
+                        name: name.clone(),
+                        arguments: String::new(),
+                    },
+                );
+            }
+            Chunk::ToolCallArguments { index, arguments } => {
+                self.tool_calls
+                    .entry(*index)
+                    .or_insert_with(|| StoredToolCall {
+                        id: String::new(),
+                        name: String::new(),
+                        arguments: String::new(),
+                    })
+                    .arguments
+                    .push_str(arguments);
+            }
+            Chunk::Finish(reason) => {
+                self.finish = Some(*reason);
+                return None;
+            }
+            Chunk::Usage(usage) => {
+                self.usage = Some(*usage);
+                return None;
+            }
+        }
+        Some(chunk)
+    }
+}
+
+/// How the stream ended.
+enum Outcome {
+    Finished,
+    ClientLeft,
+    Shutdown,
+    KeyRevoked,
+    Failed(ApiError),
+}
+
+pub(super) struct Drive {
+    /// A session this turn creates; not yet stored.
+    pub(super) new_session: Option<store::chat::SessionRow>,
+    pub(super) db: Db,
+    pub(super) hub: Arc<Hub>,
+    pub(super) verifier: Arc<KeyVerifier>,
+    /// Who asked; a stream whose key is revoked ends (spec §1.2.3).
+    pub(super) auth: AuthContext,
+    pub(super) scope: Scope,
+    pub(super) session_id: String,
+    pub(super) agent: Option<String>,
+    pub(super) model: String,
+    pub(super) user: Option<String>,
+    pub(super) stream: bool,
+    pub(super) client: Arc<dyn ModelClient>,
+    pub(super) request: ChatRequest,
+    pub(super) new_messages: Vec<ChatMessage>,
+    pub(super) limits: UpstreamConfig,
+    pub(super) hard_stop: CancellationToken,
+}
+
+impl Drive {
+    pub(super) async fn run(self, tx: mpsc::Sender<TurnEvent>) {
+        let deadline = Instant::now() + self.limits.total_timeout;
+        let first_wait = self.limits.first_chunk_timeout.min(self.limits.total_timeout);
+        let client = Arc::clone(&self.client);
+        let request = self.request.clone();
+        let opening = async move {
+            let mut stream = client.stream(request).await?;
+            let first = stream.next().await;
+            Ok::<_, ProviderError>((stream, first))
+        };
+        let opened = tokio::select! {
+            // The client left before anything happened: nothing to store (spec §3.6 rule 5).
+            () = tx.closed() => return,
+            opened = timeout(first_wait, opening) => opened,
+        };
+        let (mut upstream, first): (ChunkStream, Chunk) = match opened {
+            Err(_) => return self.fail_early(&tx, ApiError::UpstreamTimeout).await,
+            Ok(Err(e)) | Ok(Ok((_, Some(Err(e))))) => return self.fail_early(&tx, provider_error(e)).await,
+            Ok(Ok((_, None))) => {
+                let error = ProviderError::Upstream("the provider closed the stream without answering".into());
+                return self.fail_early(&tx, provider_error(error)).await;
+            }
+            Ok(Ok((stream, Some(Ok(chunk))))) => (stream, chunk),
+        };
+        if let Err(e) = self.store_new_messages().await {
+            return self.fail_early(&tx, e).await;
+        }
+        let mut reply = Reply::default();
+        let mut outcome = None;
+        if tx.send(TurnEvent::Started).await.is_err() {
+            outcome = Some(Outcome::ClientLeft);
+        } else if let Some(delta) = reply.absorb(first)
+            && tx.send(TurnEvent::Delta(delta)).await.is_err()
+        {
+            outcome = Some(Outcome::ClientLeft);
+        }
+        let outcome = match outcome {
+            Some(outcome) => outcome,
+            None => self.pump(&tx, &mut upstream, &mut reply, deadline).await,
+        };
+        // Dropping the stream closes the upstream request.
+        drop(upstream);
+        let (finish, usage, estimated) = self.settle(&outcome, &reply);
+        if let Err(e) = self.store_reply(&reply, &finish, usage, estimated).await {
+            tracing::error!(session_id = %self.session_id, error = ?e, "could not store the chat reply");
+        }
+        let event = match outcome {
+            Outcome::Finished => TurnEvent::Completed {
+                finish: reply.finish.unwrap_or(FinishReason::Stop),
+                usage,
+            },
+            Outcome::Failed(error) => {
+                let report = error.report();
+                tracing::warn!(session_id = %self.session_id, code = report.code, cause = report.log_cause.as_deref(),
+                    "provider failed mid-stream");
+                TurnEvent::Failed(error)
+            }
+            Outcome::Shutdown => TurnEvent::Failed(ApiError::Unavailable("shutdown deadline reached".into())),
+            Outcome::KeyRevoked => TurnEvent::Failed(ApiError::InvalidApiKey),
+            Outcome::ClientLeft => return,
+        };
+        let _ = tx.send(event).await;
+    }
+
+    /// Forwards chunks until the answer ends, the client leaves, the server stops or a limit hits.
+    async fn pump(
+        &self,
+        tx: &mpsc::Sender<TurnEvent>,
+        upstream: &mut ChunkStream,
+        reply: &mut Reply,
+        deadline: Instant,
+    ) -> Outcome {
+        let mut recheck = tokio::time::interval(KEY_RECHECK);
+        recheck.reset();
+        // Silence is measured from the last chunk, not from the last key check.
+        let mut last_chunk = Instant::now();
+        loop {
+            let wait_until = (last_chunk + self.limits.idle_timeout).min(deadline);
+            let next = tokio::select! {
+                biased;
+                () = tx.closed() => return Outcome::ClientLeft,
+                () = self.hard_stop.cancelled() => return Outcome::Shutdown,
+                _ = recheck.tick() => {
+                    if !self.verifier.still_valid(&self.db, &self.auth, KEY_MAX_AGE).await {
+                        return Outcome::KeyRevoked;
+                    }
+                    continue;
+                }
+                next = timeout_at(wait_until, upstream.next()) => next,
+            };
+            match next {
+                Err(_) => return Outcome::Failed(ApiError::UpstreamTimeout),
+                Ok(None) => return Outcome::Finished,
+                Ok(Some(Err(e))) => return Outcome::Failed(provider_error(e)),
+                Ok(Some(Ok(chunk))) => {
+                    last_chunk = Instant::now();
+                    if let Some(delta) = reply.absorb(chunk)
+                        && tx.send(TurnEvent::Delta(delta)).await.is_err()
+                    {
+                        return Outcome::ClientLeft;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A failure before the first chunk: a new session is stored empty, so that its id, which
+    /// the client receives, names a session it can retry in.
+    async fn fail_early(&self, tx: &mpsc::Sender<TurnEvent>, error: ApiError) {
+        if let Err(e) = self.store_session_and(&[]).await {
+            tracing::error!(session_id = %self.session_id, error = ?e, "could not store the new session");
+        }
+        let _ = tx.send(TurnEvent::Failed(error)).await;
+    }
+
+    /// The stored finish reason and usage (estimated when the provider gave none).
+    fn settle(&self, outcome: &Outcome, reply: &Reply) -> (String, Usage, bool) {
+        let finish = match outcome {
+            Outcome::Finished => {
+                let default = if reply.tool_calls.is_empty() {
+                    FinishReason::Stop
+                } else {
+                    FinishReason::ToolCalls
+                };
+                reply.finish.unwrap_or(default).as_str().to_string()
+            }
+            Outcome::ClientLeft | Outcome::Shutdown | Outcome::KeyRevoked => "interrupted".to_string(),
+            Outcome::Failed(_) => "error".to_string(),
+        };
+        match reply.usage {
+            Some(usage) => (finish, usage, false),
+            None => {
+                let prompt_chars: usize = self
+                    .request
+                    .messages
+                    .iter()
+                    .map(|m| m.text_content().chars().count())
+                    .sum();
+                let completion_chars = reply.text.chars().count()
+                    + reply
+                        .tool_calls
+                        .values()
+                        .map(|c| c.name.len() + c.arguments.chars().count())
+                        .sum::<usize>();
+                let estimate = |chars: usize| i64::try_from(chars.div_ceil(4)).unwrap_or(i64::MAX);
+                let usage = Usage {
+                    prompt_tokens: estimate(prompt_chars),
+                    completion_tokens: estimate(completion_chars),
+                };
+                (finish, usage, true)
+            }
+        }
+    }
+
+    /// Stores N when the provider starts answering (spec §3.6 rule 5).
+    async fn store_new_messages(&self) -> Result<(), ApiError> {
+        self.store_session_and(&self.new_messages).await
+    }
+
+    /// In one transaction: the new session (if this turn creates one) or the existing session's
+    /// counters, then `messages`, with their events.
+    async fn store_session_and(&self, messages: &[ChatMessage]) -> Result<(), ApiError> {
+        if self.new_session.is_none() && messages.is_empty() {
+            return Ok(());
+        }
+        let now = clock::now_ms();
+        let count = i64::try_from(messages.len()).unwrap_or(i64::MAX);
+        let mut tx = self.db.pool.begin().await?;
+        let mut announced = Vec::with_capacity(messages.len() + 1);
+        // The session row is written first: it orders concurrent turns on SQLite and notices a
+        // session deleted meanwhile.
+        match &self.new_session {
+            Some(row) => {
+                let row = store::chat::SessionRow {
+                    message_count: count,
+                    updated_at: now,
+                    ..row.clone()
+                };
+                store::chat::insert_session(&mut *tx, &self.scope, &row).await?;
+                announced.push(Event::SessionCreated {
+                    session_id: row.id.clone(),
+                    agent: row.agent.clone(),
+                    title: row.title.clone(),
+                    user: row.user.clone(),
+                });
+            }
+            None => {
+                if !store::chat::touch_session(&mut *tx, &self.scope, &self.session_id, count, now).await? {
+                    return Err(sessions::not_found(&self.session_id));
+                }
+            }
+        }
+        for message in messages {
+            let row = store::chat::MessageRow {
+                id: ids::new_id(MESSAGE_PREFIX),
+                session_id: self.session_id.clone(),
+                role: message.role.as_str().to_string(),
+                content: message.content.clone().unwrap_or(Value::Null).to_string(),
+                tool_calls: tool_calls_json(message.tool_calls.iter().map(|c| StoredToolCall {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    arguments: c.arguments.clone(),
+                })),
+                tool_call_id: message.tool_call_id.clone(),
+                model: None,
+                finish_reason: None,
+                usage: None,
+                created_at: now,
+            };
+            store::chat::insert_message(&mut *tx, &self.scope, &row).await?;
+            announced.push(Event::MessageAdded {
+                session_id: self.session_id.clone(),
+                message_id: row.id,
+                role: row.role,
+            });
+        }
+        events::append(&mut tx, self.db.backend, &self.scope, now, &announced).await?;
+        tx.commit().await?;
+        self.hub.wake(&self.scope);
+        Ok(())
+    }
+
+    /// Stores the reply and announces it; nothing when the session was deleted meanwhile.
+    async fn store_reply(&self, reply: &Reply, finish: &str, usage: Usage, estimated: bool) -> Result<(), ApiError> {
+        let now = clock::now_ms();
+        let mut tx = self.db.pool.begin().await?;
+        if !store::chat::touch_session(&mut *tx, &self.scope, &self.session_id, 1, now).await? {
+            return Ok(());
+        }
+        let stored_usage = StoredUsage {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            total_tokens: usage.prompt_tokens + usage.completion_tokens,
+            estimated: estimated.then_some(true),
+        };
+        let content = if reply.text.is_empty() && !reply.tool_calls.is_empty() {
+            Value::Null
+        } else {
+            json!(reply.text)
+        };
+        let row = store::chat::MessageRow {
+            id: ids::new_id(MESSAGE_PREFIX),
+            session_id: self.session_id.clone(),
+            role: "assistant".into(),
+            content: content.to_string(),
+            tool_calls: tool_calls_json(reply.tool_calls.values().cloned()),
+            tool_call_id: None,
+            model: Some(self.model.clone()),
+            finish_reason: Some(finish.to_string()),
+            usage: Some(serde_json::to_string(&stored_usage).map_err(ApiError::internal)?),
+            created_at: now,
+        };
+        store::chat::insert_message(&mut *tx, &self.scope, &row).await?;
+        let announced = [
+            Event::MessageAdded {
+                session_id: self.session_id.clone(),
+                message_id: row.id.clone(),
+                role: row.role.clone(),
+            },
+            Event::CompletionFinished {
+                session_id: self.session_id.clone(),
+                agent: self.agent.clone(),
+                model: self.model.clone(),
+                usage: UsageCounts {
+                    prompt_tokens: stored_usage.prompt_tokens,
+                    completion_tokens: stored_usage.completion_tokens,
+                    total_tokens: stored_usage.total_tokens,
+                },
+                finish_reason: finish.to_string(),
+                stream: self.stream,
+                user: self.user.clone(),
+            },
+        ];
+        events::append(&mut tx, self.db.backend, &self.scope, now, &announced).await?;
+        tx.commit().await?;
+        self.hub.wake(&self.scope);
+        Ok(())
+    }
+}
+
+fn tool_calls_json(calls: impl Iterator<Item = StoredToolCall>) -> Option<String> {
+    let calls: Vec<StoredToolCall> = calls.collect();
+    if calls.is_empty() {
+        None
+    } else {
+        serde_json::to_string(&calls).ok()
+    }
+}
