@@ -22,13 +22,13 @@ async fn a_fresh_start_prints_a_usable_sandbox_key_once() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let created = http
-        .post(format!("{}/v1/agents", server.base_url))
-        .bearer_auth(&key)
-        .json(&serde_json::json!({"name": "helper", "model": "mock/echo"}))
-        .send()
-        .await
-        .unwrap();
+    let created = post_json(
+        &server.base_url,
+        "/v1/agents",
+        &key,
+        serde_json::json!({"name": "helper", "model": "mock/echo"}),
+    )
+    .await;
     assert_eq!(created.status(), 201);
 
     // A second serve on the same file refuses to start.
@@ -216,6 +216,17 @@ async fn dump_database(database: &TestDatabase) -> String {
     out
 }
 
+/// `POST {base}{path}` with a JSON body and a key, as a client of a running server would.
+async fn post_json(base: &str, path: &str, key: &str, body: serde_json::Value) -> reqwest::Response {
+    client()
+        .post(format!("{base}{path}"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Two `serve` processes on one migrated Postgres database; `None` on SQLite.
 fn two_instances(database: &TestDatabase) -> Option<(ServerProcess, ServerProcess)> {
     if !database.is_postgres() {
@@ -254,13 +265,13 @@ async fn two_instances_share_one_postgres() {
         .to_string();
 
     let http = client();
-    let created = http
-        .post(format!("{}/v1/agents", a.base_url))
-        .bearer_auth(&key)
-        .json(&serde_json::json!({"name": "shared", "model": "mock/echo"}))
-        .send()
-        .await
-        .unwrap();
+    let created = post_json(
+        &a.base_url,
+        "/v1/agents",
+        &key,
+        serde_json::json!({"name": "shared", "model": "mock/echo"}),
+    )
+    .await;
     assert_eq!(created.status(), 201);
     let agent: serde_json::Value = created.json().await.unwrap();
     let seen: serde_json::Value = http
@@ -273,13 +284,13 @@ async fn two_instances_share_one_postgres() {
         .await
         .unwrap();
     assert_eq!(seen, agent, "B serves what A wrote");
-    let dup = http
-        .post(format!("{}/v1/agents", b.base_url))
-        .bearer_auth(&key)
-        .json(&serde_json::json!({"name": "shared", "model": "mock/echo"}))
-        .send()
-        .await
-        .unwrap();
+    let dup = post_json(
+        &b.base_url,
+        "/v1/agents",
+        &key,
+        serde_json::json!({"name": "shared", "model": "mock/echo"}),
+    )
+    .await;
     assert_eq!(dup.status(), 409);
 
     // Both have the key cached; revoke it (through the CLI, as an operator would).
@@ -347,18 +358,11 @@ async fn events_cross_instances_on_one_postgres() {
     // One SQLite file serves one instance; there is no other instance to hear from.
     let Some((a, b)) = two_instances(&database) else { return };
     let key = a.stdout_lines.iter().chain(&b.stdout_lines).next().unwrap().clone();
-    let http = client();
     let chat = |base: String| {
-        let (http, key) = (http.clone(), key.clone());
+        let key = key.clone();
         async move {
-            let response = http
-                .post(format!("{base}/v1/chat/completions"))
-                .bearer_auth(&key)
-                .json(&serde_json::json!({"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 200);
+            let body = serde_json::json!({"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]});
+            assert_eq!(post_json(&base, "/v1/chat/completions", &key, body).await.status(), 200);
         }
     };
     // Subscribe on B, produce on A.
