@@ -206,6 +206,7 @@ pub fn spawn_background(state: &AppState) {
     }
     let worker = crate::events::webhooks::Worker {
         db: state.db.clone(),
+        metrics: Arc::clone(&state.metrics),
         settings: state.config.webhooks.clone(),
         wake: Arc::clone(&state.hub.committed),
         shutdown: state.shutdown.clone(),

@@ -1,5 +1,5 @@
 //! Prometheus metrics (spec §9), kept in process and rendered as text. Labels are route
-//! templates, never ids, keys or project names.
+//! templates, provider names, stream kinds and outcomes — never ids, keys or project names.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -8,6 +8,52 @@ use std::time::Duration;
 
 const BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// A metric family: its name, help text and kind.
+#[derive(Debug, Clone, Copy)]
+pub struct Desc {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: Kind,
+}
+
+pub const HTTP_REQUESTS: Desc = Desc {
+    name: "polpo_http_requests_total",
+    help: "HTTP requests answered.",
+    kind: Kind::Counter,
+};
+pub const HTTP_DURATION: Desc = Desc {
+    name: "polpo_http_request_duration_seconds",
+    help: "Time to answer HTTP requests (to the response head for streams).",
+    kind: Kind::Histogram,
+};
+pub const SSE_STREAMS: Desc = Desc {
+    name: "polpo_sse_streams",
+    help: "Event-stream responses open now, by kind.",
+    kind: Kind::Gauge,
+};
+pub const UPSTREAM_REQUESTS: Desc = Desc {
+    name: "polpo_upstream_requests_total",
+    help: "Model provider requests, by provider and outcome before the first chunk.",
+    kind: Kind::Counter,
+};
+pub const UPSTREAM_FIRST_CHUNK: Desc = Desc {
+    name: "polpo_upstream_first_chunk_seconds",
+    help: "Time from sending a provider request to its first chunk.",
+    kind: Kind::Histogram,
+};
+pub const WEBHOOK_DELIVERIES: Desc = Desc {
+    name: "polpo_webhook_deliveries_total",
+    help: "Webhook delivery attempts, by outcome.",
+    kind: Kind::Counter,
+};
+
 #[derive(Default)]
 struct Histogram {
     counts: [u64; BUCKETS.len()],
@@ -15,73 +61,132 @@ struct Histogram {
     count: u64,
 }
 
-#[derive(Default)]
-struct Inner {
-    requests: BTreeMap<(String, String, u16), u64>,
-    durations: BTreeMap<(String, String), Histogram>,
+enum Series {
+    Value(f64),
+    Histogram(Histogram),
+}
+
+struct Family {
+    desc: Desc,
+    /// Keyed by the rendered label set, e.g. `method="GET",route="/v1/agents"`.
+    series: BTreeMap<String, Series>,
 }
 
 #[derive(Default)]
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    families: Mutex<BTreeMap<&'static str, Family>>,
+}
+
+fn labels(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl Metrics {
-    pub fn record_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        *inner
-            .requests
-            .entry((method.to_string(), route.to_string(), status))
-            .or_default() += 1;
-        let histogram = inner
-            .durations
-            .entry((method.to_string(), route.to_string()))
-            .or_default();
-        let seconds = elapsed.as_secs_f64();
-        for (slot, bound) in histogram.counts.iter_mut().zip(BUCKETS) {
-            if seconds <= *bound {
-                *slot += 1;
+    fn with_series(&self, desc: Desc, pairs: &[(&str, &str)], update: impl FnOnce(&mut Series)) {
+        let mut families = self.families.lock().unwrap_or_else(|p| p.into_inner());
+        let family = families.entry(desc.name).or_insert_with(|| Family {
+            desc,
+            series: BTreeMap::new(),
+        });
+        let series = family.series.entry(labels(pairs)).or_insert_with(|| match desc.kind {
+            Kind::Histogram => Series::Histogram(Histogram::default()),
+            Kind::Counter | Kind::Gauge => Series::Value(0.0),
+        });
+        update(series);
+    }
+
+    /// Adds `delta` to a counter or gauge.
+    pub fn add(&self, desc: Desc, pairs: &[(&str, &str)], delta: f64) {
+        self.with_series(desc, pairs, |series| {
+            if let Series::Value(v) = series {
+                *v += delta;
             }
+        });
+    }
+
+    pub fn observe(&self, desc: Desc, pairs: &[(&str, &str)], elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        self.with_series(desc, pairs, |series| {
+            if let Series::Histogram(h) = series {
+                for (slot, bound) in h.counts.iter_mut().zip(BUCKETS) {
+                    if seconds <= *bound {
+                        *slot += 1;
+                    }
+                }
+                h.sum += seconds;
+                h.count += 1;
+            }
+        });
+    }
+
+    pub fn record_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        let status = status.to_string();
+        self.add(
+            HTTP_REQUESTS,
+            &[("method", method), ("route", route), ("status", &status)],
+            1.0,
+        );
+        self.observe(HTTP_DURATION, &[("method", method), ("route", route)], elapsed);
+    }
+
+    /// Counts an open stream of `kind` until the returned guard is dropped.
+    pub fn open_stream(self: &std::sync::Arc<Self>, kind: &'static str) -> StreamGuard {
+        self.add(SSE_STREAMS, &[("kind", kind)], 1.0);
+        StreamGuard {
+            metrics: std::sync::Arc::clone(self),
+            kind,
         }
-        histogram.sum += seconds;
-        histogram.count += 1;
     }
 
     /// The exposition text. `key_lookups` is the number of database key lookups so far.
     pub fn render(&self, key_lookups: u64) -> String {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let families = self.families.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
-        out.push_str("# HELP polpo_http_requests_total HTTP requests answered.\n");
-        out.push_str("# TYPE polpo_http_requests_total counter\n");
-        for ((method, route, status), n) in &inner.requests {
-            let _ = writeln!(
-                out,
-                "polpo_http_requests_total{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {n}",
-                escape(route)
-            );
-        }
-        out.push_str("# HELP polpo_http_request_duration_seconds Time to answer HTTP requests.\n");
-        out.push_str("# TYPE polpo_http_request_duration_seconds histogram\n");
-        for ((method, route), h) in &inner.durations {
-            let labels = format!("method=\"{method}\",route=\"{}\"", escape(route));
-            for (bound, n) in BUCKETS.iter().zip(h.counts) {
-                let _ = writeln!(
-                    out,
-                    "polpo_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {n}"
-                );
+        for family in families.values() {
+            let Desc { name, help, kind } = family.desc;
+            let kind_name = match kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+                Kind::Histogram => "histogram",
+            };
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind_name}");
+            for (labels, series) in &family.series {
+                match series {
+                    Series::Value(v) => {
+                        let _ = writeln!(out, "{name}{{{labels}}} {v}");
+                    }
+                    Series::Histogram(h) => {
+                        let sep = if labels.is_empty() { "" } else { "," };
+                        for (bound, n) in BUCKETS.iter().zip(h.counts) {
+                            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {n}");
+                        }
+                        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.count);
+                        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
+                        let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+                    }
+                }
             }
-            let _ = writeln!(
-                out,
-                "polpo_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(out, "polpo_http_request_duration_seconds_sum{{{labels}}} {}", h.sum);
-            let _ = writeln!(out, "polpo_http_request_duration_seconds_count{{{labels}}} {}", h.count);
         }
         out.push_str("# HELP polpo_auth_key_lookups_total API keys looked up in the database.\n");
         out.push_str("# TYPE polpo_auth_key_lookups_total counter\n");
         let _ = writeln!(out, "polpo_auth_key_lookups_total {key_lookups}");
         out
+    }
+}
+
+/// Decrements the open-stream gauge when the stream ends (however it ends).
+pub struct StreamGuard {
+    metrics: std::sync::Arc<Metrics>,
+    kind: &'static str,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.metrics.add(SSE_STREAMS, &[("kind", self.kind)], -1.0);
     }
 }
 
@@ -114,6 +219,20 @@ mod tests {
                 "polpo_http_request_duration_seconds_count{method=\"GET\",route=\"/v1/agents/{idOrName}\"} 3"
             )
         );
+        assert!(text.contains("# TYPE polpo_http_request_duration_seconds histogram"));
         assert!(text.contains("polpo_auth_key_lookups_total 7"));
+    }
+
+    #[test]
+    fn stream_gauges_fall_when_the_guard_drops() {
+        let metrics = std::sync::Arc::new(Metrics::default());
+        let a = metrics.open_stream("events");
+        let b = metrics.open_stream("events");
+        assert!(metrics.render(0).contains("polpo_sse_streams{kind=\"events\"} 2"));
+        drop(a);
+        drop(b);
+        let text = metrics.render(0);
+        assert!(text.contains("polpo_sse_streams{kind=\"events\"} 0"));
+        assert!(text.contains("# TYPE polpo_sse_streams gauge"));
     }
 }

@@ -374,7 +374,8 @@ pub async fn create_chat_completion(
     let headers = session_header(&turn.session_id);
     if stream {
         let keepalive = state.config.events.keepalive;
-        let frames = stream_frames(completion, turn.events, include_usage);
+        let guard = state.metrics.open_stream("chat");
+        let frames = stream_frames(completion, turn.events, include_usage, guard);
         let mut response = Sse::new(frames)
             .keep_alive(KeepAlive::new().interval(keepalive).text("ping"))
             .into_response();
@@ -433,8 +434,10 @@ fn stream_frames(
     completion: Completion,
     mut events: tokio::sync::mpsc::Receiver<TurnEvent>,
     include_usage: bool,
+    guard: crate::metrics::StreamGuard,
 ) -> impl futures_util::Stream<Item = Result<SseEvent, Infallible>> {
     async_stream::stream! {
+        let _open = guard;
         yield data(&completion.chunk(json!({"role": "assistant", "content": ""}), None));
         while let Some(event) = events.recv().await {
             match event {

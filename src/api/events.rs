@@ -96,7 +96,9 @@ pub async fn stream_events(
     // Subscribe first, then read the backlog: nothing committed in between is missed, and
     // duplicates are dropped by sequence number.
     let mut subscription = state.hub.subscribe(&auth.scope).await?;
+    let guard = state.metrics.open_stream("events");
     let frames = async_stream::stream! {
+        let _open = guard;
         yield Ok::<_, Infallible>(SseEvent::default().retry(Duration::from_millis(3000)));
         if let Some(oldest) = reset {
             let data = json!({"reason": "expired", "oldestAvailable": oldest, "timestamp": crate::clock::format_ms(crate::clock::now_ms())});

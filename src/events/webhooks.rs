@@ -179,6 +179,7 @@ const TICK: Duration = Duration::from_millis(500);
 
 pub struct Worker {
     pub db: Db,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub settings: WebhooksConfig,
     pub wake: Arc<Notify>,
     pub shutdown: CancellationToken,
@@ -291,6 +292,12 @@ impl Worker {
                 }
             }
         }
+        let outcome = match delivery.status.as_str() {
+            "pending" => "retrying",
+            other => other,
+        };
+        self.metrics
+            .add(crate::metrics::WEBHOOK_DELIVERIES, &[("outcome", outcome)], 1.0);
         if let Err(e) = store::webhooks::record(&self.db.pool, &w.scope, &w.webhook.id, lease, &delivery).await {
             tracing::warn!(error = %e, "webhook worker cannot record a delivery");
         }

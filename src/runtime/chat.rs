@@ -39,6 +39,7 @@ struct Target {
     /// The model string as written in the agent or the request, e.g. `anthropic:claude-sonnet-4-5`.
     model: String,
     client: Arc<dyn ModelClient>,
+    provider: String,
     provider_model: String,
 }
 
@@ -60,6 +61,7 @@ fn provider_target(state: &AppState, agent: Option<Agent>, model: &str) -> Resul
         agent,
         model: model.to_string(),
         client,
+        provider: provider.name.clone(),
         provider_model: parsed.model.to_string(),
     })
 }
@@ -223,6 +225,8 @@ pub async fn start(
     let drive = Drive {
         db: state.db.clone(),
         hub: Arc::clone(&state.hub),
+        metrics: Arc::clone(&state.metrics),
+        provider: target.provider.clone(),
         verifier: Arc::clone(&state.verifier),
         auth: auth.clone(),
         scope: scope.clone(),

@@ -20,6 +20,7 @@ use crate::error::ApiError;
 use crate::events::hub::Hub;
 use crate::events::{self, Event, UsageCounts};
 use crate::ids;
+use crate::metrics::{self, Metrics};
 use crate::providers::types::{
     ChatMessage, ChatRequest, Chunk, ChunkStream, FinishReason, ModelClient, ProviderError, Usage,
 };
@@ -115,6 +116,9 @@ enum Outcome {
 }
 
 pub(super) struct Drive {
+    pub(super) metrics: Arc<Metrics>,
+    /// The provider's name, for metrics.
+    pub(super) provider: String,
     /// A session this turn creates; not yet stored.
     pub(super) new_session: Option<store::chat::SessionRow>,
     pub(super) db: Db,
@@ -146,20 +150,35 @@ impl Drive {
             let first = stream.next().await;
             Ok::<_, ProviderError>((stream, first))
         };
+        let sent = std::time::Instant::now();
         let opened = tokio::select! {
             // The client left before anything happened: nothing to store (spec §3.6 rule 5).
             () = tx.closed() => return,
             opened = timeout(first_wait, opening) => opened,
         };
-        let (mut upstream, first): (ChunkStream, Chunk) = match opened {
-            Err(_) => return self.fail_early(&tx, ApiError::UpstreamTimeout).await,
-            Ok(Err(e)) | Ok(Ok((_, Some(Err(e))))) => return self.fail_early(&tx, provider_error(e)).await,
-            Ok(Ok((_, None))) => {
-                let error = ProviderError::Upstream("the provider closed the stream without answering".into());
-                return self.fail_early(&tx, provider_error(error)).await;
-            }
-            Ok(Ok((stream, Some(Ok(chunk))))) => (stream, chunk),
+        let opened = match opened {
+            Err(_) => Err(ApiError::UpstreamTimeout),
+            Ok(Err(e)) | Ok(Ok((_, Some(Err(e))))) => Err(provider_error(e)),
+            Ok(Ok((_, None))) => Err(provider_error(ProviderError::Upstream(
+                "the provider closed the stream without answering".into(),
+            ))),
+            Ok(Ok((stream, Some(Ok(chunk))))) => Ok((stream, chunk)),
         };
+        let outcome = opened.as_ref().map_or_else(|e| e.code(), |_| "ok");
+        self.metrics.add(
+            metrics::UPSTREAM_REQUESTS,
+            &[("provider", &self.provider), ("status", outcome)],
+            1.0,
+        );
+        let (mut upstream, first): (ChunkStream, Chunk) = match opened {
+            Ok(opened) => opened,
+            Err(error) => return self.fail_early(&tx, error).await,
+        };
+        self.metrics.observe(
+            metrics::UPSTREAM_FIRST_CHUNK,
+            &[("provider", &self.provider)],
+            sent.elapsed(),
+        );
         if let Err(e) = self.store_new_messages().await {
             return self.fail_early(&tx, e).await;
         }

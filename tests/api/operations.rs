@@ -66,6 +66,42 @@ async fn metrics_count_requests_by_route_template_and_status() {
 }
 
 #[tokio::test]
+async fn metrics_cover_providers_and_open_streams() {
+    let app = TestApp::spawn().await;
+    for model in ["mock/echo", "mock/echo", "mock/error-500"] {
+        let body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        app.post("/v1/chat/completions", &app.test_key, body).await;
+    }
+    let text = app.call("GET", "/metrics", None, None).await.text;
+    assert!(
+        text.contains(r#"polpo_upstream_requests_total{provider="mock",status="ok"} 2"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"polpo_upstream_requests_total{provider="mock",status="upstream_error"} 1"#));
+    assert!(text.contains(r#"polpo_upstream_first_chunk_seconds_count{provider="mock"} 2"#));
+
+    let base = app.serve().await;
+    let stream = crate::helpers::client()
+        .get(format!("{base}/v1/events"))
+        .bearer_auth(&app.test_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let open = app.call("GET", "/metrics", None, None).await.text;
+    assert!(open.contains(r#"polpo_sse_streams{kind="events"} 1"#), "{open}");
+    drop(stream);
+    let closed = crate::helpers::eventually(std::time::Duration::from_secs(5), || async {
+        app.call("GET", "/metrics", None, None)
+            .await
+            .text
+            .contains(r#"polpo_sse_streams{kind="events"} 0"#)
+    })
+    .await;
+    assert!(closed, "the gauge did not fall when the stream closed");
+}
+
+#[tokio::test]
 async fn metrics_can_be_switched_off() {
     let mut config = Config::default();
     config.metrics.enabled = false;
