@@ -185,13 +185,8 @@ fn normalize_error(response: Response, shape: ErrorShape) -> Response {
     let report = report.unwrap_or_else(|| ApiError::from_status(response.status()).report());
     let (parts, _) = response.into_parts();
     let mut fresh = report.into_response(shape);
-    for name in [header::ALLOW, header::RETRY_AFTER] {
-        if let Some(value) = parts.headers.get(&name) {
-            fresh.headers_mut().insert(name, value.clone());
-        }
-    }
     for (name, value) in &parts.headers {
-        if name.as_str().starts_with("x-") || name.as_str().starts_with("retry-after") {
+        if *name == header::ALLOW || name.as_str().starts_with("x-") || name.as_str().starts_with("retry-after") {
             fresh.headers_mut().insert(name.clone(), value.clone());
         }
     }

@@ -29,8 +29,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{message}")]
     Conflict { message: String, details: Option<Value> },
-    #[error("request body is larger than {limit} bytes")]
-    PayloadTooLarge { limit: usize },
+    #[error("request body is too large")]
+    PayloadTooLarge,
     /// A rate limit, ours or the provider's; `retry_after` becomes `Retry-After`/`retry-after-ms`.
     #[error("{message}")]
     RateLimited {
@@ -104,7 +104,7 @@ impl ApiError {
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
-            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -121,7 +121,7 @@ impl ApiError {
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict { .. } => "conflict",
-            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::PayloadTooLarge => "payload_too_large",
             Self::RateLimited { .. } => "rate_limited",
             Self::Upstream { .. } => "upstream_error",
             Self::UpstreamTimeout => "upstream_timeout",
@@ -136,7 +136,7 @@ impl ApiError {
         match status {
             StatusCode::NOT_FOUND => Self::not_found("no such route"),
             StatusCode::METHOD_NOT_ALLOWED => Self::MethodNotAllowed,
-            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge { limit: 0 },
+            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge,
             StatusCode::UNAUTHORIZED => Self::Unauthorized,
             StatusCode::SERVICE_UNAVAILABLE => Self::Unavailable(String::new()),
             s if s.is_client_error() => Self::bad_request(s.canonical_reason().unwrap_or("bad request").to_lowercase()),
@@ -154,10 +154,7 @@ impl ApiError {
             Self::Conflict { details, .. } => (None, details.clone()),
             _ => (None, None),
         };
-        let message = match self {
-            Self::PayloadTooLarge { limit: 0 } => "request body is too large".to_string(),
-            other => other.to_string(),
-        };
+        let message = self.to_string();
         let log_cause = match self {
             Self::Internal(cause) | Self::Unavailable(cause) | Self::Upstream { cause, .. } if !cause.is_empty() => {
                 Some(cause.clone())

@@ -27,7 +27,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
         let content_type = req.headers().get(CONTENT_TYPE).cloned();
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge { limit: 0 }
+                ApiError::PayloadTooLarge
             } else {
                 ApiError::bad_request(format!("could not read the request body: {}", rejection.body_text()))
             }
