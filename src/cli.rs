@@ -8,10 +8,10 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::app::{self, AppState};
-use crate::auth::Environment;
+use crate::auth::admin::{self, AdminError};
 use crate::config::{Config, LogFormat};
 use crate::providers::Providers;
-use crate::runtime::bootstrap::{self, AdminError};
+use crate::scope::Environment;
 use crate::store::{self, Db};
 
 #[derive(Debug, Parser)]
@@ -151,7 +151,7 @@ async fn admin(config: &Config, command: Command) -> Result<(), String> {
     let result = match command {
         Command::Migrate | Command::Serve { .. } => Ok(()),
         Command::Projects(ProjectsCommand::Create { slug }) => {
-            bootstrap::create_project(&db, &slug).await.map(|()| println!("{slug}"))
+            admin::create_project(&db, &slug).await.map(|()| println!("{slug}"))
         }
         Command::Projects(ProjectsCommand::List) => list_projects(&db).await,
         Command::Keys(KeysCommand::Create {
@@ -161,7 +161,7 @@ async fn admin(config: &Config, command: Command) -> Result<(), String> {
             expires_in,
         }) => {
             let environment = Environment::parse(&environment).unwrap_or(Environment::Test);
-            bootstrap::create_key(&db, &project, environment, name, expires_in)
+            admin::create_key(&db, &project, environment, name, expires_in)
                 .await
                 .map(|key| {
                     println!("{} {}", key.id, key.prefix);
@@ -169,7 +169,7 @@ async fn admin(config: &Config, command: Command) -> Result<(), String> {
                 })
         }
         Command::Keys(KeysCommand::List { project }) => list_keys(&db, &project).await,
-        Command::Keys(KeysCommand::Revoke { key_id }) => bootstrap::revoke_key(&db, &key_id)
+        Command::Keys(KeysCommand::Revoke { key_id }) => admin::revoke_key(&db, &key_id)
             .await
             .map(|()| println!("{key_id} revoked")),
     };
@@ -218,8 +218,8 @@ async fn serve(config: Config, no_migrate: bool) -> Result<(), String> {
     } else {
         store::migrate::run(&db).await.map_err(|e| e.to_string())?;
     }
-    if let Some(key) = bootstrap::first_start(&db).await.map_err(|e| e.to_string())? {
-        tracing::info!(project = bootstrap::DEFAULT_PROJECT, key_id = %key.id, prefix = %key.prefix,
+    if let Some(key) = admin::first_start(&db).await.map_err(|e| e.to_string())? {
+        tracing::info!(project = admin::DEFAULT_PROJECT, key_id = %key.id, prefix = %key.prefix,
             "first start: created project and a sandbox key (printed once on stdout)");
         println!("{}", key.plaintext);
     }

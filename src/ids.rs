@@ -1,4 +1,5 @@
-//! Prefixed, time-ordered identifiers (`agt_…`, `key_…`, `req_…`; spec §1.4).
+//! Prefixed, time-ordered identifiers (`agt_…`, `key_…`, `req_…`; spec §1.4), and the random
+//! base62 text of keys and secrets.
 //!
 //! The suffix is a ULID in lowercase Crockford base32, generated monotonically within this
 //! process so that id order equals creation order even inside one millisecond.
@@ -26,6 +27,25 @@ pub fn new_id(prefix: &str) -> String {
     id.push_str(prefix);
     id.push_str(&next_ulid().to_string().to_ascii_lowercase());
     id
+}
+
+/// The alphabet of keys and secrets.
+pub const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// `n` uniformly distributed base62 characters (rejection sampling: no modulo bias).
+pub fn random_base62(n: usize) -> Result<String, getrandom::Error> {
+    let mut out = String::with_capacity(n);
+    let mut buf = [0u8; 64];
+    while out.len() < n {
+        getrandom::fill(&mut buf)?;
+        for &b in &buf {
+            // 248 = 4 * 62: bytes at or above it would favour the first digits.
+            if b < 248 && out.len() < n {
+                out.push(char::from(BASE62[usize::from(b % 62)]));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// True when `value` is `prefix` followed by a well-formed lowercase ULID.

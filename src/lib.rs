@@ -4,14 +4,16 @@
 //! - `config`: settings from defaults, file, environment and flags
 //! - `app`: shared state, router, request middleware, serve
 //! - `error`: the one error type and its two JSON shapes
-//! - `auth`: API key format, verification, cache and request context
+//! - `auth`: API key format, verification, cache, request context, and operator key actions
 //! - `api`: HTTP handlers, one file per resource, and the OpenAPI document
-//! - `runtime`: business rules (agents, chat turns, sessions, bootstrap)
+//! - `runtime`: business rules (agents, chat turns, sessions, webhooks, the event log as read)
 //! - `events`: the event catalogue and the event log
 //! - `providers`: model providers and model-string validation
 //! - `store`: SQL for SQLite and Postgres, migrations
 //! - `metrics`: Prometheus counters and histograms
-//! - `ids`, `clock`: identifiers and timestamps
+//! - `scope`: the tenant key (project and environment), used by every layer
+//! - `field`: absent / null / value, the shape of a PATCH field
+//! - `ids`, `clock`: identifiers, secrets and timestamps
 
 pub mod api;
 pub mod app;
@@ -21,8 +23,10 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod field;
 pub mod ids;
 pub mod metrics;
 pub mod providers;
 pub mod runtime;
+pub mod scope;
 pub mod store;

@@ -13,7 +13,8 @@ use super::input::{Field, Fields, JsonObject, Page, QueryParams};
 use crate::app::AppState;
 use crate::auth::AuthContext;
 use crate::error::ApiError;
-use crate::runtime::agents::{self, Agent, AgentChanges, Identity, IdentityChanges, REASONING_VALUES, Reasoning};
+use crate::providers::types::{REASONING_VALUES, Reasoning};
+use crate::runtime::agents::{self, Agent, AgentChanges, Identity, IdentityChanges};
 
 const WRITABLE: &[&str] = &[
     "name",

@@ -15,10 +15,11 @@ use utoipa::ToSchema;
 
 use super::input::QueryParams;
 use crate::app::AppState;
-use crate::auth::{AuthContext, Scope};
+use crate::auth::AuthContext;
 use crate::error::ApiError;
 use crate::events::filter::Filter;
 use crate::events::hub::StoredEvent;
+use crate::scope::Scope;
 use crate::store::{self, Db};
 
 /// How often an open stream re-checks its key, so that a revoked key's streams end within 5 s.

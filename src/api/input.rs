@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
+pub use crate::field::Field;
 
 /// Deepest JSON nesting accepted (spec §1.9).
 const MAX_DEPTH: usize = 64;
@@ -67,28 +68,6 @@ fn depth(value: &Value) -> usize {
         Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
         Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
         _ => 0,
-    }
-}
-
-/// A field of a request: absent, explicitly `null`, or a value (spec §0.4 rule 6).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Field<T> {
-    Absent,
-    Null,
-    Value(T),
-}
-
-impl<T> Field<T> {
-    /// The value, treating `null` as absent (create semantics).
-    pub fn into_option(self) -> Option<T> {
-        match self {
-            Self::Value(v) => Some(v),
-            _ => None,
-        }
-    }
-
-    pub fn is_absent(&self) -> bool {
-        matches!(self, Self::Absent)
     }
 }
 

@@ -5,7 +5,9 @@
 
 use sha2::{Digest, Sha256};
 
-pub const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+use crate::ids::{BASE62, random_base62};
+use crate::scope::Environment;
+
 pub const KEY_LEN: usize = 40;
 const PREFIX_LEN: usize = 8;
 const RANDOM_LEN: usize = 26;
@@ -13,34 +15,11 @@ const CHECKSUM_LEN: usize = 6;
 /// How many leading characters are kept for display (`sk_test_Xq7L`).
 pub const DISPLAY_PREFIX_LEN: usize = 12;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Environment {
-    Live,
-    Test,
-}
-
-impl Environment {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Live => "live",
-            Self::Test => "test",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "live" => Some(Self::Live),
-            "test" => Some(Self::Test),
-            _ => None,
-        }
-    }
-
-    fn key_prefix(self) -> &'static str {
-        match self {
-            Self::Live => "sk_live_",
-            Self::Test => "sk_test_",
-        }
+/// The key prefix of each environment.
+fn key_prefix(environment: Environment) -> &'static str {
+    match environment {
+        Environment::Live => "sk_live_",
+        Environment::Test => "sk_test_",
     }
 }
 
@@ -78,27 +57,11 @@ pub fn check(token: &str) -> Result<Environment, KeyFormatError> {
 /// A new key from the operating system's secure random source.
 pub fn generate(environment: Environment) -> Result<String, getrandom::Error> {
     let mut key = String::with_capacity(KEY_LEN);
-    key.push_str(environment.key_prefix());
+    key.push_str(key_prefix(environment));
     key.push_str(&random_base62(RANDOM_LEN)?);
     let checksum = encode_checksum(&key);
     key.push_str(&checksum);
     Ok(key)
-}
-
-/// `n` uniformly distributed base62 characters (rejection sampling: no modulo bias).
-pub fn random_base62(n: usize) -> Result<String, getrandom::Error> {
-    let mut out = String::with_capacity(n);
-    let mut buf = [0u8; 64];
-    while out.len() < n {
-        getrandom::fill(&mut buf)?;
-        for &b in &buf {
-            // 248 = 4 * 62: bytes at or above it would favour the first digits.
-            if b < 248 && out.len() < n {
-                out.push(char::from(BASE62[usize::from(b % 62)]));
-            }
-        }
-    }
-    Ok(out)
 }
 
 fn encode_checksum(body: &str) -> String {

@@ -1,6 +1,7 @@
 //! Key authentication (spec §1.2): where the key is carried, how it is verified, the short
 //! verified-key cache, and the `AuthContext` that handlers receive.
 
+pub mod admin;
 pub mod key;
 
 use std::collections::HashMap;
@@ -12,17 +13,9 @@ use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
 
-pub use key::Environment;
-
 use crate::error::ApiError;
+use crate::scope::{Environment, Scope};
 use crate::store::{self, Db};
-
-/// The (project, environment) pair every stored object belongs to (spec §1.3).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Scope {
-    pub project: String,
-    pub environment: Environment,
-}
 
 /// Who is calling: set by the authentication middleware, read by handlers.
 #[derive(Debug, Clone)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Environment, Scope};
+use crate::scope::{Environment, Scope};
 use crate::store::{self, Backend, Db};
 
 /// The Postgres channel whose notifications wake feeds; the payload is `project/environment`.

@@ -8,7 +8,7 @@ pub mod webhooks;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::auth::Scope;
+use crate::scope::Scope;
 use crate::store::{self, Backend};
 
 /// Token counts as events and task results show them (spec §5.2 Usage).

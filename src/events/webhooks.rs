@@ -13,9 +13,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::filter::Filter;
-use crate::auth::key::random_base62;
 use crate::clock;
 use crate::config::WebhooksConfig;
+use crate::ids::random_base62;
 use crate::store::webhooks::{DeliveryRow, ScopedWebhook};
 use crate::store::{self, Db};
 

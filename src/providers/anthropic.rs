@@ -10,10 +10,10 @@ use serde_json::{Map, Value, json};
 
 use super::http;
 use super::sse::{self, SseFrame};
+use super::types::Reasoning;
 use super::types::{
     ChatMessage, ChatRequest, Chunk, ChunkStream, FinishReason, ModelClient, ProviderError, Role, Usage, scrub_secrets,
 };
-use crate::runtime::agents::Reasoning;
 
 const API_VERSION: &str = "2023-06-01";
 /// Anthropic requires `max_tokens`; used when neither the request nor the agent set one.

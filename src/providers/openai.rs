@@ -8,8 +8,8 @@ use serde_json::{Map, Value, json};
 
 use super::http;
 use super::sse;
+use super::types::Reasoning;
 use super::types::{ChatMessage, ChatRequest, Chunk, ChunkStream, FinishReason, ModelClient, ProviderError, Usage};
-use crate::runtime::agents::Reasoning;
 
 pub struct OpenAiClient {
     http: reqwest::Client,

@@ -8,8 +8,7 @@ use futures_util::Stream;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-use crate::runtime::agents::Reasoning;
+use utoipa::ToSchema;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -222,5 +221,33 @@ mod tests {
         assert!(!scrubbed.contains("abcdefghijklmnop"), "{scrubbed}");
         assert!(scrubbed.starts_with("Incorrect API key provided:"));
         assert_eq!(scrub_secrets("max_tokens is too large"), "max_tokens is too large");
+    }
+}
+
+/// How much the model should think before answering (spec §2.1 `reasoning`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Reasoning {
+    Off,
+    Minimal,
+    Low,
+    Medium,
+    High,
+    Xhigh,
+}
+
+pub const REASONING_VALUES: &[&str] = &["off", "minimal", "low", "medium", "high", "xhigh"];
+
+impl Reasoning {
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "off" => Self::Off,
+            "minimal" => Self::Minimal,
+            "low" => Self::Low,
+            "medium" => Self::Medium,
+            "high" => Self::High,
+            "xhigh" => Self::Xhigh,
+            _ => return None,
+        })
     }
 }

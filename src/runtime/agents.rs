@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::api::input::Field;
-use crate::auth::Scope;
 use crate::clock;
 use crate::error::ApiError;
+use crate::field::Field;
 use crate::ids;
+use crate::providers::types::Reasoning;
+use crate::scope::Scope;
 use crate::store::{self, Db};
 
 pub const ID_PREFIX: &str = "agt_";
@@ -43,33 +44,6 @@ pub struct Agent {
     #[serde(with = "clock::serde_ms")]
     #[schema(value_type = String, format = DateTime)]
     pub updated_at: i64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Reasoning {
-    Off,
-    Minimal,
-    Low,
-    Medium,
-    High,
-    Xhigh,
-}
-
-pub const REASONING_VALUES: &[&str] = &["off", "minimal", "low", "medium", "high", "xhigh"];
-
-impl Reasoning {
-    pub fn parse(text: &str) -> Option<Self> {
-        Some(match text {
-            "off" => Self::Off,
-            "minimal" => Self::Minimal,
-            "low" => Self::Low,
-            "medium" => Self::Medium,
-            "high" => Self::High,
-            "xhigh" => Self::Xhigh,
-            _ => return None,
-        })
-    }
 }
 
 /// The identity block of spec §2.1; every member optional.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::app::AppState;
-use crate::auth::{AuthContext, Scope};
+use crate::auth::AuthContext;
 use crate::clock;
 use crate::error::ApiError;
 use crate::ids;
@@ -18,6 +18,7 @@ use crate::runtime::agents::{self, Agent};
 use crate::runtime::prompt;
 use crate::runtime::sessions::{self, SESSION_PREFIX};
 use crate::runtime::turn::Drive;
+use crate::scope::Scope;
 use crate::store;
 
 /// A validated chat completion request (spec §3.2).

@@ -1,7 +1,6 @@
 //! Business rules, between the HTTP layer (`api`) and the SQL (`store`).
 
 pub mod agents;
-pub mod bootstrap;
 pub mod chat;
 pub mod prompt;
 pub mod sessions;

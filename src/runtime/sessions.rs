@@ -6,10 +6,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::auth::Scope;
 use crate::clock;
 use crate::error::ApiError;
 use crate::providers::types::{ChatMessage, Role, ToolCall, content_text};
+use crate::scope::Scope;
 use crate::store::chat::{MessageRow, SessionRow};
 use crate::store::{self, Db};
 

@@ -13,7 +13,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use super::chat::TurnEvent;
-use crate::auth::{AuthContext, KeyVerifier, Scope};
+use crate::auth::{AuthContext, KeyVerifier};
 use crate::clock;
 use crate::config::UpstreamConfig;
 use crate::error::ApiError;
@@ -25,6 +25,7 @@ use crate::providers::types::{
     ChatMessage, ChatRequest, Chunk, ChunkStream, FinishReason, ModelClient, ProviderError, Usage,
 };
 use crate::runtime::sessions::{self, MESSAGE_PREFIX, StoredToolCall, StoredUsage};
+use crate::scope::Scope;
 use crate::store::{self, Db};
 
 /// Maps a provider failure to the client's answer (spec §3.9); secrets stay in `cause`.

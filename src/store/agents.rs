@@ -5,7 +5,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::Exec;
-use crate::auth::Scope;
+use crate::scope::Scope;
 
 pub struct AgentRow {
     pub id: String,

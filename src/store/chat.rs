@@ -4,7 +4,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::Exec;
-use crate::auth::Scope;
+use crate::scope::Scope;
 
 #[derive(Debug, Clone)]
 pub struct SessionRow {

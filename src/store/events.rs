@@ -3,7 +3,7 @@
 use sqlx::Row;
 
 use super::Exec;
-use crate::auth::Scope;
+use crate::scope::Scope;
 
 /// Takes `count` sequence numbers for the scope and returns the last one. The counter row stays
 /// locked until the transaction ends, which serialises event-writing commits per scope.

@@ -3,7 +3,7 @@
 use sqlx::Row;
 
 use super::Exec;
-use crate::auth::Scope;
+use crate::scope::Scope;
 
 pub const PROJECT_OWNER: &str = "";
 

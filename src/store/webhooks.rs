@@ -4,7 +4,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::Exec;
-use crate::auth::{Environment, Scope};
+use crate::scope::{Environment, Scope};
 
 #[derive(Debug, Clone)]
 pub struct WebhookRow {

@@ -1,7 +1,7 @@
 //! Spec §2.1–§2.2: agent CRUD, validation and pagination.
 
 use axum::http::StatusCode;
-use polpo_api::auth::{Environment, Scope};
+use polpo_api::scope::{Environment, Scope};
 use polpo_api::store;
 use serde_json::json;
 

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use polpo_api::auth::Environment;
-use polpo_api::runtime::bootstrap;
+use polpo_api::auth::admin;
+use polpo_api::scope::Environment;
 use polpo_api::store;
 
 use crate::helpers::{TestApp, concrete_path, documented_operations, eventually};
@@ -123,7 +123,7 @@ async fn a_revoked_key_stops_working_within_five_seconds() {
     assert_eq!(app.get("/v1/agents", &app.test_key).await.status, StatusCode::OK);
     let hash = polpo_api::auth::key::hash(&app.test_key);
     let row = store::keys::find_by_hash(&app.db.pool, &hash).await.unwrap().unwrap();
-    bootstrap::revoke_key(&app.db, &row.id).await.unwrap();
+    admin::revoke_key(&app.db, &row.id).await.unwrap();
     let refused = eventually(Duration::from_secs(6), || async {
         let response = app.get("/v1/agents", &app.test_key).await;
         response.status == StatusCode::UNAUTHORIZED && response.json()["code"] == "invalid_api_key"
@@ -137,7 +137,7 @@ async fn a_revoked_key_stops_working_within_five_seconds() {
 #[tokio::test]
 async fn an_expired_key_is_refused() {
     let app = TestApp::spawn().await;
-    let key = bootstrap::create_key(&app.db, "acme", Environment::Test, None, Some(Duration::from_millis(1)))
+    let key = admin::create_key(&app.db, "acme", Environment::Test, None, Some(Duration::from_millis(1)))
         .await
         .unwrap()
         .plaintext;

@@ -772,9 +772,9 @@ async fn session_endpoints_list_read_and_delete() {
     assert!(messages[0]["model"].is_null() && messages[0]["usage"].is_null());
 
     // Events of the turn were written to the log in order.
-    let scope = polpo_api::auth::Scope {
+    let scope = polpo_api::scope::Scope {
         project: "acme".into(),
-        environment: polpo_api::auth::Environment::Test,
+        environment: polpo_api::scope::Environment::Test,
     };
     let events = polpo_api::store::events::list_after(&s.app.db.pool, &scope, 0, 100)
         .await
@@ -842,9 +842,7 @@ async fn a_stream_carries_keep_alives_and_ends_when_its_key_is_revoked() {
         .await
         .unwrap()
         .unwrap();
-    polpo_api::runtime::bootstrap::revoke_key(&s.app.db, &row.id)
-        .await
-        .unwrap();
+    polpo_api::auth::admin::revoke_key(&s.app.db, &row.id).await.unwrap();
     let rest = tokio::time::timeout(Duration::from_secs(5), async {
         while let Ok(Some(bytes)) = response.chunk().await {
             text.push_str(&String::from_utf8_lossy(&bytes));

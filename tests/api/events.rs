@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use polpo_api::auth::{Environment, Scope};
 use polpo_api::config::Config;
 use polpo_api::events::{self, Event};
+use polpo_api::scope::{Environment, Scope};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, client, eventually};
@@ -434,9 +434,7 @@ async fn a_revoked_key_ends_its_event_streams() {
         .await
         .unwrap()
         .unwrap();
-    polpo_api::runtime::bootstrap::revoke_key(&app.db, &row.id)
-        .await
-        .unwrap();
+    polpo_api::auth::admin::revoke_key(&app.db, &row.id).await.unwrap();
     assert!(stream.next(Duration::from_secs(5)).await.is_none());
     assert!(stream.ended, "the stream did not close within 5 s of the revocation");
 }

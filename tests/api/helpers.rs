@@ -11,10 +11,10 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use polpo_api::app::{self, AppState};
-use polpo_api::auth::Environment;
+use polpo_api::auth::admin;
 use polpo_api::config::{Config, ProviderConfig};
 use polpo_api::providers::Providers;
-use polpo_api::runtime::bootstrap;
+use polpo_api::scope::Environment;
 use polpo_api::store::{self, Db};
 use serde_json::Value;
 use tower::ServiceExt;
@@ -122,12 +122,12 @@ impl TestApp {
         let state = AppState::new(db.clone(), config, providers).unwrap();
         let router = app::router(state.clone());
         app::spawn_background(&state);
-        bootstrap::create_project(&db, "acme").await.unwrap();
-        let test_key = bootstrap::create_key(&db, "acme", Environment::Test, None, None)
+        admin::create_project(&db, "acme").await.unwrap();
+        let test_key = admin::create_key(&db, "acme", Environment::Test, None, None)
             .await
             .unwrap()
             .plaintext;
-        let live_key = bootstrap::create_key(&db, "acme", Environment::Live, None, None)
+        let live_key = admin::create_key(&db, "acme", Environment::Live, None, None)
             .await
             .unwrap()
             .plaintext;
@@ -174,8 +174,8 @@ impl TestApp {
     }
 
     /// The scope of `test_key`.
-    pub fn state_scope(&self) -> polpo_api::auth::Scope {
-        polpo_api::auth::Scope {
+    pub fn state_scope(&self) -> polpo_api::scope::Scope {
+        polpo_api::scope::Scope {
             project: "acme".into(),
             environment: Environment::Test,
         }
@@ -183,8 +183,8 @@ impl TestApp {
 
     /// A key of another project (created on first use).
     pub async fn key_of(&self, project: &str, environment: Environment) -> String {
-        let _ = bootstrap::create_project(&self.db, project).await;
-        bootstrap::create_key(&self.db, project, environment, None, None)
+        let _ = admin::create_project(&self.db, project).await;
+        admin::create_key(&self.db, project, environment, None, None)
             .await
             .unwrap()
             .plaintext

@@ -1,7 +1,7 @@
 //! Spec §1.3: live and test, and different projects, never see each other's objects.
 
 use axum::http::StatusCode;
-use polpo_api::auth::Environment;
+use polpo_api::scope::Environment;
 use serde_json::json;
 
 use crate::helpers::TestApp;

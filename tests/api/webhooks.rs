@@ -340,9 +340,9 @@ async fn a_restart_between_attempts_loses_nothing() {
     );
     assert_eq!(receiver.requests()[1].2, 200);
     assert_eq!(receiver.requests()[1].0["polpo-delivery"], "evt_1");
-    let scope = polpo_api::auth::Scope {
+    let scope = polpo_api::scope::Scope {
         project: "acme".into(),
-        environment: polpo_api::auth::Environment::Test,
+        environment: polpo_api::scope::Environment::Test,
     };
     let rows = polpo_api::store::webhooks::list_deliveries(&restarted.db.pool, &scope, &id, "", 0, 10)
         .await

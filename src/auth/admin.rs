@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use crate::auth::{Environment, key};
+use super::key;
 use crate::clock;
 use crate::ids;
+use crate::scope::Environment;
 use crate::store::{self, Db};
 
 /// The project created on an empty database.

@@ -1,0 +1,24 @@
+//! A field of a create or PATCH request as the business rules see it: absent, explicitly
+//! `null`, or a value (spec §0.4 rule 6). The HTTP layer reads it; the runtime applies it.
+
+/// Absent (keep), `null` (clear or reset), or a value (set).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Field<T> {
+    Absent,
+    Null,
+    Value(T),
+}
+
+impl<T> Field<T> {
+    /// The value, treating `null` as absent (create semantics).
+    pub fn into_option(self) -> Option<T> {
+        match self {
+            Self::Value(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn is_absent(&self) -> bool {
+        matches!(self, Self::Absent)
+    }
+}
