@@ -204,6 +204,9 @@ async fn list_keys(db: &Db, project: &str) -> Result<(), AdminError> {
     Ok(())
 }
 
+/// Longest wait, once the server has stopped, for tracked work to save and release what it holds.
+const DRAIN: Duration = Duration::from_secs(5);
+
 async fn serve(config: Config, no_migrate: bool) -> Result<(), String> {
     let providers = Providers::from_config(&config.providers, &env_var)?;
     let _lock = store::lock_sqlite(config.database.url.as_deref()).map_err(|e| e.to_string())?;
@@ -230,33 +233,29 @@ async fn serve(config: Config, no_migrate: bool) -> Result<(), String> {
     tracing::info!(addr = %addr, "listening");
     let deadline = config.server.shutdown_timeout;
     let state = AppState::new(db.clone(), config, providers)?;
-    let shutdown = state.shutdown.clone();
-    let hard_stop = state.hard_stop.clone();
-    app::spawn_background(&state);
-    let mut server = tokio::spawn(app::serve(listener, state));
+    let rt = state.runtime.clone();
+    rt.start_background();
+    let server = app::serve(listener, state);
+    tokio::pin!(server);
     tokio::select! {
         () = app::shutdown_signal() => {
             tracing::info!(deadline_s = deadline.as_secs_f64(), "shutting down");
-            shutdown.cancel();
-            match tokio::time::timeout(deadline, &mut server).await {
-                Ok(_) => tracing::info!("drained"),
-                Err(_) => {
-                    tracing::warn!("shutdown deadline reached; closing remaining streams");
-                    hard_stop.cancel();
-                    // A moment for open streams to write their error frame.
-                    if tokio::time::timeout(std::time::Duration::from_millis(500), &mut server).await.is_err() {
-                        server.abort();
-                    }
-                }
+            rt.shutdown.cancel();
+            if tokio::time::timeout(deadline, &mut server).await.is_err() {
+                tracing::warn!("shutdown deadline reached; closing remaining streams");
+                rt.hard_stop.cancel();
+                // A moment for open streams to write their error frame; then their connections
+                // are closed with the server.
+                let _ = tokio::time::timeout(Duration::from_millis(500), &mut server).await;
             }
         }
-        result = &mut server => {
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(format!("server failed: {e}")),
-                Err(e) => return Err(format!("server task failed: {e}")),
-            }
-        }
+        result = &mut server => result.map_err(|e| format!("server failed: {e}"))?,
+    }
+    // Chat turns store their replies and workers release what they hold before the pool closes.
+    if rt.drain(DRAIN).await {
+        tracing::info!("drained");
+    } else {
+        tracing::warn!("background work still running at exit");
     }
     db.pool.close().await;
     Ok(())

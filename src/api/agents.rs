@@ -10,10 +10,10 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::input::{Field, Fields, JsonObject, Page, QueryParams};
-use crate::app::AppState;
 use crate::auth::AuthContext;
 use crate::error::ApiError;
 use crate::providers::types::{REASONING_VALUES, Reasoning};
+use crate::runtime::Runtime;
 use crate::runtime::agents::{self, Agent, AgentChanges, Identity, IdentityChanges};
 
 const WRITABLE: &[&str] = &[
@@ -129,7 +129,7 @@ fn timezone_problem(tz: &str) -> Option<String> {
 }
 
 /// Reads and checks an agent body; `creating` makes `name` and `model` required.
-fn read_changes(state: &AppState, body: JsonObject, creating: bool) -> Result<AgentChanges, ApiError> {
+fn read_changes(rt: &Runtime, body: JsonObject, creating: bool) -> Result<AgentChanges, ApiError> {
     let mut f = Fields::new(body.0, WRITABLE, READ_ONLY);
     let name = f.string("name", 1, 64);
     if let Field::Value(n) = &name
@@ -139,7 +139,7 @@ fn read_changes(state: &AppState, body: JsonObject, creating: bool) -> Result<Ag
     }
     let model = f.string("model", 1, 256);
     if let Field::Value(m) = &model
-        && let Err(problem) = state.providers.check_model(m)
+        && let Err(problem) = rt.providers.check_model(m)
     {
         f.error(f.path("model"), problem);
     }
@@ -219,13 +219,13 @@ fn read_changes(state: &AppState, body: JsonObject, creating: bool) -> Result<Ag
     responses((status = 200, body = [Agent], headers(("x-next-cursor" = String, description = "present when more agents exist"))),
               (status = 400, body = crate::api::ErrorBody)))]
 pub async fn list_agents(
-    State(state): State<AppState>,
+    State(rt): State<Runtime>,
     auth: AuthContext,
     mut query: QueryParams,
 ) -> Result<Response, ApiError> {
     let page = Page::from_query(&mut query, agents::ID_PREFIX)?;
     query.finish()?;
-    let items = agents::list(&state.db, &auth.scope, page.after.as_deref(), page.fetch()).await?;
+    let items = agents::list(&rt.db, &auth.scope, page.after.as_deref(), page.fetch()).await?;
     Ok(page.respond(items, |a| &a.id))
 }
 
@@ -234,12 +234,12 @@ pub async fn list_agents(
     responses((status = 201, body = Agent), (status = 400, body = crate::api::ErrorBody),
               (status = 409, body = crate::api::ErrorBody, description = "an agent with this name exists")))]
 pub async fn create_agent(
-    State(state): State<AppState>,
+    State(rt): State<Runtime>,
     auth: AuthContext,
     body: JsonObject,
 ) -> Result<(StatusCode, Json<Agent>), ApiError> {
-    let changes = read_changes(&state, body, true)?;
-    let agent = agents::create(&state.db, &auth.scope, changes).await?;
+    let changes = read_changes(&rt, body, true)?;
+    let agent = agents::create(&rt.db, &auth.scope, changes).await?;
     Ok((StatusCode::CREATED, Json(agent)))
 }
 
@@ -248,11 +248,11 @@ pub async fn create_agent(
     params(("idOrName" = String, Path, description = "agent id (agt_…) or name")),
     responses((status = 200, body = Agent), (status = 404, body = crate::api::ErrorBody)))]
 pub async fn get_agent(
-    State(state): State<AppState>,
+    State(rt): State<Runtime>,
     auth: AuthContext,
     Path(id_or_name): Path<String>,
 ) -> Result<Json<Agent>, ApiError> {
-    Ok(Json(agents::get(&state.db, &auth.scope, &id_or_name).await?))
+    Ok(Json(agents::get(&rt.db, &auth.scope, &id_or_name).await?))
 }
 
 /// Update an agent; `identity` is merged one level deep (spec §2.2 rule 1).
@@ -261,15 +261,13 @@ pub async fn get_agent(
     responses((status = 200, body = Agent), (status = 400, body = crate::api::ErrorBody),
               (status = 404, body = crate::api::ErrorBody)))]
 pub async fn update_agent(
-    State(state): State<AppState>,
+    State(rt): State<Runtime>,
     auth: AuthContext,
     Path(id_or_name): Path<String>,
     body: JsonObject,
 ) -> Result<Json<Agent>, ApiError> {
-    let changes = read_changes(&state, body, false)?;
-    Ok(Json(
-        agents::update(&state.db, &auth.scope, &id_or_name, changes).await?,
-    ))
+    let changes = read_changes(&rt, body, false)?;
+    Ok(Json(agents::update(&rt.db, &auth.scope, &id_or_name, changes).await?))
 }
 
 /// Delete an agent and its memory (spec §2.2 rule 2).
@@ -279,14 +277,14 @@ pub async fn update_agent(
     responses((status = 204), (status = 404, body = crate::api::ErrorBody),
               (status = 409, body = crate::api::ErrorBody)))]
 pub async fn delete_agent(
-    State(state): State<AppState>,
+    State(rt): State<Runtime>,
     auth: AuthContext,
     Path(id_or_name): Path<String>,
     mut query: QueryParams,
 ) -> Result<Response, ApiError> {
     let _force = query.flag("force")?;
     query.finish()?;
-    agents::delete(&state.db, &auth.scope, &id_or_name).await?;
+    agents::delete(&rt.db, &auth.scope, &id_or_name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -19,14 +19,8 @@ use crate::auth::AuthContext;
 use crate::error::ApiError;
 use crate::events::filter::Filter;
 use crate::events::hub::StoredEvent;
-use crate::scope::Scope;
-use crate::store::{self, Db};
-
-/// How often an open stream re-checks its key, so that a revoked key's streams end within 5 s.
-const KEY_RECHECK: Duration = Duration::from_secs(1);
-/// The oldest key verification an open stream trusts.
-const KEY_MAX_AGE: Duration = Duration::from_secs(3);
-const BATCH: i64 = 500;
+use crate::runtime::Runtime;
+use crate::runtime::event_log::{self, Opening};
 
 fn read_filter(query: &mut QueryParams) -> Result<Filter, ApiError> {
     Filter::parse(&query.take("filter").unwrap_or_default())
@@ -38,20 +32,6 @@ fn frame(event: &StoredEvent) -> Result<SseEvent, Infallible> {
         .id(event.seq.to_string())
         .event(&event.name)
         .data(&event.payload))
-}
-
-/// Where a reader resuming after `after` must start, and the oldest retained event when events
-/// after `after` were already deleted by retention (spec §7.4 rule 3).
-async fn resume_point(db: &Db, scope: &Scope, after: i64, latest: i64) -> Result<(i64, Option<i64>), ApiError> {
-    if after >= latest {
-        return Ok((after, None));
-    }
-    let oldest = store::events::oldest(&db.pool, scope).await?.unwrap_or(latest + 1);
-    if oldest > after + 1 {
-        Ok((oldest - 1, Some(oldest)))
-    } else {
-        Ok((after, None))
-    }
 }
 
 /// Stream events as they are committed, resuming after `Last-Event-ID` (spec §7.1–§7.5).
@@ -72,34 +52,23 @@ pub async fn stream_events(
     let query_resume = query.take("lastEventId");
     query.take("apiKey");
     query.finish()?;
-    let latest = store::events::latest(&state.db.pool, &auth.scope).await?;
-    let resume_text = headers
+    let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .or(query_resume);
-    let resume = match resume_text {
-        None => None,
-        Some(text) => match text.trim().parse::<i64>() {
-            Ok(n) if (0..=latest).contains(&n) => Some(n),
-            _ => {
-                return Err(ApiError::invalid_field(
-                    "Last-Event-ID",
-                    format!("must be an event id from 0 to {latest} (the latest of this project and environment)"),
-                ));
-            }
-        },
-    };
-    let (start, reset) = match resume {
-        Some(n) => resume_point(&state.db, &auth.scope, n, latest).await?,
-        None => (latest, None),
-    };
-    // Subscribe first, then read the backlog: nothing committed in between is missed, and
-    // duplicates are dropped by sequence number.
-    let mut subscription = state.hub.subscribe(&auth.scope).await?;
-    let guard = state.metrics.open_stream("events");
+    let rt = &state.runtime;
+    let Opening {
+        start,
+        reset,
+        mut subscription,
+    } = event_log::open(rt, &auth.scope, resume.as_deref()).await?;
+    let guard = rt.metrics.open_stream("events");
+    let (db, shutdown) = (rt.db.clone(), rt.shutdown.clone());
+    let revoked = Arc::clone(&state.verifier).revoked(rt.db.clone(), auth.clone());
     let frames = async_stream::stream! {
         let _open = guard;
+        tokio::pin!(revoked);
         yield Ok::<_, Infallible>(SseEvent::default().retry(Duration::from_millis(3000)));
         if let Some(oldest) = reset {
             let data = json!({"reason": "expired", "oldestAvailable": oldest, "timestamp": crate::clock::format_ms(crate::clock::now_ms())});
@@ -107,35 +76,29 @@ pub async fn stream_events(
         }
         let mut last = start;
         loop {
-            let batch = match store::events::list_after(&state.db.pool, &auth.scope, last, BATCH).await {
+            let batch = match event_log::batch(&db, &auth.scope, last).await {
                 Ok(batch) => batch,
                 Err(e) => {
                     tracing::warn!(error = %e, "event stream could not read the backlog");
                     return;
                 }
             };
-            let full = batch.len() == usize::try_from(BATCH).unwrap_or(usize::MAX);
-            for row in batch {
-                last = row.seq;
-                if filter.matches(&row.name) {
-                    yield frame(&StoredEvent { seq: row.seq, name: row.name, payload: row.payload });
+            let full = event_log::is_full(&batch);
+            for event in batch {
+                last = event.seq;
+                if filter.matches(&event.name) {
+                    yield frame(&event);
                 }
             }
             if !full {
                 break;
             }
         }
-        let mut recheck = tokio::time::interval(KEY_RECHECK);
         loop {
             let next: Option<Arc<StoredEvent>> = tokio::select! {
                 // Streams close at the start of the drain; clients reconnect elsewhere.
-                () = state.shutdown.cancelled() => return,
-                _ = recheck.tick() => {
-                    if !state.verifier.still_valid(&state.db, &auth, KEY_MAX_AGE).await {
-                        return;
-                    }
-                    continue;
-                }
+                () = shutdown.cancelled() => return,
+                () = &mut revoked => return,
                 next = subscription.events.recv() => next,
             };
             // `None`: this subscriber fell too far behind and was dropped; it resumes by id.
@@ -148,7 +111,7 @@ pub async fn stream_events(
             }
         }
     };
-    let keepalive = state.config.events.keepalive;
+    let keepalive = rt.config.events.keepalive;
     let mut response = Sse::new(frames)
         .keep_alive(KeepAlive::new().interval(keepalive).text("ping"))
         .into_response();
@@ -177,7 +140,7 @@ pub struct HistoryEvent {
                        ("x-events-reset" = String, description = "true when events after `after` were deleted"))),
               (status = 400, body = crate::api::ErrorBody)))]
 pub async fn event_history(
-    State(state): State<AppState>,
+    State(rt): State<Runtime>,
     auth: AuthContext,
     mut query: QueryParams,
 ) -> Result<Response, ApiError> {
@@ -199,46 +162,23 @@ pub async fn event_history(
             .ok_or_else(|| ApiError::invalid_field("limit", "must be an integer from 1 to 1000"))?,
     };
     query.finish()?;
-    let latest = store::events::latest(&state.db.pool, &auth.scope).await?;
-    let (mut cursor, reset) = resume_point(&state.db, &auth.scope, after, latest).await?;
-    let mut items = Vec::new();
-    'scan: loop {
-        let batch = store::events::list_after(&state.db.pool, &auth.scope, cursor, BATCH).await?;
-        let full = batch.len() == usize::try_from(BATCH).unwrap_or(usize::MAX);
-        for row in batch {
-            cursor = row.seq;
-            if filter.matches(&row.name) {
-                items.push(row);
-                if items.len() > limit {
-                    break 'scan;
-                }
-            }
-        }
-        if !full {
-            break;
-        }
+    let page = event_log::history(&rt.db, &auth.scope, &filter, after, limit).await?;
+    let mut body = Vec::with_capacity(page.events.len());
+    for row in page.events {
+        let data: Value = crate::store::read_json(&row.payload, "event payload")?;
+        let timestamp = data.get("timestamp").and_then(Value::as_str).map(str::to_string);
+        body.push(HistoryEvent {
+            id: row.seq,
+            event: row.name,
+            timestamp,
+            data,
+        });
     }
-    let more = items.len() > limit;
-    items.truncate(limit);
-    let body: Vec<HistoryEvent> = items
-        .into_iter()
-        .map(|row| {
-            let data: Value = serde_json::from_str(&row.payload).unwrap_or(Value::Null);
-            let timestamp = data.get("timestamp").and_then(Value::as_str).map(str::to_string);
-            HistoryEvent {
-                id: row.seq,
-                event: row.name,
-                timestamp,
-                data,
-            }
-        })
-        .collect();
-    let next = more.then(|| body.last().map(|e| e.id)).flatten();
     let mut response = Json(body).into_response();
-    if let Some(next) = next {
+    if let Some(next) = page.next {
         response.headers_mut().insert("x-next-cursor", HeaderValue::from(next));
     }
-    if reset.is_some() {
+    if page.reset {
         response
             .headers_mut()
             .insert("x-events-reset", HeaderValue::from_static("true"));

@@ -37,9 +37,9 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
     responses((status = 200, description = "{\"status\":\"ready\"}"),
               (status = 503, body = crate::api::ErrorBody)))]
 pub async fn ready(State(state): State<AppState>) -> Response {
-    let draining = state.shutdown.is_cancelled();
+    let draining = state.runtime.shutdown.is_cancelled();
     let database_ok = matches!(
-        tokio::time::timeout(Duration::from_secs(1), state.db.ping()).await,
+        tokio::time::timeout(Duration::from_secs(1), state.runtime.db.ping()).await,
         Ok(Ok(()))
     );
     if database_ok && !draining {
@@ -64,10 +64,10 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     responses((status = 200, content_type = "text/plain", description = "Prometheus text format 0.0.4"),
               (status = 404, body = crate::api::ErrorBody)))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    if !state.config.metrics.enabled {
+    if !state.runtime.config.metrics.enabled {
         return Err(ApiError::not_found("metrics are disabled"));
     }
-    let text = state.metrics.render(state.verifier.lookups());
+    let text = state.runtime.metrics.render(state.verifier.lookups());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 

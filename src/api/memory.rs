@@ -7,9 +7,9 @@ use utoipa::ToSchema;
 
 use super::agents::LONG_TEXT_BYTES;
 use super::input::{Field, Fields, JsonObject};
-use crate::app::AppState;
 use crate::auth::AuthContext;
 use crate::error::ApiError;
+use crate::runtime::Runtime;
 use crate::runtime::agents::{self, Memory};
 
 #[derive(Deserialize, ToSchema)]
@@ -31,20 +31,20 @@ fn read_content(body: JsonObject) -> Result<String, ApiError> {
 
 /// Read the project memory (spec §2.2).
 #[utoipa::path(get, path = "/v1/memory", tag = "memory", responses((status = 200, body = Memory)))]
-pub async fn get_project_memory(State(state): State<AppState>, auth: AuthContext) -> Result<Json<Memory>, ApiError> {
-    Ok(Json(agents::read_memory(&state.db, &auth.scope, None).await?))
+pub async fn get_project_memory(State(rt): State<Runtime>, auth: AuthContext) -> Result<Json<Memory>, ApiError> {
+    Ok(Json(agents::read_memory(&rt.db, &auth.scope, None).await?))
 }
 
 /// Replace the project memory (spec §2.2).
 #[utoipa::path(put, path = "/v1/memory", tag = "memory", request_body = MemoryRequest,
     responses((status = 200, body = Memory), (status = 400, body = crate::api::ErrorBody)))]
 pub async fn put_project_memory(
-    State(state): State<AppState>,
+    State(rt): State<Runtime>,
     auth: AuthContext,
     body: JsonObject,
 ) -> Result<Json<Memory>, ApiError> {
     let content = read_content(body)?;
-    Ok(Json(agents::write_memory(&state.db, &auth.scope, None, content).await?))
+    Ok(Json(agents::write_memory(&rt.db, &auth.scope, None, content).await?))
 }
 
 /// Read an agent's memory (spec §2.2).
@@ -52,12 +52,12 @@ pub async fn put_project_memory(
     params(("idOrName" = String, Path, description = "agent id (agt_…) or name")),
     responses((status = 200, body = Memory), (status = 404, body = crate::api::ErrorBody)))]
 pub async fn get_agent_memory(
-    State(state): State<AppState>,
+    State(rt): State<Runtime>,
     auth: AuthContext,
     Path(id_or_name): Path<String>,
 ) -> Result<Json<Memory>, ApiError> {
-    let agent = agents::get(&state.db, &auth.scope, &id_or_name).await?;
-    Ok(Json(agents::read_memory(&state.db, &auth.scope, Some(&agent)).await?))
+    let agent = agents::get(&rt.db, &auth.scope, &id_or_name).await?;
+    Ok(Json(agents::read_memory(&rt.db, &auth.scope, Some(&agent)).await?))
 }
 
 /// Replace an agent's memory (spec §2.2).
@@ -66,14 +66,14 @@ pub async fn get_agent_memory(
     responses((status = 200, body = Memory), (status = 400, body = crate::api::ErrorBody),
               (status = 404, body = crate::api::ErrorBody)))]
 pub async fn put_agent_memory(
-    State(state): State<AppState>,
+    State(rt): State<Runtime>,
     auth: AuthContext,
     Path(id_or_name): Path<String>,
     body: JsonObject,
 ) -> Result<Json<Memory>, ApiError> {
-    let agent = agents::get(&state.db, &auth.scope, &id_or_name).await?;
+    let agent = agents::get(&rt.db, &auth.scope, &id_or_name).await?;
     let content = read_content(body)?;
     Ok(Json(
-        agents::write_memory(&state.db, &auth.scope, Some(&agent), content).await?,
+        agents::write_memory(&rt.db, &auth.scope, Some(&agent), content).await?,
     ))
 }

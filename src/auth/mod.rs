@@ -122,6 +122,11 @@ pub struct KeyVerifier {
     lookups: AtomicU64,
 }
 
+/// How often an open stream re-checks its key, and the oldest verification it trusts, so that a
+/// revoked key's streams end within 5 s (spec §1.2.3).
+const KEY_RECHECK: Duration = Duration::from_secs(1);
+const KEY_MAX_AGE: Duration = Duration::from_secs(3);
+
 /// Bound on cached keys; the cache is cleared when it is reached.
 const CACHE_CAPACITY: usize = 10_000;
 
@@ -198,7 +203,7 @@ impl KeyVerifier {
     /// For open streams: is the key behind `context` still valid? Trusts a verification at most
     /// `max_age` old, else asks the database. A database error keeps the stream (a blip must not
     /// cut every stream); a revoked, expired or vanished key ends it.
-    pub async fn still_valid(&self, db: &Db, context: &AuthContext, max_age: Duration) -> bool {
+    async fn still_valid(&self, db: &Db, context: &AuthContext, max_age: Duration) -> bool {
         let now = crate::clock::now_ms();
         if self
             .cached_within(&context.key_hash, now, max_age.min(self.ttl))
@@ -216,6 +221,19 @@ impl KeyVerifier {
             Err(e) => {
                 tracing::warn!(error = %e, "could not re-check a stream's key");
                 true
+            }
+        }
+    }
+
+    /// Resolves once the key behind `context` is revoked, expired or gone; open streams end
+    /// then.
+    pub async fn revoked(self: std::sync::Arc<Self>, db: Db, context: AuthContext) {
+        let mut every = tokio::time::interval(KEY_RECHECK);
+        every.reset();
+        loop {
+            every.tick().await;
+            if !self.still_valid(&db, &context, KEY_MAX_AGE).await {
+                return;
             }
         }
     }

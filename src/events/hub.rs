@@ -10,20 +10,13 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::scope::{Environment, Scope};
 use crate::store::{self, Backend, Db};
 
-/// The Postgres channel whose notifications wake feeds; the payload is `project/environment`.
-pub const PG_CHANNEL: &str = "polpo_events";
-
 /// An event as stored: sequence number, name and payload JSON text.
-#[derive(Debug, Clone)]
-pub struct StoredEvent {
-    pub seq: i64,
-    pub name: String,
-    pub payload: String,
-}
+pub use crate::store::events::EventRow as StoredEvent;
 
 type ScopeKey = (String, Environment);
 
@@ -46,6 +39,7 @@ pub struct Hub {
     feeds: Mutex<HashMap<ScopeKey, Arc<Feed>>>,
     next_id: AtomicU64,
     shutdown: CancellationToken,
+    tasks: TaskTracker,
     /// Woken with every local commit of events, for the webhook worker.
     pub committed: Arc<Notify>,
 }
@@ -69,7 +63,7 @@ fn key(scope: &Scope) -> ScopeKey {
 }
 
 impl Hub {
-    pub fn new(db: Db, buffer: usize, tick: Duration, shutdown: CancellationToken) -> Self {
+    pub fn new(db: Db, buffer: usize, tick: Duration, shutdown: CancellationToken, tasks: TaskTracker) -> Self {
         Self {
             db,
             buffer: buffer.max(1),
@@ -77,6 +71,7 @@ impl Hub {
             feeds: Mutex::default(),
             next_id: AtomicU64::new(0),
             shutdown,
+            tasks,
             committed: Arc::new(Notify::new()),
         }
     }
@@ -104,7 +99,7 @@ impl Hub {
                     wake: Notify::new(),
                 });
                 feeds.insert(key(scope), feed.clone());
-                tokio::spawn(Arc::clone(self).run_feed(feed.clone(), start));
+                self.tasks.spawn(Arc::clone(self).run_feed(feed.clone(), start));
                 feed
             }
         };
@@ -164,16 +159,7 @@ impl Hub {
                 let Some(last) = batch.last() else { break };
                 cursor = last.seq;
                 let full = batch.len() == 500;
-                let events: Vec<Arc<StoredEvent>> = batch
-                    .into_iter()
-                    .map(|r| {
-                        Arc::new(StoredEvent {
-                            seq: r.seq,
-                            name: r.name,
-                            payload: r.payload,
-                        })
-                    })
-                    .collect();
+                let events: Vec<Arc<StoredEvent>> = batch.into_iter().map(Arc::new).collect();
                 let mut subscribers = feed.subscribers.lock().unwrap_or_else(|p| p.into_inner());
                 // A subscriber that cannot take an event is disconnected; it resumes by id.
                 subscribers.retain(|s| events.iter().all(|e| s.tx.try_send(Arc::clone(e)).is_ok()));
@@ -215,7 +201,7 @@ impl Hub {
                     }
                 }
             };
-            if let Err(e) = listener.listen(PG_CHANNEL).await {
+            if let Err(e) = listener.listen(store::events::CHANNEL).await {
                 tracing::warn!(error = %e, "event listener cannot LISTEN; retrying");
                 continue;
             }
@@ -227,12 +213,8 @@ impl Hub {
                 };
                 match next {
                     Ok(Some(notification)) => {
-                        let (project, environment) = notification.payload().split_once('/').unwrap_or_default();
-                        if let Some(environment) = Environment::parse(environment) {
-                            self.wake(&Scope {
-                                project: project.to_string(),
-                                environment,
-                            });
+                        if let Some(scope) = store::events::notified_scope(notification.payload()) {
+                            self.wake(&scope);
                         }
                     }
                     // The connection dropped and will be re-established: re-read everything.

@@ -7,17 +7,17 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::app::AppState;
-use crate::auth::AuthContext;
 use crate::clock;
 use crate::error::ApiError;
 use crate::ids;
 use crate::providers::split_model;
 use crate::providers::types::{ChatMessage, ChatRequest, Chunk, FinishReason, ModelClient, Params, Role, Usage};
+use crate::runtime::Runtime;
 use crate::runtime::agents::{self, Agent};
 use crate::runtime::prompt;
 use crate::runtime::sessions::{self, SESSION_PREFIX};
 use crate::runtime::turn::Drive;
+pub use crate::runtime::turn::Interrupt;
 use crate::scope::Scope;
 use crate::store;
 
@@ -52,9 +52,9 @@ fn model_error(problem: String) -> ApiError {
     }
 }
 
-fn provider_target(state: &AppState, agent: Option<Agent>, model: &str) -> Result<Target, ApiError> {
-    let (provider, parsed) = state.providers.check_model(model).map_err(model_error)?;
-    let client = state
+fn provider_target(rt: &Runtime, agent: Option<Agent>, model: &str) -> Result<Target, ApiError> {
+    let (provider, parsed) = rt.providers.check_model(model).map_err(model_error)?;
+    let client = rt
         .clients
         .get(&provider.name)
         .ok_or_else(|| model_error(format!("provider {:?} is not usable", provider.name)))?;
@@ -67,9 +67,9 @@ fn provider_target(state: &AppState, agent: Option<Agent>, model: &str) -> Resul
     })
 }
 
-async fn resolve_target(state: &AppState, scope: &Scope, request: &CompletionRequest) -> Result<Target, ApiError> {
+async fn resolve_target(rt: &Runtime, scope: &Scope, request: &CompletionRequest) -> Result<Target, ApiError> {
     if let Some(name) = &request.agent {
-        let agent = agents::find(&state.db, scope, name)
+        let agent = agents::find(&rt.db, scope, name)
             .await?
             .ok_or_else(|| ApiError::NotFound {
                 message: format!("Agent {name:?} not found"),
@@ -80,7 +80,7 @@ async fn resolve_target(state: &AppState, scope: &Scope, request: &CompletionReq
             Some(m) if split_model(m).is_some() => m.clone(),
             _ => agent.model.clone(),
         };
-        return provider_target(state, Some(agent), &model);
+        return provider_target(rt, Some(agent), &model);
     }
     let Some(model) = &request.model else {
         return Err(ApiError::BadRequest {
@@ -90,12 +90,12 @@ async fn resolve_target(state: &AppState, scope: &Scope, request: &CompletionReq
         });
     };
     if split_model(model).is_some() {
-        return provider_target(state, None, model);
+        return provider_target(rt, None, model);
     }
-    match agents::find(&state.db, scope, model).await? {
+    match agents::find(&rt.db, scope, model).await? {
         Some(agent) => {
             let model = agent.model.clone();
-            provider_target(state, Some(agent), &model)
+            provider_target(rt, Some(agent), &model)
         }
         None => Err(ApiError::NotFound {
             message: format!("Agent {model:?} not found"),
@@ -150,20 +150,23 @@ fn title_of(messages: &[ChatMessage]) -> String {
         .collect()
 }
 
-/// Runs everything up to the provider's first chunk; the rest continues in a task.
+/// Runs everything up to the provider's first chunk; the rest continues in a tracked task.
+/// `interrupt`, when given, ends the turn early as `interrupted` with its error (the HTTP layer
+/// passes one that resolves when the caller's key is revoked; a turn without a request passes
+/// none).
 pub async fn start(
-    state: &AppState,
-    auth: &AuthContext,
+    rt: &Runtime,
+    scope: &Scope,
     session_header: Option<&str>,
     request: CompletionRequest,
+    interrupt: Option<Interrupt>,
 ) -> Result<Turn, StartError> {
-    let scope = &auth.scope;
-    let target = resolve_target(state, scope, &request).await?;
+    let target = resolve_target(rt, scope, &request).await?;
     let agent_name = target.agent.as_ref().map(|a| a.name.clone());
 
     let existing = match session_header.filter(|h| *h != "new") {
         Some(id) => {
-            let row = store::chat::get_session(&state.db.pool, scope, id)
+            let row = store::chat::get_session(&rt.db.pool, scope, id)
                 .await
                 .map_err(ApiError::from)?;
             let row = row.ok_or_else(|| sessions::not_found(id))?;
@@ -186,7 +189,7 @@ pub async fn start(
         None => None,
     };
     let transcript = match &existing {
-        Some(row) => sessions::transcript(&state.db, scope, &row.id).await?,
+        Some(row) => sessions::transcript(&rt.db, scope, &row.id).await?,
         None => Vec::new(),
     };
     let new = sessions::new_messages(&transcript, &request.messages);
@@ -216,7 +219,7 @@ pub async fn start(
         session_id: Some(session_id.clone()),
     };
 
-    let provider_request = compose_request(state, scope, &target, &request, &transcript, &new)
+    let provider_request = compose_request(rt, scope, &target, &request, &transcript, &new)
         .await
         .map_err(|error| StartError {
             error,
@@ -224,12 +227,8 @@ pub async fn start(
         })?;
     let (tx, mut rx) = mpsc::channel(64);
     let drive = Drive {
-        db: state.db.clone(),
-        hub: Arc::clone(&state.hub),
-        metrics: Arc::clone(&state.metrics),
+        rt: rt.clone(),
         provider: target.provider.clone(),
-        verifier: Arc::clone(&state.verifier),
-        auth: auth.clone(),
         scope: scope.clone(),
         session_id: session_id.clone(),
         new_session,
@@ -240,10 +239,8 @@ pub async fn start(
         client: target.client,
         request: provider_request,
         new_messages: new,
-        limits: state.config.upstream.clone(),
-        hard_stop: state.hard_stop.clone(),
     };
-    tokio::spawn(drive.run(tx));
+    rt.spawn(drive.run(tx, interrupt));
     match rx.recv().await {
         Some(TurnEvent::Started) => Ok(Turn {
             session_id,
@@ -273,7 +270,7 @@ fn new_session_row(agent: Option<String>, request: &CompletionRequest) -> Result
 
 /// What the provider receives (spec §3.5).
 async fn compose_request(
-    state: &AppState,
+    rt: &Runtime,
     scope: &Scope,
     target: &Target,
     request: &CompletionRequest,
@@ -286,7 +283,7 @@ async fn compose_request(
     match &target.agent {
         Some(agent) => {
             let caller = system.iter().map(|m| m.text_content()).collect::<Vec<_>>().join("\n\n");
-            let (project_memory, agent_memory) = store::memory::get_pair(&state.db.pool, scope, &agent.id).await?;
+            let (project_memory, agent_memory) = store::memory::get_pair(&rt.db.pool, scope, &agent.id).await?;
             let (project_memory, agent_memory) = (
                 project_memory.map(|m| m.content).unwrap_or_default(),
                 agent_memory.map(|m| m.content).unwrap_or_default(),

@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use crate::clock;
 use crate::error::ApiError;
 use crate::providers::types::{ChatMessage, Role, ToolCall, content_text};
+use crate::runtime::agents;
 use crate::scope::Scope;
 use crate::store::chat::{MessageRow, SessionRow};
 use crate::store::{self, Db};
@@ -72,9 +73,9 @@ pub struct Message {
 }
 
 impl Session {
-    pub fn from_row(row: SessionRow) -> Self {
-        Self {
-            metadata: serde_json::from_str(&row.metadata).unwrap_or_default(),
+    fn from_row(row: SessionRow) -> Result<Self, ApiError> {
+        Ok(Self {
+            metadata: store::read_json(&row.metadata, "session metadata")?,
             id: row.id,
             title: row.title,
             agent: row.agent,
@@ -82,42 +83,48 @@ impl Session {
             message_count: row.message_count,
             created_at: row.created_at,
             updated_at: row.updated_at,
-        }
+        })
     }
 }
 
+/// The stored tool calls of a message (`None` when it has none).
+fn stored_tool_calls(row: &MessageRow) -> Result<Option<Vec<StoredToolCall>>, sqlx::Error> {
+    row.tool_calls
+        .as_deref()
+        .map(|t| store::read_json(t, "message tool calls"))
+        .transpose()
+}
+
 impl Message {
-    pub fn from_row(row: MessageRow) -> Self {
-        Self {
-            content: serde_json::from_str(&row.content).unwrap_or(Value::Null),
-            tool_calls: row.tool_calls.as_deref().and_then(|t| serde_json::from_str(t).ok()),
-            usage: row.usage.as_deref().and_then(|u| serde_json::from_str(u).ok()),
+    fn from_row(row: MessageRow) -> Result<Self, ApiError> {
+        Ok(Self {
+            content: store::read_json(&row.content, "message content")?,
+            tool_calls: stored_tool_calls(&row)?,
+            usage: row
+                .usage
+                .as_deref()
+                .map(|u| store::read_json(u, "message usage"))
+                .transpose()?,
             id: row.id,
             role: row.role,
             tool_call_id: row.tool_call_id,
             model: row.model,
             finish_reason: row.finish_reason,
             created_at: row.created_at,
-        }
+        })
     }
 }
 
 /// A stored message as the provider sees it again.
-pub fn to_chat_message(row: &MessageRow) -> ChatMessage {
+fn to_chat_message(row: &MessageRow) -> Result<ChatMessage, sqlx::Error> {
     let role = match row.role.as_str() {
         "assistant" => Role::Assistant,
         "tool" => Role::Tool,
         _ => Role::User,
     };
-    let content = serde_json::from_str::<Value>(&row.content)
-        .ok()
-        .filter(|v| !v.is_null());
-    let tool_calls: Vec<StoredToolCall> = row
-        .tool_calls
-        .as_deref()
-        .and_then(|t| serde_json::from_str(t).ok())
-        .unwrap_or_default();
-    ChatMessage {
+    let content = Some(store::read_json::<Value>(&row.content, "message content")?).filter(|v| !v.is_null());
+    let tool_calls = stored_tool_calls(row)?.unwrap_or_default();
+    Ok(ChatMessage {
         role,
         content,
         name: None,
@@ -130,7 +137,7 @@ pub fn to_chat_message(row: &MessageRow) -> ChatMessage {
             })
             .collect(),
         tool_call_id: row.tool_call_id.clone(),
-    }
+    })
 }
 
 /// Spec §3.6 rule 3: "the same message" for de-duplicating a resent history.
@@ -163,7 +170,7 @@ pub async fn transcript(db: &Db, scope: &Scope, session_id: &str) -> Result<Vec<
         for row in &page {
             let display_only = matches!(row.finish_reason.as_deref(), Some("interrupted" | "error"));
             if !display_only {
-                out.push(to_chat_message(row));
+                out.push(to_chat_message(row)?);
             }
         }
         match page.last() {
@@ -181,7 +188,36 @@ pub async fn get(db: &Db, scope: &Scope, id: &str) -> Result<Session, ApiError> 
     let row = store::chat::get_session(&db.pool, scope, id)
         .await?
         .ok_or_else(|| not_found(id))?;
-    Ok(Session::from_row(row))
+    Session::from_row(row)
+}
+
+/// A page of sessions in creation order; `agent` (an id or a name) and `user` filter. Sessions
+/// keep the agent's name, so an id is resolved to it (an unknown id matches nothing).
+pub async fn list(
+    db: &Db,
+    scope: &Scope,
+    agent: Option<&str>,
+    user: &str,
+    after: &str,
+    fetch: i64,
+) -> Result<Vec<Session>, ApiError> {
+    let agent_name = match agent {
+        Some(a) if a.starts_with(agents::ID_PREFIX) => match agents::find(db, scope, a).await? {
+            Some(agent) => agent.name,
+            None => return Ok(Vec::new()),
+        },
+        Some(name) => name.to_string(),
+        None => String::new(),
+    };
+    let rows = store::chat::list_sessions(&db.pool, scope, &agent_name, user, after, fetch).await?;
+    rows.into_iter().map(Session::from_row).collect()
+}
+
+/// A page of a session's messages in conversation order.
+pub async fn messages(db: &Db, scope: &Scope, id: &str, after: &str, fetch: i64) -> Result<Vec<Message>, ApiError> {
+    get(db, scope, id).await?;
+    let rows = store::chat::list_messages(&db.pool, scope, id, after, fetch).await?;
+    rows.into_iter().map(Message::from_row).collect()
 }
 
 /// Deletes the session and its messages in one transaction.

@@ -10,23 +10,19 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout, timeout_at};
-use tokio_util::sync::CancellationToken;
 
+use super::Runtime;
 use super::chat::TurnEvent;
-use crate::auth::{AuthContext, KeyVerifier};
-use crate::clock;
-use crate::config::UpstreamConfig;
 use crate::error::ApiError;
-use crate::events::hub::Hub;
-use crate::events::{self, Event, UsageCounts};
+use crate::events::{Event, UsageCounts};
 use crate::ids;
-use crate::metrics::{self, Metrics};
+use crate::metrics;
 use crate::providers::types::{
     ChatMessage, ChatRequest, Chunk, ChunkStream, FinishReason, ModelClient, ProviderError, Usage,
 };
 use crate::runtime::sessions::{self, MESSAGE_PREFIX, StoredToolCall, StoredUsage};
 use crate::scope::Scope;
-use crate::store::{self, Db};
+use crate::store;
 
 /// Maps a provider failure to the client's answer (spec §3.9); secrets stay in `cause`.
 pub fn provider_error(error: ProviderError) -> ApiError {
@@ -54,10 +50,9 @@ pub fn provider_error(error: ProviderError) -> ApiError {
     }
 }
 
-/// How often a running completion re-checks its key, and the oldest verification it trusts, so
-/// that a revoked key's streams end within 5 s.
-const KEY_RECHECK: Duration = Duration::from_secs(1);
-const KEY_MAX_AGE: Duration = Duration::from_secs(3);
+/// Ends a streaming turn from outside: the reply so far is stored as `interrupted` and the
+/// error goes to the client (the HTTP layer ends a stream whose key was revoked this way).
+pub type Interrupt = futures_util::future::BoxFuture<'static, ApiError>;
 
 /// The assistant reply as it accumulates.
 #[derive(Default)]
@@ -112,21 +107,16 @@ enum Outcome {
     Finished,
     ClientLeft,
     Shutdown,
-    KeyRevoked,
+    Interrupted(ApiError),
     Failed(ApiError),
 }
 
 pub(super) struct Drive {
-    pub(super) metrics: Arc<Metrics>,
+    pub(super) rt: Runtime,
     /// The provider's name, for metrics.
     pub(super) provider: String,
     /// A session this turn creates; not yet stored.
     pub(super) new_session: Option<store::chat::SessionRow>,
-    pub(super) db: Db,
-    pub(super) hub: Arc<Hub>,
-    pub(super) verifier: Arc<KeyVerifier>,
-    /// Who asked; a stream whose key is revoked ends (spec §1.2.3).
-    pub(super) auth: AuthContext,
     pub(super) scope: Scope,
     pub(super) session_id: String,
     pub(super) agent: Option<String>,
@@ -136,14 +126,14 @@ pub(super) struct Drive {
     pub(super) client: Arc<dyn ModelClient>,
     pub(super) request: ChatRequest,
     pub(super) new_messages: Vec<ChatMessage>,
-    pub(super) limits: UpstreamConfig,
-    pub(super) hard_stop: CancellationToken,
 }
 
 impl Drive {
-    pub(super) async fn run(self, tx: mpsc::Sender<TurnEvent>) {
-        let deadline = Instant::now() + self.limits.total_timeout;
-        let first_wait = self.limits.first_chunk_timeout.min(self.limits.total_timeout);
+    pub(super) async fn run(self, tx: mpsc::Sender<TurnEvent>, interrupt: Option<Interrupt>) {
+        let limits = &self.rt.config.upstream;
+        let deadline = Instant::now() + limits.total_timeout;
+        let first_wait = limits.first_chunk_timeout.min(limits.total_timeout);
+        let mut interrupt = interrupt.unwrap_or_else(|| Box::pin(std::future::pending()));
         let client = Arc::clone(&self.client);
         let request = self.request.clone();
         let opening = async move {
@@ -166,7 +156,7 @@ impl Drive {
             Ok(Ok((stream, Some(Ok(chunk))))) => Ok((stream, chunk)),
         };
         let outcome = opened.as_ref().map_or_else(|e| e.code(), |_| "ok");
-        self.metrics.add(
+        self.rt.metrics.add(
             metrics::UPSTREAM_REQUESTS,
             &[("provider", &self.provider), ("status", outcome)],
             1.0,
@@ -175,7 +165,7 @@ impl Drive {
             Ok(opened) => opened,
             Err(error) => return self.fail_early(&tx, error).await,
         };
-        self.metrics.observe(
+        self.rt.metrics.observe(
             metrics::UPSTREAM_FIRST_CHUNK,
             &[("provider", &self.provider)],
             sent.elapsed(),
@@ -194,7 +184,10 @@ impl Drive {
         }
         let outcome = match outcome {
             Some(outcome) => outcome,
-            None => self.pump(&tx, &mut upstream, &mut reply, deadline).await,
+            None => {
+                self.pump(&tx, &mut upstream, &mut reply, deadline, &mut interrupt)
+                    .await
+            }
         };
         // Dropping the stream closes the upstream request.
         drop(upstream);
@@ -214,7 +207,7 @@ impl Drive {
                 TurnEvent::Failed(error)
             }
             Outcome::Shutdown => TurnEvent::Failed(ApiError::Unavailable("shutdown deadline reached".into())),
-            Outcome::KeyRevoked => TurnEvent::Failed(ApiError::InvalidApiKey),
+            Outcome::Interrupted(error) => TurnEvent::Failed(error),
             Outcome::ClientLeft => return,
         };
         let _ = tx.send(event).await;
@@ -227,23 +220,17 @@ impl Drive {
         upstream: &mut ChunkStream,
         reply: &mut Reply,
         deadline: Instant,
+        interrupt: &mut Interrupt,
     ) -> Outcome {
-        let mut recheck = tokio::time::interval(KEY_RECHECK);
-        recheck.reset();
-        // Silence is measured from the last chunk, not from the last key check.
+        let idle_timeout = self.rt.config.upstream.idle_timeout;
         let mut last_chunk = Instant::now();
         loop {
-            let wait_until = (last_chunk + self.limits.idle_timeout).min(deadline);
+            let wait_until = (last_chunk + idle_timeout).min(deadline);
             let next = tokio::select! {
                 biased;
                 () = tx.closed() => return Outcome::ClientLeft,
-                () = self.hard_stop.cancelled() => return Outcome::Shutdown,
-                _ = recheck.tick() => {
-                    if !self.verifier.still_valid(&self.db, &self.auth, KEY_MAX_AGE).await {
-                        return Outcome::KeyRevoked;
-                    }
-                    continue;
-                }
+                () = self.rt.hard_stop.cancelled() => return Outcome::Shutdown,
+                error = &mut *interrupt => return Outcome::Interrupted(error),
                 next = timeout_at(wait_until, upstream.next()) => next,
             };
             match next {
@@ -282,7 +269,7 @@ impl Drive {
                 };
                 reply.finish.unwrap_or(default).as_str().to_string()
             }
-            Outcome::ClientLeft | Outcome::Shutdown | Outcome::KeyRevoked => "interrupted".to_string(),
+            Outcome::ClientLeft | Outcome::Shutdown | Outcome::Interrupted(_) => "interrupted".to_string(),
             Outcome::Failed(_) => "error".to_string(),
         };
         match reply.usage {
@@ -321,10 +308,9 @@ impl Drive {
         if self.new_session.is_none() && messages.is_empty() {
             return Ok(());
         }
-        let now = clock::now_ms();
         let count = i64::try_from(messages.len()).unwrap_or(i64::MAX);
-        let mut tx = self.db.pool.begin().await?;
-        let mut announced = Vec::with_capacity(messages.len() + 1);
+        let mut change = self.rt.change(&self.scope).await?;
+        let now = change.at();
         // The session row is written first: it orders concurrent turns on SQLite and notices a
         // session deleted meanwhile.
         match &self.new_session {
@@ -334,8 +320,8 @@ impl Drive {
                     updated_at: now,
                     ..row.clone()
                 };
-                store::chat::insert_session(&mut *tx, &self.scope, &row).await?;
-                announced.push(Event::SessionCreated {
+                store::chat::insert_session(change.conn(), &self.scope, &row).await?;
+                change.emit(Event::SessionCreated {
                     session_id: row.id.clone(),
                     agent: row.agent.clone(),
                     title: row.title.clone(),
@@ -343,7 +329,7 @@ impl Drive {
                 });
             }
             None => {
-                if !store::chat::touch_session(&mut *tx, &self.scope, &self.session_id, count, now).await? {
+                if !store::chat::touch_session(change.conn(), &self.scope, &self.session_id, count, now).await? {
                     return Err(sessions::not_found(&self.session_id));
                 }
             }
@@ -365,24 +351,22 @@ impl Drive {
                 usage: None,
                 created_at: now,
             };
-            store::chat::insert_message(&mut *tx, &self.scope, &row).await?;
-            announced.push(Event::MessageAdded {
+            store::chat::insert_message(change.conn(), &self.scope, &row).await?;
+            change.emit(Event::MessageAdded {
                 session_id: self.session_id.clone(),
                 message_id: row.id,
                 role: row.role,
             });
         }
-        events::append(&mut tx, self.db.backend, &self.scope, now, &announced).await?;
-        tx.commit().await?;
-        self.hub.wake(&self.scope);
+        change.commit().await?;
         Ok(())
     }
 
     /// Stores the reply and announces it; nothing when the session was deleted meanwhile.
     async fn store_reply(&self, reply: &Reply, finish: &str, usage: Usage, estimated: bool) -> Result<(), ApiError> {
-        let now = clock::now_ms();
-        let mut tx = self.db.pool.begin().await?;
-        if !store::chat::touch_session(&mut *tx, &self.scope, &self.session_id, 1, now).await? {
+        let mut change = self.rt.change(&self.scope).await?;
+        let now = change.at();
+        if !store::chat::touch_session(change.conn(), &self.scope, &self.session_id, 1, now).await? {
             return Ok(());
         }
         let stored_usage = StoredUsage {
@@ -408,30 +392,26 @@ impl Drive {
             usage: Some(serde_json::to_string(&stored_usage).map_err(ApiError::internal)?),
             created_at: now,
         };
-        store::chat::insert_message(&mut *tx, &self.scope, &row).await?;
-        let announced = [
-            Event::MessageAdded {
-                session_id: self.session_id.clone(),
-                message_id: row.id.clone(),
-                role: row.role.clone(),
+        store::chat::insert_message(change.conn(), &self.scope, &row).await?;
+        change.emit(Event::MessageAdded {
+            session_id: self.session_id.clone(),
+            message_id: row.id.clone(),
+            role: row.role.clone(),
+        });
+        change.emit(Event::CompletionFinished {
+            session_id: self.session_id.clone(),
+            agent: self.agent.clone(),
+            model: self.model.clone(),
+            usage: UsageCounts {
+                prompt_tokens: stored_usage.prompt_tokens,
+                completion_tokens: stored_usage.completion_tokens,
+                total_tokens: stored_usage.total_tokens,
             },
-            Event::CompletionFinished {
-                session_id: self.session_id.clone(),
-                agent: self.agent.clone(),
-                model: self.model.clone(),
-                usage: UsageCounts {
-                    prompt_tokens: stored_usage.prompt_tokens,
-                    completion_tokens: stored_usage.completion_tokens,
-                    total_tokens: stored_usage.total_tokens,
-                },
-                finish_reason: finish.to_string(),
-                stream: self.stream,
-                user: self.user.clone(),
-            },
-        ];
-        events::append(&mut tx, self.db.backend, &self.scope, now, &announced).await?;
-        tx.commit().await?;
-        self.hub.wake(&self.scope);
+            finish_reason: finish.to_string(),
+            stream: self.stream,
+            user: self.user.clone(),
+        });
+        change.commit().await?;
         Ok(())
     }
 }

@@ -118,3 +118,27 @@ pub async fn purge<'c>(ex: impl Exec<'c>, before: i64) -> Result<u64, sqlx::Erro
         .await?;
     Ok(done.rows_affected())
 }
+
+/// The Postgres channel whose notifications wake event feeds; the payload is
+/// `project/environment`.
+pub const CHANNEL: &str = "polpo_events";
+
+/// Announces new events of `scope` to every instance listening on [`CHANNEL`]; Postgres delivers
+/// it when the transaction commits.
+pub async fn notify<'c>(ex: impl Exec<'c>, scope: &Scope) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(format!("{}/{}", scope.project, scope.environment.as_str()))
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+/// The scope named by a notification's payload.
+pub fn notified_scope(payload: &str) -> Option<Scope> {
+    let (project, environment) = payload.split_once('/')?;
+    Some(Scope {
+        project: project.to_string(),
+        environment: crate::scope::Environment::parse(environment)?,
+    })
+}

@@ -143,6 +143,13 @@ pub fn lock_sqlite(url: Option<&str>) -> std::io::Result<Option<File>> {
     }
 }
 
+/// Reads a JSON document stored as text. A document that cannot be read fails like a column
+/// that cannot be decoded, everywhere: the read is an error (a `500` for a request, a logged
+/// failure for a worker), never a silent default.
+pub fn read_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, sqlx::Error> {
+    serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(format!("stored {what} is not readable: {e}").into()))
+}
+
 /// True when `err` is a violation of the unique constraint `name` (Postgres names it; SQLite
 /// reports the columns, so any unique violation matches there).
 pub fn is_unique_violation(err: &sqlx::Error, name: &str) -> bool {

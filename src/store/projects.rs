@@ -47,3 +47,15 @@ pub async fn count<'c>(ex: impl Exec<'c>) -> Result<i64, sqlx::Error> {
         .await?
         .try_get(0)
 }
+
+/// Holds the project's row lock until the transaction ends, so that checks over all of a
+/// project's rows (such as a count limit) and the write that follows are not interleaved with
+/// another transaction doing the same. SQLite runs one writer at a time, so there it only marks
+/// the transaction as a writer.
+pub async fn lock<'c>(ex: impl Exec<'c>, slug: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE projects SET created_at = created_at WHERE slug = $1")
+        .bind(slug)
+        .execute(ex)
+        .await?;
+    Ok(())
+}

@@ -131,12 +131,9 @@ async fn produce_paced(
                 user: Some(user.to_string()),
             })
             .collect();
-        let mut tx = app.db.pool.begin().await.unwrap();
-        events::append(&mut tx, app.db.backend, scope, polpo_api::clock::now_ms(), &events)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
-        app.state.hub.wake(scope);
+        let mut change = app.state.runtime.change(scope).await.unwrap();
+        events.into_iter().for_each(|e| change.emit(e));
+        change.commit().await.unwrap();
         left -= batch;
     }
 }
@@ -221,36 +218,29 @@ async fn an_earlier_number_cannot_commit_after_a_later_one() {
 
     // Transaction A takes number 1 and holds it open.
     let mut a = app.db.pool.begin().await.unwrap();
-    events::append(
-        &mut a,
-        app.db.backend,
+    let first = polpo_api::store::events::reserve(&mut *a, &scope, 1).await.unwrap();
+    let (name, payload) = event("A").parts();
+    polpo_api::store::events::insert_many(
+        &mut *a,
         &scope,
+        first,
+        &[(name, payload.to_string())],
         polpo_api::clock::now_ms(),
-        &[event("A")],
     )
     .await
     .unwrap();
-    // Transaction B, started later, cannot take a number (and commit) until A ends.
-    let pool = app.db.pool.clone();
-    let backend = app.db.backend;
+    // A change through the write path, started later, cannot take a number (and commit) until
+    // A ends.
+    let runtime = app.state.runtime.clone();
     let b = tokio::spawn(async move {
-        let mut b = pool.begin().await.unwrap();
-        events::append(
-            &mut b,
-            backend,
-            &test_scope(),
-            polpo_api::clock::now_ms(),
-            &[event("B")],
-        )
-        .await
-        .unwrap();
+        let mut b = runtime.change(&test_scope()).await.unwrap();
+        b.emit(event("B"));
         b.commit().await.unwrap();
     });
     let b_done_early = eventually(Duration::from_millis(500), || async { b.is_finished() }).await;
     assert!(!b_done_early, "B committed while A still held an earlier number");
     a.commit().await.unwrap();
     b.await.unwrap();
-    app.state.hub.wake(&scope);
 
     let frames = live.take(2).await;
     assert_eq!(
@@ -554,11 +544,9 @@ async fn aliases_are_stored_with_their_own_numbers_and_filter_like_any_event() {
             error: None,
         },
     ];
-    let mut tx = app.db.pool.begin().await.unwrap();
-    events::append(&mut tx, app.db.backend, &scope, polpo_api::clock::now_ms(), &batch)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    let mut change = app.state.runtime.change(&scope).await.unwrap();
+    batch.into_iter().for_each(|e| change.emit(e));
+    change.commit().await.unwrap();
     let all = app.get("/v1/events/history", &app.test_key).await.json();
     let listed: Vec<(i64, &str)> = all
         .as_array()

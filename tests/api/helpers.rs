@@ -121,7 +121,7 @@ impl TestApp {
         let providers = Providers::from_config(&config.providers, &fake_provider_env).unwrap();
         let state = AppState::new(db.clone(), config, providers).unwrap();
         let router = app::router(state.clone());
-        app::spawn_background(&state);
+        state.runtime.start_background();
         admin::create_project(&db, "acme").await.unwrap();
         let test_key = admin::create_key(&db, "acme", Environment::Test, None, None)
             .await
@@ -161,7 +161,7 @@ impl TestApp {
         let db = Db::connect(Some(&self._database.url), 5).await.unwrap();
         let providers = Providers::from_config(&config.providers, &fake_provider_env).unwrap();
         let state = AppState::new(db, config, providers).unwrap();
-        app::spawn_background(&state);
+        state.runtime.start_background();
         state
     }
 

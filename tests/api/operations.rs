@@ -23,7 +23,7 @@ async fn health_and_ready_answer_without_a_key() {
 #[tokio::test]
 async fn ready_fails_while_draining_or_without_a_database() {
     let app = TestApp::spawn().await;
-    app.state.shutdown.cancel();
+    app.state.runtime.shutdown.cancel();
     let response = app.call("GET", "/ready", None, None).await;
     assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.json()["code"], "unavailable");

@@ -332,7 +332,7 @@ async fn a_restart_between_attempts_loses_nothing() {
     chat(&app).await;
     assert!(eventually(Duration::from_secs(10), || async { receiver.requests().len() == 1 }).await);
     // The instance stops before its retry; a new one on the same database carries on.
-    app.state.shutdown.cancel();
+    app.state.runtime.shutdown.cancel();
     let restarted = app.another_instance(config).await;
     assert!(
         eventually(Duration::from_secs(15), || async { receiver.requests().len() == 2 }).await,
@@ -344,13 +344,13 @@ async fn a_restart_between_attempts_loses_nothing() {
         project: "acme".into(),
         environment: polpo_api::scope::Environment::Test,
     };
-    let rows = polpo_api::store::webhooks::list_deliveries(&restarted.db.pool, &scope, &id, "", 0, 10)
+    let rows = polpo_api::store::webhooks::list_deliveries(&restarted.runtime.db.pool, &scope, &id, "", 0, 10)
         .await
         .unwrap();
     assert_eq!(rows.len(), 1);
     assert!(
         eventually(Duration::from_secs(5), || async {
-            let rows = polpo_api::store::webhooks::list_deliveries(&restarted.db.pool, &scope, &id, "", 0, 10)
+            let rows = polpo_api::store::webhooks::list_deliveries(&restarted.runtime.db.pool, &scope, &id, "", 0, 10)
                 .await
                 .unwrap();
             rows[0].status == "succeeded" && rows[0].attempts == 2

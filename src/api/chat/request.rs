@@ -1,24 +1,14 @@
-//! `POST /v1/chat/completions`: the OpenAI-compatible endpoint (spec §3). Errors here use the
-//! OpenAI shape (§3.11); the app middleware renders them.
+//! Reading a chat completion request (spec §3.2, §3.3): every field checked, every problem
+//! named by its path.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 
-use axum::Json;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::input::{Field, Fields, JsonObject};
-use crate::app::AppState;
-use crate::auth::AuthContext;
+use crate::api::input::{Field, Fields, JsonObject};
 use crate::error::ApiError;
-use crate::ids;
-use crate::providers::types::{ChatMessage, Chunk, FinishReason, Params, Role, ToolCall, Usage};
-use crate::runtime::chat::{self, CompletionRequest, StartError, TurnEvent};
-use crate::runtime::sessions::StoredToolCall;
+use crate::providers::types::{ChatMessage, Params, Role, ToolCall};
+use crate::runtime::chat::CompletionRequest;
 
 const FIELDS: &[&str] = &[
     "messages",
@@ -173,7 +163,7 @@ fn read_tools(tools: Vec<Value>, f: &mut Fields) -> Vec<Value> {
 }
 
 /// Reads and validates the request body (spec §3.2, §3.3).
-fn read_request(body: JsonObject) -> Result<CompletionRequest, ApiError> {
+pub(super) fn read_request(body: JsonObject) -> Result<CompletionRequest, ApiError> {
     let mut object = body.0;
     // Structured members are taken out first and checked by hand; the rest by the field reader.
     let mut take = |key: &str| object.remove(key).filter(|v| !v.is_null());
@@ -327,189 +317,4 @@ fn read_request(body: JsonObject) -> Result<CompletionRequest, ApiError> {
         },
         metadata: metadata.into_iter().collect::<BTreeMap<_, _>>(),
     })
-}
-
-fn session_header(session_id: &str) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    if let Ok(value) = HeaderValue::from_str(session_id) {
-        headers.insert("x-session-id", value);
-    }
-    headers
-}
-
-/// Create a chat completion, streamed or not (spec §3).
-#[utoipa::path(post, path = "/v1/chat/completions", tag = "chat",
-    request_body(content = Object, description = "An OpenAI chat completion request, plus `agent` and `metadata` (spec §3.2)"),
-    params(("x-session-id" = Option<String>, Header, description = "`new` or absent starts a session; a session id continues it")),
-    responses((status = 200, description = "a chat.completion object, or a text/event-stream of chat.completion.chunk frames ending in [DONE]",
-               headers(("x-session-id" = String, description = "the session used"))),
-              (status = 400, description = "OpenAI error shape"), (status = 404, description = "unknown agent or session"),
-              (status = 409, description = "session of another agent"), (status = 429, description = "rate limited"),
-              (status = 502, description = "provider failed"), (status = 504, description = "provider timed out")))]
-pub async fn create_chat_completion(
-    State(state): State<AppState>,
-    auth: AuthContext,
-    headers: HeaderMap,
-    body: JsonObject,
-) -> Result<Response, Response> {
-    let request = read_request(body).map_err(IntoResponse::into_response)?;
-    let header = headers
-        .get("x-session-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let stream = request.stream;
-    let include_usage = request.include_usage;
-    let turn =
-        chat::start(&state, &auth, header.as_deref(), request)
-            .await
-            .map_err(|StartError { error, session_id }| match session_id {
-                Some(id) => (session_header(&id), error).into_response(),
-                None => error.into_response(),
-            })?;
-    let completion = Completion {
-        id: ids::new_id("chatcmpl-"),
-        created: crate::clock::now_ms() / 1000,
-        model: turn.model.clone(),
-    };
-    let headers = session_header(&turn.session_id);
-    if stream {
-        let keepalive = state.config.events.keepalive;
-        let guard = state.metrics.open_stream("chat");
-        let frames = stream_frames(completion, turn.events, include_usage, guard);
-        let mut response = Sse::new(frames)
-            .keep_alive(KeepAlive::new().interval(keepalive).text("ping"))
-            .into_response();
-        response.headers_mut().extend(headers);
-        response
-            .headers_mut()
-            .insert("x-accel-buffering", HeaderValue::from_static("no"));
-        return Ok(response);
-    }
-    collect(completion, turn.events)
-        .await
-        .map(|body| (headers.clone(), Json(body)).into_response())
-        .map_err(|error| (headers, error).into_response())
-}
-
-/// The fields every chunk and completion repeats.
-struct Completion {
-    id: String,
-    created: i64,
-    model: String,
-}
-
-impl Completion {
-    fn chunk(&self, delta: Value, finish: Option<FinishReason>) -> Value {
-        json!({
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish.map(FinishReason::as_str)}]
-        })
-    }
-}
-
-fn usage_json(usage: Usage) -> Value {
-    json!({"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-           "total_tokens": usage.prompt_tokens + usage.completion_tokens})
-}
-
-fn delta_json(chunk: &Chunk) -> Value {
-    match chunk {
-        Chunk::Text(text) => json!({"content": text}),
-        Chunk::ToolCallStart { index, id, name } => json!({"tool_calls": [
-            {"index": index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
-        Chunk::ToolCallArguments { index, arguments } => {
-            json!({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]})
-        }
-        Chunk::Finish(_) | Chunk::Usage(_) => json!({}),
-    }
-}
-
-fn data(value: &Value) -> Result<SseEvent, Infallible> {
-    Ok(SseEvent::default().data(value.to_string()))
-}
-
-/// The stream of spec §3.8: role chunk, deltas, finish chunk, optional usage chunk, `[DONE]`;
-/// or one error frame and the end, without `[DONE]`.
-fn stream_frames(
-    completion: Completion,
-    mut events: tokio::sync::mpsc::Receiver<TurnEvent>,
-    include_usage: bool,
-    guard: crate::metrics::StreamGuard,
-) -> impl futures_util::Stream<Item = Result<SseEvent, Infallible>> {
-    async_stream::stream! {
-        let _open = guard;
-        yield data(&completion.chunk(json!({"role": "assistant", "content": ""}), None));
-        while let Some(event) = events.recv().await {
-            match event {
-                TurnEvent::Started => {}
-                TurnEvent::Delta(chunk) => yield data(&completion.chunk(delta_json(&chunk), None)),
-                TurnEvent::Completed { finish, usage } => {
-                    yield data(&completion.chunk(json!({}), Some(finish)));
-                    if include_usage {
-                        yield data(&json!({
-                            "id": completion.id, "object": "chat.completion.chunk", "created": completion.created,
-                            "model": completion.model, "choices": [], "usage": usage_json(usage)
-                        }));
-                    }
-                    yield Ok(SseEvent::default().data("[DONE]"));
-                    return;
-                }
-                TurnEvent::Failed(error) => {
-                    yield data(&json!({"error": error.report().openai_error()}));
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// A non-streamed answer: the whole reply as one `chat.completion` (spec §3.7).
-async fn collect(
-    completion: Completion,
-    mut events: tokio::sync::mpsc::Receiver<TurnEvent>,
-) -> Result<Value, ApiError> {
-    let mut text = String::new();
-    let mut calls: BTreeMap<u32, StoredToolCall> = BTreeMap::new();
-    while let Some(event) = events.recv().await {
-        match event {
-            TurnEvent::Started => {}
-            TurnEvent::Delta(Chunk::Text(t)) => text.push_str(&t),
-            TurnEvent::Delta(Chunk::ToolCallStart { index, id, name }) => {
-                calls.insert(
-                    index,
-                    StoredToolCall {
-                        id,
-                        name,
-                        arguments: String::new(),
-                    },
-                );
-            }
-            TurnEvent::Delta(Chunk::ToolCallArguments { index, arguments }) => {
-                if let Some(call) = calls.get_mut(&index) {
-                    call.arguments.push_str(&arguments);
-                }
-            }
-            TurnEvent::Delta(_) => {}
-            TurnEvent::Completed { finish, usage } => {
-                let mut message = json!({"role": "assistant", "content": text, "refusal": null});
-                if !calls.is_empty() {
-                    if text.is_empty() {
-                        message["content"] = Value::Null;
-                    }
-                    message["tool_calls"] = calls
-                        .values()
-                        .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
-                        .collect();
-                }
-                return Ok(json!({
-                    "id": completion.id, "object": "chat.completion", "created": completion.created,
-                    "model": completion.model,
-                    "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish.as_str()}],
-                    "usage": usage_json(usage),
-                }));
-            }
-            TurnEvent::Failed(error) => return Err(error),
-        }
-    }
-    Err(ApiError::internal("chat task ended without an answer"))
 }

@@ -1,0 +1,89 @@
+//! The one write path for every change that emits events: open a transaction, write, append the
+//! events, commit, then wake the hub. A [`Change`] does the last three steps itself, in that
+//! order, so a forgotten wake or an event committed apart from its change cannot be written.
+
+use std::sync::Arc;
+
+use sqlx::{AnyConnection, Transaction};
+
+use super::Event;
+use super::catalogue::entries;
+use super::hub::Hub;
+use crate::scope::Scope;
+use crate::store::{self, Backend, Db};
+
+/// An open change of one scope. Dropping it without [`Change::commit`] rolls everything back.
+pub struct Change {
+    tx: Transaction<'static, sqlx::Any>,
+    hub: Arc<Hub>,
+    backend: Backend,
+    scope: Scope,
+    at: i64,
+    events: Vec<Event>,
+}
+
+impl Change {
+    pub async fn begin(db: &Db, hub: &Arc<Hub>, scope: &Scope) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            tx: db.pool.begin().await?,
+            hub: Arc::clone(hub),
+            backend: db.backend,
+            scope: scope.clone(),
+            at: crate::clock::now_ms(),
+            events: Vec::new(),
+        })
+    }
+
+    /// The change's time in milliseconds: rows and events of one change carry the same instant.
+    pub fn at(&self) -> i64 {
+        self.at
+    }
+
+    /// The transaction's connection, for `store` functions.
+    pub fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+
+    /// Records an event, appended to the log at commit.
+    pub fn emit(&mut self, event: Event) {
+        self.events.push(event);
+    }
+
+    /// Appends the events, commits, then wakes this instance's feeds.
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        append(&mut self.tx, self.backend, &self.scope, self.at, &self.events).await?;
+        self.tx.commit().await?;
+        if !self.events.is_empty() {
+            self.hub.wake(&self.scope);
+        }
+        Ok(())
+    }
+}
+
+/// Appends events to the scope's log, numbering them from the scope's counter row (spec §7.3:
+/// the row lock orders commits, so no smaller number can commit after a larger one is visible).
+/// On Postgres the same transaction sends a NOTIFY, delivered at commit, that wakes the feeds
+/// of other instances.
+async fn append(
+    tx: &mut Transaction<'static, sqlx::Any>,
+    backend: Backend,
+    scope: &Scope,
+    at_ms: i64,
+    events: &[Event],
+) -> Result<(), sqlx::Error> {
+    let entries = entries(events, &crate::clock::format_ms(at_ms));
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let count = i64::try_from(entries.len()).unwrap_or(i64::MAX);
+    let last = store::events::reserve(&mut **tx, scope, count).await?;
+    let rows: Vec<(String, String)> = entries
+        .into_iter()
+        .map(|(name, payload)| (name, payload.to_string()))
+        .collect();
+    store::events::insert_many(&mut **tx, scope, last - count + 1, &rows, at_ms).await?;
+    if backend == Backend::Postgres {
+        store::events::notify(&mut **tx, scope).await?;
+    }
+    Ok(())
+}

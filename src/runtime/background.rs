@@ -1,0 +1,51 @@
+//! Work that runs beside the requests until shutdown, every loop a tracked task: the Postgres
+//! listener that wakes event feeds for other instances' commits, the webhook delivery worker,
+//! and the retention purge.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Runtime;
+use crate::events::webhooks::Worker;
+use crate::store;
+
+/// How often expired events are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+impl Runtime {
+    pub fn start_background(&self) {
+        if let Some(url) = self.config.database.url.clone() {
+            self.spawn(Arc::clone(&self.hub).listen_postgres(url));
+        }
+        let worker = Worker {
+            db: self.db.clone(),
+            metrics: Arc::clone(&self.metrics),
+            settings: self.config.webhooks.clone(),
+            wake: Arc::clone(&self.hub.committed),
+            shutdown: self.shutdown.clone(),
+        };
+        self.spawn(worker.run());
+        self.spawn(purge(self.clone()));
+    }
+}
+
+/// Deletes events and webhook deliveries past `events.retention` (spec §7.3 rule 4).
+async fn purge(rt: Runtime) {
+    let mut every = tokio::time::interval(PURGE_EVERY);
+    loop {
+        tokio::select! {
+            () = rt.shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let retention = i64::try_from(rt.config.events.retention.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = crate::clock::now_ms().saturating_sub(retention);
+        match store::events::purge(&rt.db.pool, cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "purged events past retention"),
+            Err(e) => tracing::warn!(error = %e, "event purge failed"),
+        }
+        if let Err(e) = store::webhooks::purge_deliveries(&rt.db.pool, cutoff).await {
+            tracing::warn!(error = %e, "webhook delivery purge failed");
+        }
+    }
+}
