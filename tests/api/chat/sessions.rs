@@ -1,0 +1,182 @@
+//! Chat sessions: the stored history given to the model once, refused sessions, and the session
+//! endpoints.
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use super::{setup, user};
+
+#[tokio::test]
+async fn sessions_give_the_model_the_stored_history_once() {
+    let s = setup().await;
+    s.agent("echoer", "openai:echo", json!({})).await;
+    let first = s
+        .chat(json!({"agent": "echoer", "messages": user("first question")}), None)
+        .await;
+    let session = first.header("x-session-id").unwrap().to_string();
+    // The client resends the whole history, as OpenAI clients do.
+    let history = json!([
+        {"role": "system", "content": "be kind"},
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "first question"},
+        {"role": "user", "content": "second question"}
+    ]);
+    let second = s
+        .chat(json!({"agent": "echoer", "messages": history}), Some(&session))
+        .await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.text);
+    assert_eq!(second.header("x-session-id"), Some(session.as_str()));
+    let sent = s.openai.last_request().body["messages"].as_array().unwrap().clone();
+    let roles: Vec<&str> = sent.iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["system", "user", "assistant", "user"], "{sent:?}");
+    // Only the new question again: the stored history still reaches the model.
+    let third = s
+        .chat(json!({"agent": "echoer", "messages": user("third")}), Some(&session))
+        .await;
+    assert_eq!(third.status, StatusCode::OK);
+    assert_eq!(s.openai.last_request().body["messages"].as_array().unwrap().len(), 6);
+    let stored = s.messages(&session).await;
+    assert_eq!(stored.len(), 6);
+    assert_eq!(stored[5]["model"], "openai:echo");
+    let info = s
+        .app
+        .get(&format!("/v1/chat/sessions/{session}"), &s.app.test_key)
+        .await
+        .json();
+    assert_eq!(info["messageCount"], 6);
+    assert_eq!(info["agent"], "echoer");
+    assert_eq!(info["title"], "first question");
+}
+
+#[tokio::test]
+async fn unknown_foreign_and_mismatched_sessions_are_refused() {
+    let s = setup().await;
+    s.agent("a", "mock/echo", json!({})).await;
+    let unknown = s
+        .chat(
+            json!({"agent": "a", "messages": user("x")}),
+            Some("sess_01jz8k2m4p6r8t0v2x4z6b8d0f"),
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.json()["error"]["code"], "not_found");
+
+    let live = s
+        .app
+        .post(
+            "/v1/chat/completions",
+            &s.app.live_key,
+            json!({"model": "mock/echo", "messages": user("x")}),
+        )
+        .await;
+    let live_session = live.header("x-session-id").unwrap().to_string();
+    let foreign = s
+        .chat(
+            json!({"model": "mock/echo", "messages": user("x")}),
+            Some(&live_session),
+        )
+        .await;
+    assert_eq!(
+        foreign.status,
+        StatusCode::NOT_FOUND,
+        "a live session is unknown to the test key"
+    );
+    assert_eq!(
+        s.app
+            .get(&format!("/v1/chat/sessions/{live_session}"), &s.app.test_key)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+
+    let gateway = s.chat(json!({"model": "mock/echo", "messages": user("x")}), None).await;
+    let gateway_session = gateway.header("x-session-id").unwrap().to_string();
+    let mismatch = s
+        .chat(json!({"agent": "a", "messages": user("x")}), Some(&gateway_session))
+        .await;
+    assert_eq!(mismatch.status, StatusCode::CONFLICT);
+    assert_eq!(mismatch.json()["error"]["code"], "conflict");
+}
+
+#[tokio::test]
+async fn session_endpoints_list_read_and_delete() {
+    let s = setup().await;
+    s.agent("a", "mock/echo", json!({})).await;
+    let first = s
+        .chat(
+            json!({"agent": "a", "messages": user("one\ntwo"), "user": "alice", "metadata": {"k": "v"}}),
+            None,
+        )
+        .await;
+    let session = first.header("x-session-id").unwrap().to_string();
+    s.chat(json!({"model": "mock/echo", "messages": user("gateway")}), None)
+        .await;
+
+    let all = s.app.get("/v1/chat/sessions", &s.app.test_key).await.json();
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    let of_agent = s.app.get("/v1/chat/sessions?agent=a", &s.app.test_key).await.json();
+    assert_eq!(of_agent.as_array().unwrap().len(), 1);
+    assert_eq!(of_agent[0]["title"], "one two");
+    assert_eq!(of_agent[0]["user"], "alice");
+    assert_eq!(of_agent[0]["metadata"], json!({"k": "v"}));
+    let of_user = s.app.get("/v1/chat/sessions?user=alice", &s.app.test_key).await.json();
+    assert_eq!(of_user[0]["id"], session);
+    assert_eq!(
+        s.app.get("/v1/chat/sessions?limit=0", &s.app.test_key).await.status,
+        StatusCode::BAD_REQUEST
+    );
+
+    let messages = s.messages(&session).await;
+    assert_eq!(messages[0]["role"], "user");
+    // mock counts words: "Name: a" (the composed prompt) + "one two", then "one two" back.
+    assert_eq!(messages[1]["usage"]["totalTokens"], 6);
+    assert_eq!(messages[1]["finishReason"], "stop");
+    assert!(messages[0]["model"].is_null() && messages[0]["usage"].is_null());
+
+    // Events of the turn were written to the log in order.
+    let scope = polpo_api::scope::Scope {
+        project: "acme".into(),
+        environment: polpo_api::scope::Environment::Test,
+    };
+    let events = polpo_api::store::events::list_after(&s.app.db.pool, &scope, 0, 100)
+        .await
+        .unwrap();
+    let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        &names[..4],
+        [
+            "session:created",
+            "message:added",
+            "message:added",
+            "completion:finished"
+        ]
+    );
+    assert!(events.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    let finished: Value = serde_json::from_str(&events[3].payload).unwrap();
+    assert_eq!(finished["agent"], "a");
+    assert_eq!(finished["finishReason"], "stop");
+    assert_eq!(finished["stream"], false);
+    assert!(finished["timestamp"].is_string());
+
+    assert_eq!(
+        s.app
+            .delete(&format!("/v1/chat/sessions/{session}"), &s.app.test_key)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        s.app
+            .get(&format!("/v1/chat/sessions/{session}"), &s.app.test_key)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        s.app
+            .get(&format!("/v1/chat/sessions/{session}/messages"), &s.app.test_key)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
