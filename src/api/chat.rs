@@ -1,5 +1,5 @@
 //! `POST /v1/chat/completions`: the OpenAI-compatible endpoint (spec §3). Errors here use the
-//! OpenAI shape (§3.11); the app middleware renders them.
+//! OpenAI shape (§3.11); `middleware::errors` renders them.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
