@@ -2,7 +2,8 @@
 //!
 //! - `cli`: operator commands (serve, migrate, projects, keys)
 //! - `config`: settings from defaults, file, environment and flags
-//! - `app`: shared state, router, request middleware, serve
+//! - `app`: shared state, router, serve
+//! - `middleware`: request id and access log, metrics, error shapes, authentication; one file each
 //! - `error`: the one error type and its two JSON shapes
 //! - `auth`: API key format, verification, cache, request context, and operator key actions
 //! - `api`: HTTP handlers, one file per resource, and the OpenAPI document
@@ -26,6 +27,7 @@ pub mod events;
 pub mod field;
 pub mod ids;
 pub mod metrics;
+pub mod middleware;
 pub mod providers;
 pub mod runtime;
 pub mod scope;

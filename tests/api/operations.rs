@@ -102,6 +102,33 @@ async fn metrics_cover_providers_and_open_streams() {
 }
 
 #[tokio::test]
+async fn made_up_methods_do_not_grow_the_metrics() {
+    let app = TestApp::spawn().await;
+    // Anyone may send any method token, key or not: each must not become a series of its own.
+    app.call("FOO0", "/v1/agents", None, None).await;
+    app.call("FOO0", "/v1/agents", Some(&app.test_key), None).await;
+    // A read of /metrics is counted after it is rendered: the first read adds its own series.
+    app.call("GET", "/metrics", None, None).await;
+    let before = app.call("GET", "/metrics", None, None).await.text;
+
+    let made_up: Vec<String> = (1..=1000).map(|i| format!("FOO{i}")).collect();
+    for (i, method) in made_up.iter().enumerate() {
+        let key = (i % 2 == 0).then_some(app.test_key.as_str());
+        let response = app.call(method, "/v1/agents", key, None).await;
+        assert!(response.status.is_client_error(), "{method}: {}", response.status);
+    }
+    let after = app.call("GET", "/metrics", None, None).await.text;
+
+    assert_eq!(after.lines().count(), before.lines().count(), "{after}");
+    assert!(!after.contains("FOO"), "a made-up method became a label: {after}");
+    assert!(
+        after.contains(r#"polpo_http_requests_total{method="other",route="/v1/agents",status="401"} 501"#),
+        "{after}"
+    );
+    assert!(after.contains(r#"polpo_http_requests_total{method="other",route="/v1/agents",status="405"} 501"#));
+}
+
+#[tokio::test]
 async fn metrics_can_be_switched_off() {
     let mut config = Config::default();
     config.metrics.enabled = false;

@@ -1,0 +1,49 @@
+//! Every failure answers with a JSON body, in the shape its path calls for (spec §1.6, §3.11).
+
+use axum::extract::Request;
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::error::{ApiError, ErrorReport, ErrorShape};
+
+/// The path whose errors use the OpenAI shape (spec §3.11).
+const OPENAI_SHAPED_PATH: &str = "/v1/chat/completions";
+
+/// The error shape of a request path.
+pub fn shape_for(path: &str) -> ErrorShape {
+    if path == OPENAI_SHAPED_PATH {
+        ErrorShape::OpenAi
+    } else {
+        ErrorShape::Rest
+    }
+}
+
+pub async fn normalize(req: Request, next: Next) -> Response {
+    let shape = shape_for(req.uri().path());
+    let response = next.run(req).await;
+    if response.status().is_client_error() || response.status().is_server_error() {
+        normalize_error(response, shape)
+    } else {
+        response
+    }
+}
+
+/// Gives every error a JSON body of the right shape: ours are re-rendered for the OpenAI path;
+/// framework answers (wrong method, body limit) get one built from their status. Headers such
+/// as `Allow` are kept.
+fn normalize_error(response: Response, shape: ErrorShape) -> Response {
+    let report = response.extensions().get::<ErrorReport>().cloned();
+    if report.is_some() && shape == ErrorShape::Rest {
+        return response;
+    }
+    let report = report.unwrap_or_else(|| ApiError::from_status(response.status()).report());
+    let (parts, _) = response.into_parts();
+    let mut fresh = report.into_response(shape);
+    for (name, value) in &parts.headers {
+        if *name == header::ALLOW || name.as_str().starts_with("x-") || name.as_str().starts_with("retry-after") {
+            fresh.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    fresh
+}

@@ -1,0 +1,30 @@
+//! The request middleware, one concern a file, and the order in which it wraps the routes.
+
+mod auth;
+mod errors;
+mod metrics;
+mod request_log;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::middleware::{from_fn, from_fn_with_state};
+
+use crate::app::AppState;
+
+/// Wraps every route (and the fallback) in the request middleware. Layers are added after routing
+/// so that `MatchedPath` is known; the last one added runs first:
+///
+/// 1. `request_log`, outermost, so that every answer, including a refusal, gets a request id
+///    and an access line, and everything inside runs in the request span;
+/// 2. `metrics`, so that refusals and framework answers are counted, with their final status;
+/// 3. `errors`, so that every failure below it, the auth refusal included, gets the JSON shape of
+///    its path;
+/// 4. `auth`, innermost, so that nothing past it runs for a caller without a valid key.
+pub fn apply(router: Router<AppState>, state: &AppState) -> Router<AppState> {
+    router
+        .layer(from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(from_fn(errors::normalize))
+        .layer(from_fn_with_state(Arc::clone(&state.runtime.metrics), metrics::record))
+        .layer(from_fn(request_log::log))
+}
