@@ -25,37 +25,39 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
-/// Serde helpers for `i64` milliseconds written as RFC 3339 strings.
-pub mod serde_ms {
-    use serde::{Deserialize, Deserializer, Serializer};
+/// A moment as the API shows it: stored as milliseconds since the epoch, written and read as
+/// RFC 3339 with milliseconds in UTC (spec §0.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub i64);
 
-    pub fn serialize<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::format_ms(*ms))
+impl Timestamp {
+    pub fn now() -> Self {
+        Self(now_ms())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-        let text = String::deserialize(d)?;
-        super::parse_rfc3339(&text).ok_or_else(|| serde::de::Error::custom("invalid timestamp"))
+    pub fn ms(self) -> i64 {
+        self.0
     }
+}
 
-    pub mod option {
-        use serde::{Deserialize, Deserializer, Serializer};
+impl From<i64> for Timestamp {
+    fn from(ms: i64) -> Self {
+        Self(ms)
+    }
+}
 
-        pub fn serialize<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
-            match ms {
-                Some(ms) => s.serialize_str(&super::super::format_ms(*ms)),
-                None => s.serialize_none(),
-            }
-        }
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_ms(self.0))
+    }
+}
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-            match Option::<String>::deserialize(d)? {
-                Some(text) => super::super::parse_rfc3339(&text)
-                    .map(Some)
-                    .ok_or_else(|| serde::de::Error::custom("invalid timestamp")),
-                None => Ok(None),
-            }
-        }
+impl<'de> serde::Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        parse_rfc3339(&text)
+            .map(Self)
+            .ok_or_else(|| serde::de::Error::custom("invalid timestamp"))
     }
 }
 
@@ -69,5 +71,15 @@ mod tests {
         assert_eq!(format_ms(1_767_225_600_042), "2026-01-01T00:00:00.042Z");
         assert_eq!(parse_rfc3339("2026-01-01T01:00:00+01:00"), Some(1_767_225_600_000));
         assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+
+    #[test]
+    fn timestamps_round_trip_through_json() {
+        let t = Timestamp(1_767_225_600_042);
+        let text = serde_json::to_string(&t).unwrap_or_default();
+        assert_eq!(text, "\"2026-01-01T00:00:00.042Z\"");
+        assert_eq!(serde_json::from_str::<Timestamp>(&text).ok(), Some(t));
+        assert!(serde_json::from_str::<Timestamp>("\"soon\"").is_err());
+        assert_eq!(serde_json::to_string(&None::<Timestamp>).unwrap_or_default(), "null");
     }
 }

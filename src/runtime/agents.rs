@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::clock;
+use crate::clock::{self, Timestamp};
 use crate::error::ApiError;
 use crate::field::Field;
 use crate::ids;
@@ -38,12 +38,10 @@ pub struct Agent {
     pub temperature: Option<f64>,
     pub max_tokens: Option<i64>,
     pub metadata: BTreeMap<String, String>,
-    #[serde(with = "clock::serde_ms")]
     #[schema(value_type = String, format = DateTime)]
-    pub created_at: i64,
-    #[serde(with = "clock::serde_ms")]
+    pub created_at: Timestamp,
     #[schema(value_type = String, format = DateTime)]
-    pub updated_at: i64,
+    pub updated_at: Timestamp,
 }
 
 /// The identity block of spec §2.1; every member optional.
@@ -231,8 +229,8 @@ pub async fn create(db: &Db, scope: &Scope, changes: AgentChanges) -> Result<Age
         temperature: None,
         max_tokens: None,
         metadata: BTreeMap::new(),
-        created_at: now,
-        updated_at: now,
+        created_at: Timestamp(now),
+        updated_at: Timestamp(now),
     };
     agent.apply(changes);
     resolve_reports_to(db, scope, &mut agent).await?;
@@ -263,8 +261,8 @@ pub async fn update(db: &Db, scope: &Scope, id_or_name: &str, changes: AgentChan
     if reports_to_changed {
         resolve_reports_to(db, scope, &mut agent).await?;
     }
-    agent.updated_at = clock::now_ms().max(agent.updated_at);
-    if !store::agents::update(&db.pool, scope, &agent.id, &agent.to_body()?, agent.updated_at).await? {
+    agent.updated_at = Timestamp::now().max(agent.updated_at);
+    if !store::agents::update(&db.pool, scope, &agent.id, &agent.to_body()?, agent.updated_at.ms()).await? {
         return Err(not_found(id_or_name));
     }
     Ok(agent)
@@ -291,9 +289,8 @@ pub async fn list(db: &Db, scope: &Scope, after: Option<&str>, fetch: i64) -> Re
 #[serde(rename_all = "camelCase")]
 pub struct Memory {
     pub content: String,
-    #[serde(with = "clock::serde_ms::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
-    pub updated_at: Option<i64>,
+    pub updated_at: Option<Timestamp>,
     /// The agent's name; only on agent memory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
@@ -305,7 +302,7 @@ pub async fn read_memory(db: &Db, scope: &Scope, agent: Option<&Agent>) -> Resul
     let row = store::memory::get(&db.pool, scope, owner).await?;
     Ok(Memory {
         content: row.as_ref().map(|r| r.content.clone()).unwrap_or_default(),
-        updated_at: row.map(|r| r.updated_at),
+        updated_at: row.map(|r| Timestamp(r.updated_at)),
         agent: agent.map(|a| a.name.clone()),
     })
 }
@@ -316,7 +313,7 @@ pub async fn write_memory(db: &Db, scope: &Scope, agent: Option<&Agent>, content
     store::memory::put(&db.pool, scope, owner, &content, now).await?;
     Ok(Memory {
         content,
-        updated_at: Some(now),
+        updated_at: Some(Timestamp(now)),
         agent: agent.map(|a| a.name.clone()),
     })
 }

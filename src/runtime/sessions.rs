@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::clock;
+use crate::clock::Timestamp;
 use crate::error::ApiError;
 use crate::providers::types::{ChatMessage, Role, ToolCall, content_text};
 use crate::runtime::agents;
@@ -27,12 +27,10 @@ pub struct Session {
     pub user: Option<String>,
     pub metadata: BTreeMap<String, String>,
     pub message_count: i64,
-    #[serde(with = "clock::serde_ms")]
     #[schema(value_type = String, format = DateTime)]
-    pub created_at: i64,
-    #[serde(with = "clock::serde_ms")]
+    pub created_at: Timestamp,
     #[schema(value_type = String, format = DateTime)]
-    pub updated_at: i64,
+    pub updated_at: Timestamp,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -67,9 +65,8 @@ pub struct Message {
     pub model: Option<String>,
     pub finish_reason: Option<String>,
     pub usage: Option<StoredUsage>,
-    #[serde(with = "clock::serde_ms")]
     #[schema(value_type = String, format = DateTime)]
-    pub created_at: i64,
+    pub created_at: Timestamp,
 }
 
 impl Session {
@@ -81,8 +78,8 @@ impl Session {
             agent: row.agent,
             user: row.user,
             message_count: row.message_count,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
+            created_at: Timestamp(row.created_at),
+            updated_at: Timestamp(row.updated_at),
         })
     }
 }
@@ -110,7 +107,7 @@ impl Message {
             tool_call_id: row.tool_call_id,
             model: row.model,
             finish_reason: row.finish_reason,
-            created_at: row.created_at,
+            created_at: Timestamp(row.created_at),
         })
     }
 }

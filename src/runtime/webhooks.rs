@@ -7,7 +7,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::Runtime;
-use crate::clock;
+use crate::clock::{self, Timestamp};
 use crate::error::ApiError;
 use crate::events::filter::Filter;
 use crate::events::webhooks;
@@ -30,12 +30,10 @@ pub struct Webhook {
     /// Only in the create response; never shown again.
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<String>,
-    #[serde(with = "clock::serde_ms")]
     #[schema(value_type = String, format = DateTime)]
-    created_at: i64,
-    #[serde(with = "clock::serde_ms")]
+    created_at: Timestamp,
     #[schema(value_type = String, format = DateTime)]
-    updated_at: i64,
+    updated_at: Timestamp,
 }
 
 impl Webhook {
@@ -46,8 +44,8 @@ impl Webhook {
             id: row.id,
             url: row.url,
             description: row.description,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
+            created_at: Timestamp(row.created_at),
+            updated_at: Timestamp(row.updated_at),
         })
     }
 }
@@ -63,16 +61,13 @@ pub struct Delivery {
     attempts: i64,
     last_status_code: Option<i64>,
     last_error: Option<String>,
-    #[serde(with = "clock::serde_ms::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
-    last_attempt_at: Option<i64>,
-    #[serde(with = "clock::serde_ms::option")]
+    last_attempt_at: Option<Timestamp>,
     #[schema(value_type = Option<String>, format = DateTime)]
-    next_attempt_at: Option<i64>,
+    next_attempt_at: Option<Timestamp>,
     duration_ms: Option<i64>,
-    #[serde(with = "clock::serde_ms")]
     #[schema(value_type = String, format = DateTime)]
-    created_at: i64,
+    created_at: Timestamp,
 }
 
 impl Delivery {
@@ -85,10 +80,10 @@ impl Delivery {
             attempts: row.attempts,
             last_status_code: row.last_status_code,
             last_error: row.last_error,
-            last_attempt_at: row.last_attempt_at,
-            next_attempt_at: pending.then_some(row.next_attempt_at),
+            last_attempt_at: row.last_attempt_at.map(Timestamp),
+            next_attempt_at: pending.then_some(Timestamp(row.next_attempt_at)),
             duration_ms: row.duration_ms,
-            created_at: row.created_at,
+            created_at: Timestamp(row.created_at),
         }
     }
 }
