@@ -12,7 +12,7 @@ use crate::field::Field;
 use crate::ids;
 use crate::providers::types::Reasoning;
 use crate::scope::Scope;
-use crate::store::{self, Db};
+use crate::store::{self, Db, ResultExt};
 
 pub const ID_PREFIX: &str = "agt_";
 
@@ -239,14 +239,13 @@ pub async fn create(db: &Db, scope: &Scope, changes: AgentChanges) -> Result<Age
         name: agent.name.clone(),
         body: agent.to_body()?,
     };
-    match store::agents::insert(&db.pool, scope, &row, now).await {
-        Ok(()) => Ok(agent),
-        Err(e) if store::is_unique_violation(&e, store::agents::NAME_CONSTRAINT) => Err(ApiError::Conflict {
+    store::agents::insert(&db.pool, scope, &row, now)
+        .await
+        .on_unique(store::agents::NAME_CONSTRAINT, || ApiError::Conflict {
             message: format!("an agent named {:?} already exists", agent.name),
             details: None,
-        }),
-        Err(e) => Err(e.into()),
-    }
+        })?;
+    Ok(agent)
 }
 
 pub async fn update(db: &Db, scope: &Scope, id_or_name: &str, changes: AgentChanges) -> Result<Agent, ApiError> {

@@ -1,24 +1,15 @@
 //! The event log: `events` rows and the per-scope `event_counters` row that numbers them.
 
-use sqlx::Row;
-
-use super::Exec;
+use super::{Exec, scoped, scoped_as, scoped_scalar};
 use crate::scope::Scope;
 
 /// Takes `count` sequence numbers for the scope and returns the last one. The counter row stays
 /// locked until the transaction ends, which serialises event-writing commits per scope.
 pub async fn reserve<'c>(ex: impl Exec<'c>, scope: &Scope, count: i64) -> Result<i64, sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO event_counters (project, environment, last_seq) VALUES ($1, $2, $3)
-         ON CONFLICT (project, environment) DO UPDATE SET last_seq = event_counters.last_seq + $3
-         RETURNING last_seq",
-    )
-    .bind(&scope.project)
-    .bind(scope.environment.as_str())
-    .bind(count)
-    .fetch_one(ex)
-    .await?
-    .try_get(0)
+    let sql = "INSERT INTO event_counters (project, environment, last_seq) VALUES ($1, $2, $3)
+               ON CONFLICT (project, environment) DO UPDATE SET last_seq = event_counters.last_seq + $3
+               RETURNING last_seq";
+    scoped_scalar(sql, scope).bind(count).fetch_one(ex).await
 }
 
 /// Inserts `(name, payload)` entries numbered from `first_seq`, in one statement.
@@ -43,10 +34,7 @@ pub async fn insert_many<'c>(
         "INSERT INTO events (project, environment, seq, name, payload, created_at) VALUES {}",
         rows.join(", ")
     );
-    let mut query = sqlx::query(&sql)
-        .bind(&scope.project)
-        .bind(scope.environment.as_str())
-        .bind(created_at);
+    let mut query = scoped(&sql, scope).bind(created_at);
     for (seq, (name, payload)) in (first_seq..).zip(entries) {
         query = query.bind(seq).bind(name).bind(payload);
     }
@@ -55,7 +43,7 @@ pub async fn insert_many<'c>(
 }
 
 /// A stored event.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct EventRow {
     pub seq: i64,
     pub name: String,
@@ -69,54 +57,29 @@ pub async fn list_after<'c>(
     after: i64,
     limit: i64,
 ) -> Result<Vec<EventRow>, sqlx::Error> {
-    sqlx::query(
-        "SELECT seq, name, payload FROM events WHERE project = $1 AND environment = $2 AND seq > $3
-         ORDER BY seq LIMIT $4",
-    )
-    .bind(&scope.project)
-    .bind(scope.environment.as_str())
-    .bind(after)
-    .bind(limit)
-    .fetch_all(ex)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(EventRow {
-            seq: r.try_get("seq")?,
-            name: r.try_get("name")?,
-            payload: r.try_get("payload")?,
-        })
-    })
-    .collect()
+    let sql = "SELECT seq, name, payload FROM events WHERE project = $1 AND environment = $2 AND seq > $3
+               ORDER BY seq LIMIT $4";
+    scoped_as(sql, scope).bind(after).bind(limit).fetch_all(ex).await
 }
 
 /// The last committed sequence number of the scope (0 before its first event).
 pub async fn latest<'c>(ex: impl Exec<'c>, scope: &Scope) -> Result<i64, sqlx::Error> {
-    let row = sqlx::query("SELECT last_seq FROM event_counters WHERE project = $1 AND environment = $2")
-        .bind(&scope.project)
-        .bind(scope.environment.as_str())
-        .fetch_optional(ex)
-        .await?;
-    row.map_or(Ok(0), |r| r.try_get(0))
+    let sql = "SELECT last_seq FROM event_counters WHERE project = $1 AND environment = $2";
+    let last = scoped_scalar(sql, scope).fetch_optional(ex).await?;
+    Ok(last.unwrap_or(0))
 }
 
 /// The oldest retained sequence number, if any event is retained.
 pub async fn oldest<'c>(ex: impl Exec<'c>, scope: &Scope) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query("SELECT MIN(seq) FROM events WHERE project = $1 AND environment = $2")
-        .bind(&scope.project)
-        .bind(scope.environment.as_str())
-        .fetch_one(ex)
-        .await?
-        .try_get(0)
+    // MIN over no rows is one row holding NULL: `fetch_one` into an `Option`.
+    let sql = "SELECT MIN(seq) FROM events WHERE project = $1 AND environment = $2";
+    scoped_scalar(sql, scope).fetch_one(ex).await
 }
 
 /// Deletes events created before `before` (retention, spec §7.3 rule 4); returns how many.
 pub async fn purge<'c>(ex: impl Exec<'c>, before: i64) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM events WHERE created_at < $1")
-        .bind(before)
-        .execute(ex)
-        .await?;
-    Ok(done.rows_affected())
+    let sql = "DELETE FROM events WHERE created_at < $1";
+    Ok(sqlx::query(sql).bind(before).execute(ex).await?.rows_affected())
 }
 
 /// The Postgres channel whose notifications wake event feeds; the payload is

@@ -3,8 +3,6 @@
 //! On Postgres an advisory lock serialises instances that start together, so each migration is
 //! applied exactly once; every migration runs in its own transaction with its bookkeeping row.
 
-use sqlx::Row;
-
 use super::{Backend, Db, StoreError};
 
 struct Migration {
@@ -93,26 +91,24 @@ async fn apply_pending(
 }
 
 async fn applied_versions(conn: &mut sqlx::AnyConnection) -> Result<Vec<i64>, sqlx::Error> {
-    let rows = sqlx::query("SELECT version FROM polpo_migrations")
+    sqlx::query_scalar("SELECT version FROM polpo_migrations")
         .fetch_all(conn)
-        .await?;
-    rows.iter().map(|r| r.try_get::<i64, _>(0)).collect()
+        .await
 }
 
 /// Versions the code knows that the database has not applied (for `serve --no-migrate`).
 pub async fn pending(db: &Db) -> Result<Vec<i64>, StoreError> {
     let mut conn = db.pool.acquire().await?;
-    let exists = match db.backend {
+    let exists: i64 = match db.backend {
         Backend::Sqlite => {
-            sqlx::query("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'polpo_migrations'")
+            sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'polpo_migrations'")
         }
         Backend::Postgres => {
-            sqlx::query("SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'polpo_migrations'")
+            sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'polpo_migrations'")
         }
     }
     .fetch_one(&mut *conn)
-    .await?
-    .try_get::<i64, _>(0)?;
+    .await?;
     let applied = if exists > 0 {
         applied_versions(&mut conn).await?
     } else {

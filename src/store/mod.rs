@@ -15,8 +15,11 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor};
+use sqlx::any::{AnyArguments, AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::query::{Query, QueryAs, QueryScalar};
+use sqlx::{Any, AnyPool, Executor, FromRow};
+
+use crate::scope::Scope;
 
 /// What store functions accept: the pool, a pooled connection or a transaction.
 pub trait Exec<'c>: Executor<'c, Database = sqlx::Any> {}
@@ -150,12 +153,61 @@ pub fn read_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Resu
     serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(format!("stored {what} is not readable: {e}").into()))
 }
 
-/// True when `err` is a violation of the unique constraint `name` (Postgres names it; SQLite
-/// reports the columns, so any unique violation matches there).
-pub fn is_unique_violation(err: &sqlx::Error, name: &str) -> bool {
-    match err {
-        sqlx::Error::Database(db) if db.is_unique_violation() => db.constraint().is_none_or(|c| c == name),
-        _ => false,
+// Scoped statements: every table is keyed by (project, environment), so scoped SQL reserves
+// `$1` for the project and `$2` for the environment; callers bind their own values from `$3` on.
+
+/// A scoped statement that returns no rows (or whose rows are not read).
+pub fn scoped<'q>(sql: &'q str, scope: &'q Scope) -> Query<'q, Any, AnyArguments<'q>> {
+    sqlx::query(sql).bind(&scope.project).bind(scope.environment.as_str())
+}
+
+/// A scoped statement whose rows decode into `T` by column name.
+pub fn scoped_as<'q, T>(sql: &'q str, scope: &'q Scope) -> QueryAs<'q, Any, T, AnyArguments<'q>>
+where
+    T: for<'r> FromRow<'r, AnyRow>,
+{
+    sqlx::query_as(sql)
+        .bind(&scope.project)
+        .bind(scope.environment.as_str())
+}
+
+/// A scoped statement that returns one value per row, read by position: aggregate columns are
+/// named differently by each backend (`count` on Postgres, `COUNT(*)` on SQLite).
+pub fn scoped_scalar<'q, T>(sql: &'q str, scope: &'q Scope) -> QueryScalar<'q, Any, T, AnyArguments<'q>>
+where
+    (T,): for<'r> FromRow<'r, AnyRow>,
+{
+    sqlx::query_scalar(sql)
+        .bind(&scope.project)
+        .bind(scope.environment.as_str())
+}
+
+/// Runs a statement aimed at one row; `true` when it changed that row (`false`: the row is gone,
+/// or a condition in the statement did not hold).
+pub async fn changed_one<'q, 'c>(
+    ex: impl Exec<'c>,
+    query: Query<'q, Any, AnyArguments<'q>>,
+) -> Result<bool, sqlx::Error> {
+    Ok(query.execute(ex).await?.rows_affected() == 1)
+}
+
+/// Maps a unique violation to a caller's error (for example a `409`); other errors convert as usual.
+pub trait ResultExt<T> {
+    /// `f()` when the error violates the unique constraint `constraint`. Postgres names the
+    /// constraint; SQLite reports the columns only, so any unique violation matches there.
+    fn on_unique<E: From<sqlx::Error>>(self, constraint: &str, f: impl FnOnce() -> E) -> Result<T, E>;
+}
+
+impl<T> ResultExt<T> for Result<T, sqlx::Error> {
+    fn on_unique<E: From<sqlx::Error>>(self, constraint: &str, f: impl FnOnce() -> E) -> Result<T, E> {
+        self.map_err(|err| match &err {
+            sqlx::Error::Database(db)
+                if db.is_unique_violation() && db.constraint().is_none_or(|c| c == constraint) =>
+            {
+                f()
+            }
+            _ => E::from(err),
+        })
     }
 }
 

@@ -1,9 +1,8 @@
 //! The `projects` table.
 
-use sqlx::Row;
+use super::{Exec, changed_one};
 
-use super::Exec;
-
+#[derive(sqlx::FromRow)]
 pub struct ProjectRow {
     pub slug: String,
     pub created_at: i64,
@@ -11,41 +10,24 @@ pub struct ProjectRow {
 
 /// Inserts the project; `false` when the slug already exists.
 pub async fn insert<'c>(ex: impl Exec<'c>, slug: &str, created_at: i64) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("INSERT INTO projects (slug, created_at) VALUES ($1, $2) ON CONFLICT (slug) DO NOTHING")
-        .bind(slug)
-        .bind(created_at)
-        .execute(ex)
-        .await?;
-    Ok(done.rows_affected() == 1)
+    let sql = "INSERT INTO projects (slug, created_at) VALUES ($1, $2) ON CONFLICT (slug) DO NOTHING";
+    changed_one(ex, sqlx::query(sql).bind(slug).bind(created_at)).await
 }
 
 pub async fn list<'c>(ex: impl Exec<'c>) -> Result<Vec<ProjectRow>, sqlx::Error> {
-    let rows = sqlx::query("SELECT slug, created_at FROM projects ORDER BY created_at, slug")
+    sqlx::query_as("SELECT slug, created_at FROM projects ORDER BY created_at, slug")
         .fetch_all(ex)
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(ProjectRow {
-                slug: r.try_get("slug")?,
-                created_at: r.try_get("created_at")?,
-            })
-        })
-        .collect()
+        .await
 }
 
 pub async fn exists<'c>(ex: impl Exec<'c>, slug: &str) -> Result<bool, sqlx::Error> {
-    let row = sqlx::query("SELECT COUNT(*) FROM projects WHERE slug = $1")
-        .bind(slug)
-        .fetch_one(ex)
-        .await?;
-    Ok(row.try_get::<i64, _>(0)? > 0)
+    let sql = "SELECT COUNT(*) FROM projects WHERE slug = $1";
+    let count: i64 = sqlx::query_scalar(sql).bind(slug).fetch_one(ex).await?;
+    Ok(count > 0)
 }
 
 pub async fn count<'c>(ex: impl Exec<'c>) -> Result<i64, sqlx::Error> {
-    sqlx::query("SELECT COUNT(*) FROM projects")
-        .fetch_one(ex)
-        .await?
-        .try_get(0)
+    sqlx::query_scalar("SELECT COUNT(*) FROM projects").fetch_one(ex).await
 }
 
 /// Holds the project's row lock until the transaction ends, so that checks over all of a

@@ -1,12 +1,9 @@
 //! Webhooks and their delivery records (spec §8).
 
-use sqlx::Row;
-use sqlx::any::AnyRow;
-
-use super::Exec;
+use super::{Exec, changed_one, scoped, scoped_as, scoped_scalar};
 use crate::scope::{Environment, Scope};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct WebhookRow {
     pub id: String,
     pub url: String,
@@ -26,7 +23,7 @@ pub struct ScopedWebhook {
     pub webhook: WebhookRow,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeliveryRow {
     pub seq: i64,
     pub event: String,
@@ -46,76 +43,41 @@ const WEBHOOK_COLUMNS: &str = "id, url, events, description, secret, cursor, cre
 const DELIVERY_COLUMNS: &str = "seq, event, payload, status, attempts, last_status_code, last_error, last_attempt_at, \
                                 next_attempt_at, duration_ms, lease_until, created_at";
 
-fn webhook(r: &AnyRow) -> Result<WebhookRow, sqlx::Error> {
-    Ok(WebhookRow {
-        id: r.try_get("id")?,
-        url: r.try_get("url")?,
-        events: r.try_get("events")?,
-        description: r.try_get("description")?,
-        secret: r.try_get("secret")?,
-        cursor: r.try_get("cursor")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
-    })
-}
-
-fn delivery(r: &AnyRow) -> Result<DeliveryRow, sqlx::Error> {
-    Ok(DeliveryRow {
-        seq: r.try_get("seq")?,
-        event: r.try_get("event")?,
-        payload: r.try_get("payload")?,
-        status: r.try_get("status")?,
-        attempts: r.try_get("attempts")?,
-        last_status_code: r.try_get("last_status_code")?,
-        last_error: r.try_get("last_error")?,
-        last_attempt_at: r.try_get("last_attempt_at")?,
-        next_attempt_at: r.try_get("next_attempt_at")?,
-        duration_ms: r.try_get("duration_ms")?,
-        lease_until: r.try_get("lease_until")?,
-        created_at: r.try_get("created_at")?,
-    })
+/// A webhook row with its scope columns, for reads across scopes.
+#[derive(sqlx::FromRow)]
+struct ScopedWebhookRow {
+    project: String,
+    environment: String,
+    #[sqlx(flatten)]
+    webhook: WebhookRow,
 }
 
 pub async fn insert<'c>(ex: impl Exec<'c>, scope: &Scope, w: &WebhookRow) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO webhooks (project, environment, id, url, events, description, secret, cursor, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(&scope.project)
-    .bind(scope.environment.as_str())
-    .bind(&w.id)
-    .bind(&w.url)
-    .bind(&w.events)
-    .bind(&w.description)
-    .bind(&w.secret)
-    .bind(w.cursor)
-    .bind(w.created_at)
-    .bind(w.updated_at)
-    .execute(ex)
-    .await?;
+    let sql = "INSERT INTO webhooks (project, environment, id, url, events, description, secret, cursor, created_at,
+                                     updated_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+    scoped(sql, scope)
+        .bind(&w.id)
+        .bind(&w.url)
+        .bind(&w.events)
+        .bind(&w.description)
+        .bind(&w.secret)
+        .bind(w.cursor)
+        .bind(w.created_at)
+        .bind(w.updated_at)
+        .execute(ex)
+        .await?;
     Ok(())
 }
 
 pub async fn count<'c>(ex: impl Exec<'c>, scope: &Scope) -> Result<i64, sqlx::Error> {
-    sqlx::query("SELECT COUNT(*) FROM webhooks WHERE project = $1 AND environment = $2")
-        .bind(&scope.project)
-        .bind(scope.environment.as_str())
-        .fetch_one(ex)
-        .await?
-        .try_get(0)
+    let sql = "SELECT COUNT(*) FROM webhooks WHERE project = $1 AND environment = $2";
+    scoped_scalar(sql, scope).fetch_one(ex).await
 }
 
 pub async fn get<'c>(ex: impl Exec<'c>, scope: &Scope, id: &str) -> Result<Option<WebhookRow>, sqlx::Error> {
     let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE project = $1 AND environment = $2 AND id = $3");
-    sqlx::query(&sql)
-        .bind(&scope.project)
-        .bind(scope.environment.as_str())
-        .bind(id)
-        .fetch_optional(ex)
-        .await?
-        .as_ref()
-        .map(webhook)
-        .transpose()
+    scoped_as(&sql, scope).bind(id).fetch_optional(ex).await
 }
 
 pub async fn list<'c>(
@@ -127,72 +89,43 @@ pub async fn list<'c>(
     let sql = format!(
         "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE project = $1 AND environment = $2 AND id > $3 ORDER BY id LIMIT $4"
     );
-    sqlx::query(&sql)
-        .bind(&scope.project)
-        .bind(scope.environment.as_str())
-        .bind(after)
-        .bind(limit)
-        .fetch_all(ex)
-        .await?
-        .iter()
-        .map(webhook)
-        .collect()
+    scoped_as(&sql, scope).bind(after).bind(limit).fetch_all(ex).await
 }
 
 /// Every webhook of every scope (the worker's view).
 pub async fn all<'c>(ex: impl Exec<'c>) -> Result<Vec<ScopedWebhook>, sqlx::Error> {
     let sql = format!("SELECT project, environment, {WEBHOOK_COLUMNS} FROM webhooks ORDER BY id");
-    let rows = sqlx::query(&sql).fetch_all(ex).await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let environment: String = r.try_get("environment")?;
-        let Some(environment) = Environment::parse(&environment) else {
-            continue;
-        };
-        out.push(ScopedWebhook {
-            scope: Scope {
-                project: r.try_get("project")?,
-                environment,
-            },
-            webhook: webhook(r)?,
-        });
-    }
-    Ok(out)
+    let rows: Vec<ScopedWebhookRow> = sqlx::query_as(&sql).fetch_all(ex).await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
+            let environment = Environment::parse(&row.environment)?;
+            Some(ScopedWebhook {
+                scope: Scope {
+                    project: row.project,
+                    environment,
+                },
+                webhook: row.webhook,
+            })
+        })
+        .collect())
 }
 
 pub async fn delete<'c>(ex: impl Exec<'c>, scope: &Scope, id: &str) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM webhooks WHERE project = $1 AND environment = $2 AND id = $3")
-        .bind(&scope.project)
-        .bind(scope.environment.as_str())
-        .bind(id)
-        .execute(ex)
-        .await?;
-    Ok(done.rows_affected() == 1)
+    let sql = "DELETE FROM webhooks WHERE project = $1 AND environment = $2 AND id = $3";
+    changed_one(ex, scoped(sql, scope).bind(id)).await
 }
 
 pub async fn delete_deliveries<'c>(ex: impl Exec<'c>, scope: &Scope, webhook_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM webhook_deliveries WHERE project = $1 AND environment = $2 AND webhook_id = $3")
-        .bind(&scope.project)
-        .bind(scope.environment.as_str())
-        .bind(webhook_id)
-        .execute(ex)
-        .await?;
+    let sql = "DELETE FROM webhook_deliveries WHERE project = $1 AND environment = $2 AND webhook_id = $3";
+    scoped(sql, scope).bind(webhook_id).execute(ex).await?;
     Ok(())
 }
 
 /// Moves the fan-out cursor from `from` to `to`; `false` when another instance moved it first.
 pub async fn advance<'c>(ex: impl Exec<'c>, scope: &Scope, id: &str, from: i64, to: i64) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE webhooks SET cursor = $5 WHERE project = $1 AND environment = $2 AND id = $3 AND cursor = $4",
-    )
-    .bind(&scope.project)
-    .bind(scope.environment.as_str())
-    .bind(id)
-    .bind(from)
-    .bind(to)
-    .execute(ex)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    let sql = "UPDATE webhooks SET cursor = $5 WHERE project = $1 AND environment = $2 AND id = $3 AND cursor = $4";
+    changed_one(ex, scoped(sql, scope).bind(id).bind(from).bind(to)).await
 }
 
 pub async fn insert_delivery<'c>(
@@ -201,24 +134,21 @@ pub async fn insert_delivery<'c>(
     webhook_id: &str,
     d: &DeliveryRow,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO webhook_deliveries (project, environment, webhook_id, seq, event, payload, status, attempts,
-                                         next_attempt_at, lease_until, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
-    )
-    .bind(&scope.project)
-    .bind(scope.environment.as_str())
-    .bind(webhook_id)
-    .bind(d.seq)
-    .bind(&d.event)
-    .bind(&d.payload)
-    .bind(&d.status)
-    .bind(d.attempts)
-    .bind(d.next_attempt_at)
-    .bind(d.lease_until)
-    .bind(d.created_at)
-    .execute(ex)
-    .await?;
+    let sql = "INSERT INTO webhook_deliveries (project, environment, webhook_id, seq, event, payload, status, attempts,
+                                               next_attempt_at, lease_until, created_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING";
+    scoped(sql, scope)
+        .bind(webhook_id)
+        .bind(d.seq)
+        .bind(&d.event)
+        .bind(&d.payload)
+        .bind(&d.status)
+        .bind(d.attempts)
+        .bind(d.next_attempt_at)
+        .bind(d.lease_until)
+        .bind(d.created_at)
+        .execute(ex)
+        .await?;
     Ok(())
 }
 
@@ -229,15 +159,7 @@ pub async fn head<'c>(ex: impl Exec<'c>, scope: &Scope, webhook_id: &str) -> Res
          WHERE project = $1 AND environment = $2 AND webhook_id = $3 AND status = 'pending'
          ORDER BY seq LIMIT 1"
     );
-    sqlx::query(&sql)
-        .bind(&scope.project)
-        .bind(scope.environment.as_str())
-        .bind(webhook_id)
-        .fetch_optional(ex)
-        .await?
-        .as_ref()
-        .map(delivery)
-        .transpose()
+    scoped_as(&sql, scope).bind(webhook_id).fetch_optional(ex).await
 }
 
 /// Claims a pending delivery until `lease_until`; `false` when another worker holds it.
@@ -249,20 +171,15 @@ pub async fn claim<'c>(
     now: i64,
     lease_until: i64,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE webhook_deliveries SET lease_until = $6
-         WHERE project = $1 AND environment = $2 AND webhook_id = $3 AND seq = $4 AND status = 'pending'
-           AND lease_until < $5",
-    )
-    .bind(&scope.project)
-    .bind(scope.environment.as_str())
-    .bind(webhook_id)
-    .bind(seq)
-    .bind(now)
-    .bind(lease_until)
-    .execute(ex)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    let sql = "UPDATE webhook_deliveries SET lease_until = $6
+               WHERE project = $1 AND environment = $2 AND webhook_id = $3 AND seq = $4 AND status = 'pending'
+                 AND lease_until < $5";
+    let query = scoped(sql, scope)
+        .bind(webhook_id)
+        .bind(seq)
+        .bind(now)
+        .bind(lease_until);
+    changed_one(ex, query).await
 }
 
 /// Records an attempt, fenced by the lease this worker took.
@@ -273,25 +190,22 @@ pub async fn record<'c>(
     lease: i64,
     d: &DeliveryRow,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE webhook_deliveries SET status = $6, attempts = $7, last_status_code = $8, last_error = $9,
-                last_attempt_at = $10, next_attempt_at = $11, duration_ms = $12, lease_until = 0
-         WHERE project = $1 AND environment = $2 AND webhook_id = $3 AND seq = $4 AND lease_until = $5",
-    )
-    .bind(&scope.project)
-    .bind(scope.environment.as_str())
-    .bind(webhook_id)
-    .bind(d.seq)
-    .bind(lease)
-    .bind(&d.status)
-    .bind(d.attempts)
-    .bind(d.last_status_code)
-    .bind(&d.last_error)
-    .bind(d.last_attempt_at)
-    .bind(d.next_attempt_at)
-    .bind(d.duration_ms)
-    .execute(ex)
-    .await?;
+    let sql = "UPDATE webhook_deliveries SET status = $6, attempts = $7, last_status_code = $8, last_error = $9,
+                      last_attempt_at = $10, next_attempt_at = $11, duration_ms = $12, lease_until = 0
+               WHERE project = $1 AND environment = $2 AND webhook_id = $3 AND seq = $4 AND lease_until = $5";
+    scoped(sql, scope)
+        .bind(webhook_id)
+        .bind(d.seq)
+        .bind(lease)
+        .bind(&d.status)
+        .bind(d.attempts)
+        .bind(d.last_status_code)
+        .bind(&d.last_error)
+        .bind(d.last_attempt_at)
+        .bind(d.next_attempt_at)
+        .bind(d.duration_ms)
+        .execute(ex)
+        .await?;
     Ok(())
 }
 
@@ -309,25 +223,17 @@ pub async fn list_deliveries<'c>(
          WHERE project = $1 AND environment = $2 AND webhook_id = $3 AND ($4 = '' OR status = $4) AND seq > $5
          ORDER BY seq LIMIT $6"
     );
-    sqlx::query(&sql)
-        .bind(&scope.project)
-        .bind(scope.environment.as_str())
+    scoped_as(&sql, scope)
         .bind(webhook_id)
         .bind(status)
         .bind(after)
         .bind(limit)
         .fetch_all(ex)
-        .await?
-        .iter()
-        .map(delivery)
-        .collect()
+        .await
 }
 
 /// Deletes delivery records of events past retention.
 pub async fn purge_deliveries<'c>(ex: impl Exec<'c>, before: i64) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM webhook_deliveries WHERE created_at < $1")
-        .bind(before)
-        .execute(ex)
-        .await?;
-    Ok(done.rows_affected())
+    let sql = "DELETE FROM webhook_deliveries WHERE created_at < $1";
+    Ok(sqlx::query(sql).bind(before).execute(ex).await?.rows_affected())
 }
