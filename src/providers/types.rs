@@ -224,7 +224,8 @@ mod tests {
     }
 }
 
-/// How much the model should think before answering (spec §2.1 `reasoning`).
+// How much the model should think before answering (spec §2.1 `reasoning`). Not a doc comment:
+// it would become the schema's description in /v1/openapi.json.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Reasoning {
