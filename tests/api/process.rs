@@ -403,3 +403,158 @@ async fn sigterm_with_a_hundred_open_event_streams_exits_in_time() {
         assert!(stream.ended, "an event stream was left open");
     }
 }
+
+/// What one streaming client saw: the session it was given and every byte of its stream.
+struct Watched {
+    session: String,
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+/// The `data:` payloads of the complete frames of an SSE text (a frame cut by the closing
+/// connection is left out).
+fn complete_frames(text: &str) -> Vec<String> {
+    let mut blocks: Vec<&str> = text.split("\n\n").collect();
+    // The piece after the last separator is either empty or an unfinished frame.
+    blocks.pop();
+    blocks
+        .iter()
+        .flat_map(|block| block.lines())
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_fifty_chat_streams_stores_every_partial_reply() {
+    const STREAMS: usize = 50;
+    // `slow` streams a word every 100 ms for 20 s: far longer than the 2 s shutdown deadline.
+    let openai = crate::fakes::FakeProvider::openai().await;
+    let database = TestDatabase::new().await;
+    let config_path = database.dir.0.join("polpo.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[server]\nshutdown_timeout = \"2s\"\n\n[providers.openai]\nbase_url = \"{}\"\n",
+            openai.base_url
+        ),
+    )
+    .unwrap();
+    let mut server = ServerProcess::start(
+        &database.dir.0,
+        &[
+            ("DATABASE_URL", database.url.as_str()),
+            ("POLPO_CONFIG", config_path.to_str().unwrap()),
+            ("OPENAI_API_KEY", "sk-upstream-openai-secret"),
+        ],
+    );
+    let key = server.stdout_lines.last().cloned().expect("a sandbox key on stdout");
+    let created = post_json(
+        &server.base_url,
+        "/v1/agents",
+        &key,
+        serde_json::json!({"name": "talker", "model": "openai:slow"}),
+    )
+    .await;
+    assert_eq!(created.status(), 201);
+
+    // A stream stays open until the server stops: the shared client's 10 s limit could end it
+    // first on a loaded machine.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    // Opened together: each answer starts only once the provider's first word arrives.
+    let opened = futures_util::future::join_all((0..STREAMS).map(|i| {
+        http.post(format!("{}/v1/chat/completions", server.base_url))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({
+                "model": "talker", "stream": true,
+                "messages": [{"role": "user", "content": format!("client {i}, keep talking")}],
+            }))
+            .send()
+    }))
+    .await;
+    let mut watched = Vec::new();
+    for response in opened {
+        let mut response = response.unwrap();
+        assert_eq!(response.status(), 200);
+        let session = response.headers()["x-session-id"].to_str().unwrap().to_string();
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = text.clone();
+        let done = tokio::spawn(async move {
+            // A connection closed by the stopping server ends the loop like a finished body.
+            while let Ok(Some(bytes)) = response.chunk().await {
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&bytes));
+            }
+        });
+        watched.push(Watched { session, text, done });
+    }
+    let content_of = |text: &str| -> String {
+        complete_frames(text)
+            .iter()
+            .filter_map(|f| serde_json::from_str::<serde_json::Value>(f).ok())
+            .filter_map(|f| f["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+            .collect()
+    };
+    let all_talking = eventually(Duration::from_secs(30), || async {
+        watched
+            .iter()
+            .all(|w| content_of(&w.text.lock().unwrap()).contains("tick"))
+    })
+    .await;
+    assert!(all_talking, "not every stream received content");
+
+    let status = tokio::task::block_in_place(|| server.terminate(Duration::from_secs(20)))
+        .expect("exited within 20 s (deadline 2 s, then at most 5 s to save)");
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    assert!(server.log().contains("shutdown deadline reached"), "{}", server.log());
+
+    let mut told_unavailable = 0;
+    for w in &mut watched {
+        tokio::time::timeout(Duration::from_secs(5), &mut w.done)
+            .await
+            .expect("a client stream stayed open after the server exited")
+            .unwrap();
+        let text = w.text.lock().unwrap().clone();
+        let frames = complete_frames(&text);
+        assert!(!frames.iter().any(|f| f == "[DONE]"), "a stream finished: {text}");
+        for frame in &frames {
+            let frame: serde_json::Value = serde_json::from_str(frame).unwrap();
+            if let Some(error) = frame.get("error") {
+                assert_eq!(error["code"], "unavailable", "{text}");
+                told_unavailable += 1;
+            }
+        }
+    }
+
+    let db = polpo_api::store::Db::connect(Some(&database.url), 1).await.unwrap();
+    let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT session_id, content, finish_reason FROM chat_messages WHERE role = 'assistant' ORDER BY session_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    db.pool.close().await;
+    assert_eq!(rows.len(), STREAMS, "one assistant message per stream");
+    for w in &watched {
+        let (_, content, finish) = rows
+            .iter()
+            .find(|(session, _, _)| *session == w.session)
+            .unwrap_or_else(|| panic!("no reply stored for session {}", w.session));
+        assert_eq!(finish.as_deref(), Some("interrupted"));
+        let stored: String = serde_json::from_str(content).unwrap();
+        let received = content_of(&w.text.lock().unwrap());
+        assert!(received.contains("tick"));
+        // The reply is stored as the server had it; a frame may have been lost with the
+        // connection, never invented.
+        assert!(
+            stored.starts_with(&received),
+            "session {}: stored {stored:?}, the client received {received:?}",
+            w.session
+        );
+    }
+    // Replies are saved before their error frame goes out; the first ones are saved well
+    // within the half second the server gives streams to say why they end.
+    assert!(told_unavailable > 0, "no client was told the server is unavailable");
+}

@@ -358,3 +358,37 @@ async fn a_restart_between_attempts_loses_nothing() {
         .await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creations_cannot_pass_the_limit() {
+    let app = TestApp::spawn_with(loopback_config()).await;
+    let base = app.serve().await;
+    let http = crate::helpers::client();
+    let attempts = (0..30).map(|i| {
+        let request = http
+            .post(format!("{base}/v1/webhooks"))
+            .bearer_auth(&app.test_key)
+            .json(&json!({"url": format!("http://127.0.0.1:9/race{i}"), "events": ["*"]}));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        }
+    });
+    let answers = futures_util::future::join_all(attempts).await;
+    let count = |wanted: u16| answers.iter().filter(|(status, _)| *status == wanted).count();
+    let statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
+    let unexpected: Vec<&String> = answers
+        .iter()
+        .filter(|(status, _)| ![201, 409].contains(status))
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(
+        (count(201), count(409)),
+        (20, 10),
+        "30 concurrent creations against a limit of 20: {statuses:?} {unexpected:?}"
+    );
+    let listed = app.get("/v1/webhooks?limit=100", &app.test_key).await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.text);
+    assert_eq!(listed.json().as_array().unwrap().len(), 20);
+}
