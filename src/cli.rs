@@ -244,8 +244,9 @@ async fn serve(config: Config, no_migrate: bool) -> Result<(), String> {
             if tokio::time::timeout(deadline, &mut server).await.is_err() {
                 tracing::warn!("shutdown deadline reached; closing remaining streams");
                 rt.hard_stop.cancel();
-                // A moment for open streams to write their error frame; then their connections
-                // are closed with the server.
+                // A moment for open streams to write their error frame and end. Connections run
+                // in tasks of their own, which leaving this function does not close: every
+                // long-lived response must end on the hard stop by itself.
                 let _ = tokio::time::timeout(Duration::from_millis(500), &mut server).await;
             }
         }

@@ -161,8 +161,7 @@ impl Agent {
     }
 
     fn from_row(row: &store::agents::AgentRow) -> Result<Self, ApiError> {
-        serde_json::from_str(&row.body)
-            .map_err(|e| ApiError::internal(format!("agent {} has a bad document: {e}", row.id)))
+        Ok(store::read_json(&row.body, "agent document")?)
     }
 
     fn to_body(&self) -> Result<String, ApiError> {
