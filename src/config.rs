@@ -21,6 +21,7 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     pub upstream: UpstreamConfig,
     pub events: EventsConfig,
+    pub sessions: SessionsConfig,
     pub webhooks: WebhooksConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
@@ -105,6 +106,24 @@ impl Default for EventsConfig {
     }
 }
 
+/// Chat sessions (spec §3.6).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// How long a session that never received a message (its first call failed before the
+    /// provider answered) is kept, so that the client can retry in it; then it is deleted.
+    #[serde(deserialize_with = "de_duration")]
+    pub empty_retention: Duration,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            empty_retention: Duration::from_secs(3600),
+        }
+    }
+}
+
 /// Webhook delivery (spec §8).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -145,6 +164,9 @@ pub struct ProviderConfig {
     pub base_url: Option<String>,
     pub api_key_env: Option<String>,
     pub enabled: Option<bool>,
+    /// Models listed by `GET /v1/models` (spec §3.14); any model may still be named.
+    #[serde(default)]
+    pub models: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -18,6 +18,14 @@ impl<T> Field<T> {
         }
     }
 
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Field<U> {
+        match self {
+            Self::Absent => Field::Absent,
+            Self::Null => Field::Null,
+            Self::Value(v) => Field::Value(f(v)),
+        }
+    }
+
     pub fn is_absent(&self) -> bool {
         matches!(self, Self::Absent)
     }

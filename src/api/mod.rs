@@ -8,6 +8,7 @@ pub mod events;
 pub mod health;
 pub mod input;
 pub mod memory;
+pub mod models;
 pub mod sessions;
 pub mod webhooks;
 
@@ -76,6 +77,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(memory::get_agent_memory, memory::put_agent_memory))
         .routes(routes!(memory::get_project_memory, memory::put_project_memory))
         .routes(routes!(chat::create_chat_completion))
+        .routes(routes!(models::list_models))
+        .routes(routes!(models::get_model))
         .routes(routes!(sessions::list_sessions))
         .routes(routes!(sessions::get_session, sessions::delete_session))
         .routes(routes!(sessions::list_messages))

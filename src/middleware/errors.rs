@@ -7,12 +7,11 @@ use axum::response::Response;
 
 use crate::error::{ApiError, ErrorReport, ErrorShape};
 
-/// The path whose errors use the OpenAI shape (spec §3.11).
-const OPENAI_SHAPED_PATH: &str = "/v1/chat/completions";
-
-/// The error shape of a request path.
+/// The error shape of a request path: the OpenAI shape where only OpenAI clients call (chat
+/// completions, spec §3.11, and models, §3.14), the REST shape elsewhere.
 pub fn shape_for(path: &str) -> ErrorShape {
-    if path == OPENAI_SHAPED_PATH {
+    let models = path == "/v1/models" || path.starts_with("/v1/models/");
+    if path == "/v1/chat/completions" || models {
         ErrorShape::OpenAi
     } else {
         ErrorShape::Rest

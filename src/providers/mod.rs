@@ -88,6 +88,8 @@ pub struct Provider {
     /// The variable the key is read from, for error messages (`None`: no key needed).
     pub api_key_env: Option<String>,
     pub enabled: bool,
+    /// Models the operator lists for `GET /v1/models` (spec §3.14).
+    pub models: Vec<String>,
 }
 
 impl std::fmt::Debug for Provider {
@@ -206,7 +208,13 @@ impl Providers {
             api_key,
             api_key_env,
             enabled: table.enabled.unwrap_or(true),
+            models: table.models.clone(),
         }
+    }
+
+    /// Every usable provider, by name.
+    pub fn all_usable(&self) -> impl Iterator<Item = &Provider> {
+        self.by_name.values().filter(|p| p.usable())
     }
 
     pub fn get(&self, name: &str) -> Option<&Provider> {
@@ -215,11 +223,7 @@ impl Providers {
 
     /// Names of the providers a model may name right now.
     pub fn usable_names(&self) -> Vec<&str> {
-        self.by_name
-            .values()
-            .filter(|p| p.usable())
-            .map(|p| p.name.as_str())
-            .collect()
+        self.all_usable().map(|p| p.name.as_str()).collect()
     }
 
     /// Checks that `model` is in provider form and names a usable provider (and, for `mock`, a

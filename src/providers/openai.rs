@@ -119,6 +119,9 @@ pub fn to_wire(request: &ChatRequest, max_tokens_field: &str) -> Value {
         Some(Reasoning::Xhigh) => Some("xhigh"),
     };
     put("reasoning_effort", effort.map(|v| json!(v)));
+    for (key, value) in &p.openai_only {
+        body.insert(key.clone(), value.clone());
+    }
     Value::Object(body)
 }
 
@@ -143,6 +146,10 @@ pub fn parse_chunk(value: &Value) -> Result<Vec<Chunk>, ProviderError> {
     let mut out = Vec::new();
     if let Some(choice) = value.get("choices").and_then(Value::as_array).and_then(|c| c.first()) {
         let delta = choice.get("delta").unwrap_or(&Value::Null);
+        // Before the content they describe, so that the client sees them on the same chunk.
+        if let Some(logprobs) = choice.get("logprobs").filter(|l| l.is_object()) {
+            out.push(Chunk::Logprobs(logprobs.clone()));
+        }
         if let Some(text) = delta.get("content").and_then(Value::as_str).filter(|t| !t.is_empty()) {
             out.push(Chunk::Text(text.to_string()));
         }

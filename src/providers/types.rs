@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::Stream;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +100,10 @@ pub struct Params {
     pub response_format: Option<Value>,
     pub user: Option<String>,
     pub reasoning: Option<Reasoning>,
+    /// Parameters only OpenAI-kind providers understand (`logprobs`, `top_logprobs`,
+    /// `logit_bias`, `store`, `service_tier`, …; spec §3.2), forwarded to them as given and
+    /// ignored by the others.
+    pub openai_only: Map<String, Value>,
 }
 
 /// What a provider is asked: `model` is the provider-side name (after `provider:`).
@@ -149,6 +153,9 @@ pub enum Chunk {
     Finish(FinishReason),
     /// Token counts, whenever the provider reports them.
     Usage(Usage),
+    /// The provider's `logprobs` object for the content that follows (OpenAI-kind providers,
+    /// when asked), passed to the client unchanged.
+    Logprobs(Value),
 }
 
 /// A provider failure, as the client may be told about it (spec §3.9). Details meant for the

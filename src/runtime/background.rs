@@ -1,6 +1,6 @@
 //! Work that runs beside the requests until shutdown, every loop a tracked task: the Postgres
 //! listener that wakes event feeds for other instances' commits, the webhook delivery worker,
-//! and the retention purge.
+//! and the retention purge (old events and deliveries, empty chat sessions).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +29,8 @@ impl Runtime {
     }
 }
 
-/// Deletes events and webhook deliveries past `events.retention` (spec §7.3 rule 4).
+/// Deletes events and webhook deliveries past `events.retention` (spec §7.3 rule 4), and chat
+/// sessions that stayed empty past `sessions.empty_retention`.
 async fn purge(rt: Runtime) {
     let mut every = tokio::time::interval(PURGE_EVERY);
     loop {
@@ -46,6 +47,15 @@ async fn purge(rt: Runtime) {
         }
         if let Err(e) = store::webhooks::purge_deliveries(&rt.db.pool, cutoff).await {
             tracing::warn!(error = %e, "webhook delivery purge failed");
+        }
+        // A session whose first call failed before the provider answered stays empty; it is
+        // kept for a while so that the client can retry in it (spec §3.6 rule 5).
+        let empty_for = i64::try_from(rt.config.sessions.empty_retention.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = crate::clock::now_ms().saturating_sub(empty_for);
+        match store::chat::purge_empty_sessions(&rt.db.pool, cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "purged empty chat sessions"),
+            Err(e) => tracing::warn!(error = %e, "empty session purge failed"),
         }
     }
 }

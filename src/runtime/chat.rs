@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::clock;
+use crate::config::ProviderKind;
 use crate::error::ApiError;
 use crate::ids;
 use crate::providers::split_model;
@@ -41,6 +42,7 @@ struct Target {
     model: String,
     client: Arc<dyn ModelClient>,
     provider: String,
+    kind: ProviderKind,
     provider_model: String,
 }
 
@@ -63,6 +65,7 @@ fn provider_target(rt: &Runtime, agent: Option<Agent>, model: &str) -> Result<Ta
         model: model.to_string(),
         client,
         provider: provider.name.clone(),
+        kind: provider.kind,
         provider_model: parsed.model.to_string(),
     })
 }
@@ -162,6 +165,19 @@ pub async fn start(
     interrupt: Option<Interrupt>,
 ) -> Result<Turn, StartError> {
     let target = resolve_target(rt, scope, &request).await?;
+    // Only OpenAI-kind providers return log probabilities (spec §3.2); `false` is always fine.
+    let logprobs = request.params.openai_only.get("logprobs") == Some(&serde_json::Value::Bool(true));
+    if logprobs && target.kind != ProviderKind::Openai {
+        return Err(ApiError::BadRequest {
+            message: format!(
+                "logprobs: true needs an OpenAI-kind provider; {:?} cannot return log probabilities",
+                target.model
+            ),
+            param: Some("logprobs".into()),
+            fields: BTreeMap::new(),
+        }
+        .into());
+    }
     let agent_name = target.agent.as_ref().map(|a| a.name.clone());
 
     let existing = match session_header.filter(|h| *h != "new") {
@@ -292,7 +308,8 @@ async fn compose_request(
             messages.push(ChatMessage::text(Role::System, text));
             params.temperature = params.temperature.or(agent.temperature);
             params.max_tokens = params.max_tokens.or(agent.max_tokens);
-            params.reasoning = agent.reasoning;
+            // The request's `reasoning_effort` overrides the agent's `reasoning` (spec §3.2).
+            params.reasoning = params.reasoning.or(agent.reasoning);
         }
         None => messages.extend(system.into_iter().cloned()),
     }

@@ -97,6 +97,8 @@ impl Reply {
                 self.usage = Some(*usage);
                 return None;
             }
+            // Shown to the client, not stored.
+            Chunk::Logprobs(_) => {}
         }
         Some(chunk)
     }

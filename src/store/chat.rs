@@ -62,7 +62,7 @@ pub async fn get_session<'c>(ex: impl Exec<'c>, scope: &Scope, id: &str) -> Resu
     scoped_as(&sql, scope).bind(id).fetch_optional(ex).await
 }
 
-/// A page of sessions; `agent` and `user` filter when non-empty.
+/// A page of sessions that hold at least one message; `agent` and `user` filter when non-empty.
 pub async fn list_sessions<'c>(
     ex: impl Exec<'c>,
     scope: &Scope,
@@ -73,7 +73,7 @@ pub async fn list_sessions<'c>(
 ) -> Result<Vec<SessionRow>, sqlx::Error> {
     let sql = format!(
         "SELECT {SESSION_COLUMNS} FROM chat_sessions
-         WHERE project = $1 AND environment = $2 AND id > $3
+         WHERE project = $1 AND environment = $2 AND id > $3 AND message_count > 0
            AND ($4 = '' OR agent = $4) AND ($5 = '' OR user_id = $5)
          ORDER BY id LIMIT $6"
     );
@@ -97,6 +97,16 @@ pub async fn touch_session<'c>(
     let sql = "UPDATE chat_sessions SET message_count = message_count + $4, updated_at = $5
                WHERE project = $1 AND environment = $2 AND id = $3";
     changed_one(ex, scoped(sql, scope).bind(id).bind(added).bind(now)).await
+}
+
+/// Deletes sessions of every scope that never received a message and were created before
+/// `before`; returns how many.
+pub async fn purge_empty_sessions<'c>(ex: impl Exec<'c>, before: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM chat_sessions WHERE message_count = 0 AND created_at < $1")
+        .bind(before)
+        .execute(ex)
+        .await?;
+    Ok(done.rows_affected())
 }
 
 pub async fn delete_session<'c>(ex: impl Exec<'c>, scope: &Scope, id: &str) -> Result<bool, sqlx::Error> {

@@ -36,9 +36,10 @@ async fn every_route_without_a_key_answers_401_unauthorized() {
         }
         let response = app.call(&method, &concrete_path(&template), None, None).await;
         assert_eq!(response.status, StatusCode::UNAUTHORIZED, "{method} {template}");
-        // The chat completions path answers in the OpenAI error shape (spec §3.11).
+        // The chat completions and models paths answer in the OpenAI error shape (spec §3.11,
+        // §3.14).
         let body = response.json();
-        let code = if template == "/v1/chat/completions" {
+        let code = if template == "/v1/chat/completions" || template.starts_with("/v1/models") {
             &body["error"]["code"]
         } else {
             &body["code"]

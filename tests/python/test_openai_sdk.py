@@ -1,5 +1,5 @@
-"""The official OpenAI Python SDK against polpo-api (spec §3.1): plain, streamed and tool-calling
-requests, and the errors users see. Run by the Rust test `sdk::the_official_openai_python_sdk_works`,
+"""The official OpenAI Python SDK against polpo-api (spec §3.1, §3.2, §3.14): plain, streamed and
+tool-calling requests, the parameters frameworks send by default, models, and the errors users see. Run by the Rust test `sdk::the_official_openai_python_sdk_works`,
 which starts the server and fake providers and passes their coordinates in the environment."""
 
 import json
@@ -159,6 +159,49 @@ class Errors(unittest.TestCase):
             client().chat.completions.create(model="gpt-cut", messages=[{"role": "user", "content": "hi"}])
         self.assertEqual(caught.exception.status_code, 502)
         self.assertEqual(caught.exception.code, "upstream_error")
+
+
+class FrameworkDefaults(unittest.TestCase):
+    # Parameters OpenAI defines that clients and frameworks send by default (spec §3.2): accepted
+    # in gateway mode and forwarded to an OpenAI-kind provider in agent mode.
+    DEFAULTS = {"store": False, "logprobs": False, "top_logprobs": 0, "reasoning_effort": "low",
+                "service_tier": "auto", "prompt_cache_key": "k", "safety_identifier": "u1",
+                "verbosity": "low", "modalities": ["text"]}
+
+    def test_frameworks_defaults_are_accepted(self):
+        for model in ["mock/echo", "echo-agent"]:
+            for stream in (False, True):
+                with self.subTest(model=model, stream=stream):
+                    result = client().chat.completions.create(
+                        model=model, messages=[{"role": "user", "content": "defaults"}], stream=stream,
+                        **self.DEFAULTS)
+                    if stream:
+                        text = "".join(c.choices[0].delta.content or "" for c in result if c.choices)
+                    else:
+                        text = result.choices[0].message.content
+                    self.assertEqual(text, "defaults")
+
+
+class Models(unittest.TestCase):
+    def test_list_names_the_agents_and_the_mock_models(self):
+        models = {m.id: m for m in client().models.list().data}
+        self.assertIn("gpt-agent", models)
+        self.assertEqual(models["gpt-agent"].object, "model")
+        self.assertEqual(models["gpt-agent"].owned_by, "agent")
+        self.assertEqual(models["gpt-agent"].model_extra["polpo"]["model"], "openai:ok")
+        self.assertIn("mock/echo", models)
+        self.assertEqual(models["mock/echo"].owned_by, "mock")
+
+    def test_retrieve(self):
+        agent = client().models.retrieve("gpt-agent")
+        self.assertEqual((agent.id, agent.object, agent.owned_by), ("gpt-agent", "model", "agent"))
+        self.assertIsInstance(agent.created, int)
+        self.assertTrue(agent.model_extra["polpo"]["agentId"].startswith("agt_"))
+        echo = client().models.retrieve("mock/echo")
+        self.assertEqual((echo.id, echo.object, echo.owned_by), ("mock/echo", "model", "mock"))
+        with self.assertRaises(openai.NotFoundError) as caught:
+            client().models.retrieve("nope")
+        self.assertEqual(caught.exception.code, "not_found")
 
 
 if __name__ == "__main__":

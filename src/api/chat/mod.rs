@@ -2,6 +2,7 @@
 //! is in `request`, the OpenAI answer shapes in `render`; errors here use the OpenAI shape
 //! (§3.11), which the error middleware renders.
 
+mod extras;
 mod render;
 mod request;
 

@@ -21,10 +21,46 @@ pub(super) struct Completion {
 
 impl Completion {
     fn chunk(&self, delta: Value, finish: Option<FinishReason>) -> Value {
+        self.chunk_with(delta, Value::Null, finish)
+    }
+
+    fn chunk_with(&self, delta: Value, logprobs: Value, finish: Option<FinishReason>) -> Value {
         json!({
             "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish.map(FinishReason::as_str)}]
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish.map(FinishReason::as_str)}]
         })
+    }
+}
+
+/// The `logprobs` of a whole answer: the provider's per-chunk `content` (and `refusal`) lists
+/// joined in order; `null` when the provider sent none.
+#[derive(Default)]
+struct Logprobs {
+    seen: bool,
+    content: Vec<Value>,
+    refusal: Vec<Value>,
+}
+
+impl Logprobs {
+    fn add(&mut self, chunk: &Value) {
+        self.seen = true;
+        for (key, list) in [("content", &mut self.content), ("refusal", &mut self.refusal)] {
+            if let Some(items) = chunk.get(key).and_then(Value::as_array) {
+                list.extend(items.iter().cloned());
+            }
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        if !self.seen {
+            return Value::Null;
+        }
+        let refusal = if self.refusal.is_empty() {
+            Value::Null
+        } else {
+            Value::Array(self.refusal.clone())
+        };
+        json!({"content": self.content, "refusal": refusal})
     }
 }
 
@@ -41,7 +77,7 @@ fn delta_json(chunk: &Chunk) -> Value {
         Chunk::ToolCallArguments { index, arguments } => {
             json!({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]})
         }
-        Chunk::Finish(_) | Chunk::Usage(_) => json!({}),
+        Chunk::Finish(_) | Chunk::Usage(_) | Chunk::Logprobs(_) => json!({}),
     }
 }
 
@@ -60,12 +96,18 @@ pub(super) fn stream_frames(
     async_stream::stream! {
         let _open = guard;
         yield data(&completion.chunk(json!({"role": "assistant", "content": ""}), None));
+        // The provider's logprobs come just before the content they describe and go out on
+        // the same chunk.
+        let mut logprobs = Value::Null;
         while let Some(event) = events.recv().await {
             match event {
                 TurnEvent::Started => {}
-                TurnEvent::Delta(chunk) => yield data(&completion.chunk(delta_json(&chunk), None)),
+                TurnEvent::Delta(Chunk::Logprobs(value)) => logprobs = value,
+                TurnEvent::Delta(chunk) => {
+                    yield data(&completion.chunk_with(delta_json(&chunk), logprobs.take(), None));
+                }
                 TurnEvent::Completed { finish, usage } => {
-                    yield data(&completion.chunk(json!({}), Some(finish)));
+                    yield data(&completion.chunk_with(json!({}), logprobs.take(), Some(finish)));
                     if include_usage {
                         yield data(&json!({
                             "id": completion.id, "object": "chat.completion.chunk", "created": completion.created,
@@ -91,9 +133,11 @@ pub(super) async fn collect(
 ) -> Result<Value, ApiError> {
     let mut text = String::new();
     let mut calls: BTreeMap<u32, StoredToolCall> = BTreeMap::new();
+    let mut logprobs = Logprobs::default();
     while let Some(event) = events.recv().await {
         match event {
             TurnEvent::Started => {}
+            TurnEvent::Delta(Chunk::Logprobs(value)) => logprobs.add(&value),
             TurnEvent::Delta(Chunk::Text(t)) => text.push_str(&t),
             TurnEvent::Delta(Chunk::ToolCallStart { index, id, name }) => {
                 calls.insert(
@@ -125,7 +169,7 @@ pub(super) async fn collect(
                 return Ok(json!({
                     "id": completion.id, "object": "chat.completion", "created": completion.created,
                     "model": completion.model,
-                    "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish.as_str()}],
+                    "choices": [{"index": 0, "message": message, "logprobs": logprobs.to_json(), "finish_reason": finish.as_str()}],
                     "usage": usage_json(usage),
                 }));
             }

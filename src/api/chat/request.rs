@@ -3,12 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::api::input::{Field, Fields, JsonObject};
 use crate::error::ApiError;
 use crate::providers::types::{ChatMessage, Params, Role, ToolCall};
 use crate::runtime::chat::CompletionRequest;
+
+use super::extras;
 
 const FIELDS: &[&str] = &[
     "messages",
@@ -173,7 +175,12 @@ pub(super) fn read_request(body: JsonObject) -> Result<CompletionRequest, ApiErr
     let tools = take("tools");
     let tool_choice = take("tool_choice");
     let response_format = take("response_format");
-    let mut f = Fields::new(object, FIELDS, &[]);
+    let structured: Map<String, Value> = extras::STRUCTURED
+        .iter()
+        .filter_map(|key| take(key).map(|v| ((*key).to_string(), v)))
+        .collect();
+    let known: Vec<&str> = FIELDS.iter().chain(extras::FIELDS).copied().collect();
+    let mut f = Fields::new(object, &known, &[]);
     let mut messages = Vec::new();
     match messages_value {
         Some(Value::Array(items)) if !items.is_empty() => {
@@ -200,8 +207,12 @@ pub(super) fn read_request(body: JsonObject) -> Result<CompletionRequest, ApiErr
             false
         }
         Some(Value::Object(o)) => {
-            if o.keys().any(|k| k != "include_usage") {
-                f.error("stream_options".into(), "only include_usage is supported");
+            // `include_obfuscation` only pads OpenAI's own chunks: accepted and ignored.
+            if o.keys().any(|k| k != "include_usage" && k != "include_obfuscation") {
+                f.error(
+                    "stream_options".into(),
+                    "only include_usage and include_obfuscation are supported",
+                );
             }
             o.get("include_usage").and_then(Value::as_bool).unwrap_or(false)
         }
@@ -293,6 +304,7 @@ pub(super) fn read_request(body: JsonObject) -> Result<CompletionRequest, ApiErr
     {
         f.error("n".into(), "only 1 is supported");
     }
+    let extras = extras::read(&mut f, structured);
     f.finish()?;
     Ok(CompletionRequest {
         messages,
@@ -313,7 +325,8 @@ pub(super) fn read_request(body: JsonObject) -> Result<CompletionRequest, ApiErr
             parallel_tool_calls,
             response_format,
             user,
-            reasoning: None,
+            reasoning: extras.reasoning,
+            openai_only: extras.openai_only,
         },
         metadata: metadata.into_iter().collect::<BTreeMap<_, _>>(),
     })

@@ -3,6 +3,7 @@
 
 mod completions;
 mod failures;
+mod parameters;
 mod sessions;
 mod streaming;
 mod tools;

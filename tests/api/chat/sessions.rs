@@ -1,10 +1,14 @@
-//! Chat sessions: the stored history given to the model once, refused sessions, and the session
-//! endpoints.
+//! Chat sessions: the stored history given to the model once, refused sessions, the session
+//! endpoints, and sessions left empty by failed calls.
+
+use std::time::Duration;
 
 use axum::http::StatusCode;
+use polpo_api::config::Config;
 use serde_json::{Value, json};
 
 use super::{setup, user};
+use crate::helpers::eventually;
 
 #[tokio::test]
 async fn sessions_give_the_model_the_stored_history_once() {
@@ -178,5 +182,55 @@ async fn session_endpoints_list_read_and_delete() {
             .await
             .status,
         StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn failed_calls_leave_no_listed_session_and_empty_ones_are_removed_later() {
+    let s = setup().await;
+    let key = &s.app.test_key;
+    let mut failed = Vec::new();
+    for _ in 0..10 {
+        let body = json!({"model": "mock/error-429", "messages": user("hi")});
+        let response = s.chat(body, None).await;
+        assert_eq!(response.status, StatusCode::TOO_MANY_REQUESTS, "{}", response.text);
+        failed.push(response.header("x-session-id").unwrap().to_string());
+    }
+    let listed = s.app.get("/v1/chat/sessions", key).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert_eq!(listed.json(), json!([]), "no empty session is listed");
+    // Each is still there to retry in (spec §3.6 rule 5), and a retry that succeeds lists it.
+    let retried = &failed[0];
+    assert_eq!(
+        s.app.get(&format!("/v1/chat/sessions/{retried}"), key).await.status,
+        StatusCode::OK
+    );
+    let body = json!({"model": "mock/echo", "messages": user("hi")});
+    assert_eq!(s.chat(body, Some(retried)).await.status, StatusCode::OK);
+    let listed = s.app.get("/v1/chat/sessions", key).await.json();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["id"], retried.as_str());
+
+    // An instance whose retention is zero removes the empty ones when its purge runs (first at
+    // start), and keeps the one with messages.
+    let mut config = Config::default();
+    config.sessions.empty_retention = Duration::ZERO;
+    let _other = s.app.another_instance(config).await;
+    let last = failed.last().unwrap();
+    let gone = eventually(Duration::from_secs(10), || async {
+        s.app.get(&format!("/v1/chat/sessions/{last}"), key).await.status == StatusCode::NOT_FOUND
+    })
+    .await;
+    assert!(gone, "the empty session was not removed");
+    for id in &failed[1..] {
+        assert_eq!(
+            s.app.get(&format!("/v1/chat/sessions/{id}"), key).await.status,
+            StatusCode::NOT_FOUND,
+            "{id}"
+        );
+    }
+    assert_eq!(
+        s.app.get(&format!("/v1/chat/sessions/{retried}"), key).await.status,
+        StatusCode::OK
     );
 }

@@ -28,8 +28,27 @@ fn chunk(model: &str, choices: Value, usage: Option<Value>) -> String {
 }
 
 fn delta(model: &str, delta: Value, finish_reason: Value) -> String {
-    let choice = json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason});
+    delta_with(model, delta, Value::Null, finish_reason)
+}
+
+fn delta_with(model: &str, delta: Value, logprobs: Value, finish_reason: Value) -> String {
+    let choice = json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason});
     chunk(model, json!([choice]), None)
+}
+
+/// OpenAI's `logprobs` object for one content delta when the request asked for them: the piece
+/// as one token, with `top_logprobs` alternatives.
+pub fn logprobs_of(piece: &str, request: &Value) -> Value {
+    if request["logprobs"] != true {
+        return Value::Null;
+    }
+    let token = |text: &str, logprob: f64| json!({"token": text, "logprob": logprob, "bytes": text.as_bytes()});
+    let top: Vec<Value> = (0..request["top_logprobs"].as_u64().unwrap_or(0))
+        .map(|i| token(&format!("{piece}#{i}"), -1.0 - i as f64))
+        .collect();
+    let mut entry = token(piece, -0.25);
+    entry["top_logprobs"] = json!(top);
+    json!({"content": [entry], "refusal": null})
 }
 
 impl Wire for OpenAi {
@@ -99,7 +118,7 @@ impl Wire for OpenAi {
             Reply::Text(text) => {
                 let deltas = Reply::chunks(text)
                     .into_iter()
-                    .map(|c| delta(model, json!({"content": c}), Value::Null));
+                    .map(|c| delta_with(model, json!({"content": c}), logprobs_of(&c, request), Value::Null));
                 (deltas.collect(), "stop")
             }
             Reply::Tool { name } => {
