@@ -23,6 +23,8 @@ pub struct Config {
     pub events: EventsConfig,
     pub sessions: SessionsConfig,
     pub webhooks: WebhooksConfig,
+    pub workers: WorkersConfig,
+    pub assessment: AssessmentConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -122,6 +124,37 @@ impl Default for SessionsConfig {
             empty_retention: Duration::from_secs(3600),
         }
     }
+}
+
+/// The task runner (spec §5.8).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersConfig {
+    /// Attempts one instance runs at once.
+    pub max_concurrent_tasks: usize,
+    /// How long a claim holds a task without a heartbeat.
+    #[serde(deserialize_with = "de_duration")]
+    pub lease_duration: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_tasks: 8,
+            lease_duration: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Task review (spec §5.7 step 3).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssessmentConfig {
+    /// The reviewer model; `None`: the attempt's own model.
+    pub model: Option<String>,
 }
 
 /// Webhook delivery (spec §8).

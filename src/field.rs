@@ -2,8 +2,9 @@
 //! `null`, or a value (spec §0.4 rule 6). The HTTP layer reads it; the runtime applies it.
 
 /// Absent (keep), `null` (clear or reset), or a value (set).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub enum Field<T> {
+    #[default]
     Absent,
     Null,
     Value(T),

@@ -48,6 +48,16 @@ pub const UPSTREAM_FIRST_CHUNK: Desc = Desc {
     help: "Time from sending a provider request to its first chunk.",
     kind: Kind::Histogram,
 };
+pub const TASK_ATTEMPTS: Desc = Desc {
+    name: "polpo_task_attempts_total",
+    help: "Task attempts by how they ended: passed, fix, retried, failed, timeout, interrupted, lost.",
+    kind: Kind::Counter,
+};
+pub const TASKS: Desc = Desc {
+    name: "polpo_tasks",
+    help: "Tasks in the database by status, read at scrape time.",
+    kind: Kind::Gauge,
+};
 pub const WEBHOOK_DELIVERIES: Desc = Desc {
     name: "polpo_webhook_deliveries_total",
     help: "Webhook delivery attempts, by outcome.",
@@ -104,6 +114,15 @@ impl Metrics {
         self.with_series(desc, pairs, |series| {
             if let Series::Value(v) = series {
                 *v += delta;
+            }
+        });
+    }
+
+    /// Sets a gauge.
+    pub fn set(&self, desc: Desc, pairs: &[(&str, &str)], value: f64) {
+        self.with_series(desc, pairs, |series| {
+            if let Series::Value(v) = series {
+                *v = value;
             }
         });
     }

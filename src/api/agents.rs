@@ -282,9 +282,9 @@ pub async fn delete_agent(
     Path(id_or_name): Path<String>,
     mut query: QueryParams,
 ) -> Result<Response, ApiError> {
-    let _force = query.flag("force")?;
+    let force = query.flag("force")?;
     query.finish()?;
-    agents::delete(&rt.db, &auth.scope, &id_or_name).await?;
+    agents::delete(&rt, &auth.scope, &id_or_name, force).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -3,6 +3,7 @@
 //! without being documented.
 
 pub mod agents;
+pub mod approvals;
 pub mod chat;
 pub mod events;
 pub mod health;
@@ -10,6 +11,7 @@ pub mod input;
 pub mod memory;
 pub mod models;
 pub mod sessions;
+pub mod tasks;
 pub mod webhooks;
 
 use std::sync::LazyLock;
@@ -82,6 +84,18 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::list_sessions))
         .routes(routes!(sessions::get_session, sessions::delete_session))
         .routes(routes!(sessions::list_messages))
+        .routes(routes!(tasks::list_tasks, tasks::create_task))
+        .routes(routes!(tasks::get_task, tasks::update_task, tasks::delete_task))
+        .routes(routes!(tasks::run_task))
+        .routes(routes!(tasks::pause_task))
+        .routes(routes!(tasks::retry_task))
+        .routes(routes!(tasks::kill_task))
+        .routes(routes!(tasks::reassess_task))
+        .routes(routes!(tasks::queue_task))
+        .routes(routes!(approvals::list_approvals))
+        .routes(routes!(approvals::get_approval))
+        .routes(routes!(approvals::approve_approval))
+        .routes(routes!(approvals::reject_approval))
         .routes(routes!(events::stream_events))
         .routes(routes!(events::event_history))
         .routes(routes!(webhooks::list_webhooks, webhooks::create_webhook))

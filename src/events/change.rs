@@ -17,21 +17,34 @@ pub struct Change {
     tx: Transaction<'static, sqlx::Any>,
     hub: Arc<Hub>,
     backend: Backend,
-    scope: Scope,
+    /// Whose log the events go to; set before commit when the change began without it.
+    scope: Option<Scope>,
     at: i64,
     events: Vec<Event>,
 }
 
 impl Change {
     pub async fn begin(db: &Db, hub: &Arc<Hub>, scope: &Scope) -> Result<Self, sqlx::Error> {
+        let mut change = Self::begin_unscoped(db, hub).await?;
+        change.scope = Some(scope.clone());
+        Ok(change)
+    }
+
+    /// A change whose scope is learnt from what it reads first (the task runner claims a task
+    /// of any scope); [`Change::set_scope`] must be called before events are committed.
+    pub async fn begin_unscoped(db: &Db, hub: &Arc<Hub>) -> Result<Self, sqlx::Error> {
         Ok(Self {
             tx: db.pool.begin().await?,
             hub: Arc::clone(hub),
             backend: db.backend,
-            scope: scope.clone(),
+            scope: None,
             at: crate::clock::now_ms(),
             events: Vec::new(),
         })
+    }
+
+    pub fn set_scope(&mut self, scope: &Scope) {
+        self.scope = Some(scope.clone());
     }
 
     /// The change's time in milliseconds: rows and events of one change carry the same instant.
@@ -51,10 +64,18 @@ impl Change {
 
     /// Appends the events, commits, then wakes this instance's feeds.
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
-        append(&mut self.tx, self.backend, &self.scope, self.at, &self.events).await?;
+        if let Some(scope) = &self.scope {
+            append(&mut self.tx, self.backend, scope, self.at, &self.events).await?;
+        } else if !self.events.is_empty() {
+            return Err(sqlx::Error::Protocol(
+                "events emitted in a change without a scope".into(),
+            ));
+        }
         self.tx.commit().await?;
-        if !self.events.is_empty() {
-            self.hub.wake(&self.scope);
+        if let Some(scope) = &self.scope
+            && !self.events.is_empty()
+        {
+            self.hub.wake(scope);
         }
         Ok(())
     }

@@ -42,6 +42,9 @@ pub struct Hub {
     tasks: TaskTracker,
     /// Woken with every local commit of events, for the webhook worker.
     pub committed: Arc<Notify>,
+    /// Woken with every commit of events, local or (on Postgres) from another instance: the
+    /// task runner looks for runnable work then.
+    pub runnable: Arc<Notify>,
 }
 
 /// A live subscription; dropping it unsubscribes.
@@ -73,6 +76,7 @@ impl Hub {
             shutdown,
             tasks,
             committed: Arc::new(Notify::new()),
+            runnable: Arc::new(Notify::new()),
         }
     }
 
@@ -127,6 +131,7 @@ impl Hub {
     /// Called after a commit that wrote events of `scope`.
     pub fn wake(&self, scope: &Scope) {
         self.committed.notify_one();
+        self.runnable.notify_one();
         if let Some(feed) = self.feeds.lock().unwrap_or_else(|p| p.into_inner()).get(&key(scope)) {
             feed.wake.notify_one();
         }

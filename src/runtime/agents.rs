@@ -164,8 +164,13 @@ impl Agent {
         Ok(store::read_json(&row.body, "agent document")?)
     }
 
-    fn to_body(&self) -> Result<String, ApiError> {
-        serde_json::to_string(self).map_err(ApiError::internal)
+    fn to_row(&self) -> Result<store::agents::AgentRow, ApiError> {
+        Ok(store::agents::AgentRow {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            body: serde_json::to_string(self).map_err(ApiError::internal)?,
+            max_concurrency: self.max_concurrency,
+        })
     }
 }
 
@@ -233,12 +238,7 @@ pub async fn create(db: &Db, scope: &Scope, changes: AgentChanges) -> Result<Age
     };
     agent.apply(changes);
     resolve_reports_to(db, scope, &mut agent).await?;
-    let row = store::agents::AgentRow {
-        id: agent.id.clone(),
-        name: agent.name.clone(),
-        body: agent.to_body()?,
-    };
-    store::agents::insert(&db.pool, scope, &row, now)
+    store::agents::insert(&db.pool, scope, &agent.to_row()?, now)
         .await
         .on_unique(store::agents::NAME_CONSTRAINT, || ApiError::Conflict {
             message: format!("an agent named {:?} already exists", agent.name),
@@ -260,20 +260,35 @@ pub async fn update(db: &Db, scope: &Scope, id_or_name: &str, changes: AgentChan
         resolve_reports_to(db, scope, &mut agent).await?;
     }
     agent.updated_at = Timestamp::now().max(agent.updated_at);
-    if !store::agents::update(&db.pool, scope, &agent.id, &agent.to_body()?, agent.updated_at.ms()).await? {
+    if !store::agents::update(&db.pool, scope, &agent.to_row()?, agent.updated_at.ms()).await? {
         return Err(not_found(id_or_name));
     }
     Ok(agent)
 }
 
-/// Deletes the agent and its memory in one transaction. Tasks do not exist in this version of
-/// the store, so `force` has nothing to stop yet.
-pub async fn delete(db: &Db, scope: &Scope, id_or_name: &str) -> Result<(), ApiError> {
-    let agent = get(db, scope, id_or_name).await?;
-    let mut tx = db.pool.begin().await?;
-    let deleted = store::agents::delete(&mut *tx, scope, &agent.id).await?;
-    store::memory::delete(&mut *tx, scope, &agent.id).await?;
-    tx.commit().await?;
+/// Deletes the agent and its memory (spec §2.2 rule 2). Its open tasks block the deletion
+/// (`409` naming up to 10), unless `force`, which fails them first (`agent_deleted`).
+pub async fn delete(rt: &super::Runtime, scope: &Scope, id_or_name: &str, force: bool) -> Result<(), ApiError> {
+    let agent = get(&rt.db, scope, id_or_name).await?;
+    let mut change = rt.change(scope).await?;
+    let open = store::tasks::live_of_agent(change.conn(), scope, &agent.name).await?;
+    if !open.is_empty() && !force {
+        let shown: Vec<&String> = open.iter().take(10).collect();
+        return Err(ApiError::Conflict {
+            message: format!(
+                "agent {:?} has {} open task(s); delete with force=true to fail them",
+                agent.name,
+                open.len()
+            ),
+            details: Some(serde_json::json!({"taskIds": shown})),
+        });
+    }
+    for id in &open {
+        super::tasks::actions::stop_for(&mut change, scope, id, "agent_deleted", "the agent was deleted").await?;
+    }
+    let deleted = store::agents::delete(change.conn(), scope, &agent.id).await?;
+    store::memory::delete(change.conn(), scope, &agent.id).await?;
+    change.commit().await?;
     if deleted { Ok(()) } else { Err(not_found(id_or_name)) }
 }
 

@@ -1,6 +1,6 @@
 //! Work that runs beside the requests until shutdown, every loop a tracked task: the Postgres
 //! listener that wakes event feeds for other instances' commits, the webhook delivery worker,
-//! and the retention purge (old events and deliveries, empty chat sessions).
+//! the task runner, and the retention purge (old events and deliveries, empty chat sessions).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +26,7 @@ impl Runtime {
         };
         self.spawn(worker.run());
         self.spawn(purge(self.clone()));
+        self.spawn(super::tasks::runner::run(self.clone()));
     }
 }
 

@@ -79,6 +79,11 @@ impl Runtime {
         Change::begin(&self.db, &self.hub, scope).await
     }
 
+    /// The write path for a change whose scope it learns from what it reads first.
+    pub async fn change_unscoped(&self) -> Result<Change, sqlx::Error> {
+        Change::begin_unscoped(&self.db, &self.hub).await
+    }
+
     /// After the server stopped: lets tracked work end, waiting at most `within`. True when
     /// everything ended in time.
     pub async fn drain(&self, within: Duration) -> bool {

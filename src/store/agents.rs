@@ -9,18 +9,22 @@ pub struct AgentRow {
     pub id: String,
     pub name: String,
     pub body: String,
+    /// Kept beside the document so that the task runner can check it when it claims.
+    #[sqlx(default)]
+    pub max_concurrency: Option<i64>,
 }
 
 /// The unique constraint behind "duplicate name" (`409`).
 pub const NAME_CONSTRAINT: &str = "agents_name_key";
 
 pub async fn insert<'c>(ex: impl Exec<'c>, scope: &Scope, row: &AgentRow, created_at: i64) -> Result<(), sqlx::Error> {
-    let sql = "INSERT INTO agents (project, environment, id, name, body, created_at, updated_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $6)";
+    let sql = "INSERT INTO agents (project, environment, id, name, body, max_concurrency, created_at, updated_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $7)";
     scoped(sql, scope)
         .bind(&row.id)
         .bind(&row.name)
         .bind(&row.body)
+        .bind(row.max_concurrency)
         .bind(created_at)
         .execute(ex)
         .await?;
@@ -41,12 +45,17 @@ pub async fn get_by_name<'c>(ex: impl Exec<'c>, scope: &Scope, name: &str) -> Re
 pub async fn update<'c>(
     ex: impl Exec<'c>,
     scope: &Scope,
-    id: &str,
-    body: &str,
+    row: &AgentRow,
     updated_at: i64,
 ) -> Result<bool, sqlx::Error> {
-    let sql = "UPDATE agents SET body = $4, updated_at = $5 WHERE project = $1 AND environment = $2 AND id = $3";
-    changed_one(ex, scoped(sql, scope).bind(id).bind(body).bind(updated_at)).await
+    let sql = "UPDATE agents SET body = $4, max_concurrency = $5, updated_at = $6
+               WHERE project = $1 AND environment = $2 AND id = $3";
+    let query = scoped(sql, scope)
+        .bind(&row.id)
+        .bind(&row.body)
+        .bind(row.max_concurrency)
+        .bind(updated_at);
+    changed_one(ex, query).await
 }
 
 pub async fn delete<'c>(ex: impl Exec<'c>, scope: &Scope, id: &str) -> Result<bool, sqlx::Error> {

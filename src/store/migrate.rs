@@ -31,6 +31,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0003_webhooks.sql"),
         postgres: include_str!("../../migrations/postgres/0003_webhooks.sql"),
     },
+    Migration {
+        version: 4,
+        name: "tasks",
+        sqlite: include_str!("../../migrations/sqlite/0004_tasks.sql"),
+        postgres: include_str!("../../migrations/postgres/0004_tasks.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the migration lock among Postgres advisory locks.

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod memory;
 pub mod migrate;
 pub mod projects;
+pub mod tasks;
 pub mod webhooks;
 
 use std::fs::File;

@@ -291,6 +291,7 @@ async fn ten_thousand_agents_are_listed_in_pages_of_a_thousand() {
             id: id.clone(),
             name,
             body: body.to_string(),
+            max_concurrency: None,
         };
         store::agents::insert(&mut *tx, &scope, &row, 0).await.unwrap();
         expected.push(id);

@@ -18,4 +18,5 @@ mod process;
 mod runtime;
 mod scoping;
 mod sdk;
+mod tasks;
 mod webhooks;

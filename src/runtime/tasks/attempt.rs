@@ -1,0 +1,680 @@
+//! One claimed task, from its attempt to the decision after review (spec §5.7): the brief, the
+//! model call, then checks and reviewer calls, then done, approval, fix, retry or failure. No
+//! transaction is held during a model call; every write is fenced by the claim's lease
+//! generation, so a worker that lost its claim writes nothing.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::assessment::{self, Check, Expectation};
+use super::call::{self, Answer, CallError};
+use super::model::{Assessment, Attempt, Task, TaskError, Usage};
+use super::status::{Phase, Reason, Status};
+use super::{approvals, store_rows};
+use crate::clock::Timestamp;
+use crate::error::ApiError;
+use crate::events::Event;
+use crate::metrics;
+use crate::providers::types::{ChatMessage, ChatRequest, Params, Role};
+use crate::runtime::{Runtime, agents, prompt};
+use crate::scope::Scope;
+use crate::store;
+
+/// What the next attempt must answer (kept beside the task until that attempt starts).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NextInput {
+    pub previous_output: Option<String>,
+    pub feedback: String,
+    pub failed_checks: Vec<String>,
+}
+
+/// A task this worker holds.
+pub struct Claim {
+    pub scope: Scope,
+    pub task: Task,
+    pub generation: i64,
+    pub next_input: Option<NextInput>,
+}
+
+/// Each dependency output in the brief is cut at this size (spec §5.7 step 2).
+const DEPENDENCY_OUTPUT_LIMIT: usize = 64 * 1024;
+/// Reviewer calls tried before the assessment fails (spec §5.7 step 3).
+const REVIEW_TRIES: usize = 3;
+/// Retry backoff: 5 s × 2^(n−1), at most 5 min (spec §5.7 step 6).
+const BACKOFF_BASE: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+fn cut(text: &str, limit: usize) -> &str {
+    if text.len() <= limit {
+        return text;
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The brief (spec §5.7 step 2): markdown sections for the title, description, dependency
+/// outputs, expected outcomes and acceptance criteria.
+async fn brief(rt: &Runtime, scope: &Scope, task: &Task) -> Result<String, ApiError> {
+    let mut out = format!("# {}\n", task.title);
+    if !task.description.is_empty() {
+        out.push_str(&format!("\n{}\n", task.description));
+    }
+    for id in &task.depends_on {
+        let Some(row) = store::tasks::get(&rt.db.pool, scope, id).await? else {
+            continue;
+        };
+        let dependency = store_rows::from_body(&row.body)?;
+        let output = dependency.result.and_then(|r| r.output).unwrap_or_default();
+        out.push_str(&format!(
+            "\n## Output of \"{}\"\n\n{}\n",
+            dependency.title,
+            cut(&output, DEPENDENCY_OUTPUT_LIMIT)
+        ));
+    }
+    if !task.expected_outcomes.is_empty() {
+        out.push_str("\n## Expected outcomes\n\n");
+        for outcome in &task.expected_outcomes {
+            out.push_str(&format!("- {}\n", serde_json::to_string(outcome).unwrap_or_default()));
+        }
+    }
+    let criteria = assessment::criteria_text(&task.expectations);
+    if !criteria.is_empty() {
+        out.push_str(&format!("\n## Acceptance criteria\n\n{criteria}\n"));
+    }
+    Ok(out)
+}
+
+fn backoff(retries: i64, retry_after: Option<Duration>) -> Duration {
+    let exponent = u32::try_from(retries.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+    let plain = BACKOFF_BASE
+        .saturating_mul(2u32.saturating_pow(exponent))
+        .min(BACKOFF_MAX);
+    retry_after.map_or(plain, |wait| plain.max(wait))
+}
+
+fn ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Attempts that failed (an error or a failed review), for escalation.
+fn failed_attempts(task: &Task) -> i64 {
+    let attempts = task.result.as_ref().map(|r| r.attempts.as_slice()).unwrap_or_default();
+    i64::try_from(
+        attempts
+            .iter()
+            .filter(|a| a.error.is_some() || a.passed == Some(false))
+            .count(),
+    )
+    .unwrap_or(i64::MAX)
+}
+
+/// Writes the task under the claim; `Ok(false)` when the claim was lost.
+async fn save(
+    rt: &Runtime,
+    claim: &Claim,
+    task: &Task,
+    events: Vec<Event>,
+    release: Option<(i64, Option<String>)>,
+) -> Result<bool, ApiError> {
+    let mut change = rt.change(&claim.scope).await?;
+    for event in events {
+        change.emit(event);
+    }
+    if !store::tasks::update(
+        change.conn(),
+        &claim.scope,
+        &store_rows::row(task)?,
+        Some(claim.generation),
+    )
+    .await?
+    {
+        return Ok(false);
+    }
+    if let Some((run_after, next_input)) = release {
+        store::tasks::release(change.conn(), &claim.scope, &task.id, run_after, next_input.as_deref()).await?;
+    }
+    change.commit().await?;
+    Ok(true)
+}
+
+/// A status change under the claim, with its event and any others.
+#[allow(clippy::too_many_arguments)]
+async fn move_to(
+    rt: &Runtime,
+    claim: &Claim,
+    task: &mut Task,
+    to: Status,
+    phase: Option<Phase>,
+    reason: Reason,
+    mut events: Vec<Event>,
+    release: Option<(i64, Option<String>)>,
+) -> Result<bool, ApiError> {
+    let mut change = rt.change(&claim.scope).await?;
+    for event in events.drain(..) {
+        change.emit(event);
+    }
+    task.transition(&mut change, to, phase, reason)?;
+    if !store::tasks::update(
+        change.conn(),
+        &claim.scope,
+        &store_rows::row(task)?,
+        Some(claim.generation),
+    )
+    .await?
+    {
+        return Ok(false);
+    }
+    if let Some((run_after, next_input)) = release {
+        store::tasks::release(change.conn(), &claim.scope, &task.id, run_after, next_input.as_deref()).await?;
+    }
+    change.commit().await?;
+    Ok(true)
+}
+
+fn last_attempt(task: &mut Task) -> Option<&mut Attempt> {
+    task.result.as_mut().and_then(|r| r.attempts.last_mut())
+}
+
+fn finished_event(task: &Task, error: Option<&TaskError>) -> Option<Event> {
+    let attempt = task.result.as_ref()?.attempts.last()?;
+    let duration = attempt
+        .finished_at
+        .map_or(0, |f| f.ms().saturating_sub(attempt.started_at.ms()));
+    Some(Event::AgentFinished {
+        task_id: task.id.clone(),
+        agent: attempt.agent.clone(),
+        model: attempt.model.clone(),
+        attempt: attempt.number,
+        duration_ms: duration,
+        usage: crate::events::UsageCounts {
+            prompt_tokens: attempt.usage.prompt_tokens,
+            completion_tokens: attempt.usage.completion_tokens,
+            total_tokens: attempt.usage.total_tokens,
+        },
+        error: error.and_then(|e| serde_json::to_value(e).ok()),
+    })
+}
+
+/// Fails the task at once (configuration errors, exhausted retries, limits).
+async fn fail(
+    rt: &Runtime,
+    claim: &Claim,
+    task: &mut Task,
+    error: TaskError,
+    extra: Vec<Event>,
+) -> Result<(), ApiError> {
+    task.result_mut().error = Some(error);
+    move_to(
+        rt,
+        claim,
+        task,
+        Status::Failed,
+        None,
+        Reason::Stop,
+        extra,
+        Some((0, None)),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Runs the claimed task until it leaves the worker's hands. Returns the attempt outcome label
+/// for metrics.
+pub async fn run(rt: &Runtime, mut claim: Claim, text: impl FnMut(&str)) -> Result<&'static str, ApiError> {
+    let mut task = claim.task.clone();
+    // Escalation (spec §5.7 step 7): after enough failed attempts, the fallback agent and/or
+    // model take over.
+    let policy = task.retry_policy.clone().unwrap_or_default();
+    let escalate = policy.escalate_after.is_some_and(|n| failed_attempts(&task) >= n);
+    let agent_name = match (&policy.fallback_agent, escalate) {
+        (Some(fallback), true) => fallback.clone(),
+        _ => task.assign_to.clone(),
+    };
+    let Some(agent) = agents::find(&rt.db, &claim.scope, &agent_name).await? else {
+        let error = TaskError::new("agent_not_found", format!("agent {agent_name:?} no longer exists"));
+        fail(rt, &claim, &mut task, error, Vec::new()).await?;
+        return Ok("failed");
+    };
+    let model = match (&policy.escalate_model, escalate) {
+        (Some(model), true) => model.clone(),
+        _ => agent.model.clone(),
+    };
+    if let Err(problem) = rt.providers.check_model(&model) {
+        let error = TaskError::new("provider_not_configured", problem);
+        fail(rt, &claim, &mut task, error, Vec::new()).await?;
+        return Ok("failed");
+    }
+    let phase = if claim.next_input.is_some() {
+        Phase::Fix
+    } else {
+        Phase::Execution
+    };
+    let now = Timestamp::now();
+    let number = task.result.as_ref().map_or(0, |r| r.attempts.len()) + 1;
+    let number = i64::try_from(number).unwrap_or(i64::MAX);
+    task.started_at.get_or_insert(now);
+    task.result_mut().attempts.push(Attempt {
+        number,
+        agent: agent.name.clone(),
+        model: model.clone(),
+        phase,
+        started_at: now,
+        finished_at: None,
+        output: None,
+        finish_reason: None,
+        usage: Usage::default(),
+        error: None,
+        passed: None,
+        global_score: None,
+    });
+    let spawned = Event::AgentSpawned {
+        task_id: task.id.clone(),
+        agent: agent.name.clone(),
+        model: model.clone(),
+        attempt: number,
+        phase: if phase == Phase::Fix { "fix" } else { "execution" }.to_string(),
+    };
+    if !move_to(
+        rt,
+        &claim,
+        &mut task,
+        Status::InProgress,
+        Some(phase),
+        Reason::Regular,
+        vec![spawned],
+        None,
+    )
+    .await?
+    {
+        return Ok("lost");
+    }
+    let attempt_deadline = task.max_duration.map(|d| now.ms() + d);
+    store::tasks::start_attempt(&rt.db.pool, &claim.scope, &task.id, claim.generation, attempt_deadline).await?;
+
+    // The conversation: the agent's prompt, the brief, and for a fix the previous output and
+    // what was wrong with it (spec §5.7 step 5).
+    let (project_memory, agent_memory) = store::memory::get_pair(&rt.db.pool, &claim.scope, &agent.id).await?;
+    let system = prompt::compose(
+        &agent,
+        &project_memory.map(|m| m.content).unwrap_or_default(),
+        &agent_memory.map(|m| m.content).unwrap_or_default(),
+        "",
+    );
+    let mut messages = vec![
+        ChatMessage::text(Role::System, system),
+        ChatMessage::text(Role::User, brief(rt, &claim.scope, &task).await?),
+    ];
+    if let Some(input) = claim.next_input.take() {
+        if let Some(previous) = input.previous_output {
+            messages.push(ChatMessage::text(Role::Assistant, previous));
+        }
+        let mut fix = format!("Your previous answer was not accepted.\n\nFeedback: {}", input.feedback);
+        if !input.failed_checks.is_empty() {
+            fix.push_str("\n\nFailed checks:\n");
+            for check in &input.failed_checks {
+                fix.push_str(&format!("- {check}\n"));
+            }
+        }
+        fix.push_str("\nAnswer the task again, addressing this.");
+        messages.push(ChatMessage::text(Role::User, fix));
+    }
+    let request = ChatRequest {
+        model: String::new(),
+        messages,
+        params: Params {
+            temperature: agent.temperature,
+            max_tokens: agent.max_tokens,
+            reasoning: agent.reasoning,
+            user: task.user.clone(),
+            ..Params::default()
+        },
+    };
+    let result = call::call(rt, &model, request, text).await;
+    let finished = Timestamp::now();
+    match result {
+        Err(CallError {
+            error,
+            partial,
+            retry_after,
+        }) => {
+            let code = error.code();
+            let task_error = TaskError::new(code, error.to_string());
+            if let Some(attempt) = last_attempt(&mut task) {
+                attempt.finished_at = Some(finished);
+                attempt.output = (!partial.text.is_empty()).then_some(partial.text);
+                attempt.error = Some(task_error.clone());
+            }
+            let mut events: Vec<Event> = finished_event(&task, Some(&task_error)).into_iter().collect();
+            if task.retries < task.max_retries && !task.side_effects {
+                task.retries += 1;
+                events.push(Event::TaskRetry {
+                    task_id: task.id.clone(),
+                    attempt: number,
+                    max_retries: task.max_retries,
+                    reason: "error".into(),
+                });
+                let wait = backoff(task.retries, retry_after);
+                let run_after = finished.ms() + ms(wait);
+                move_to(
+                    rt,
+                    &claim,
+                    &mut task,
+                    Status::Pending,
+                    None,
+                    Reason::Requeue,
+                    events,
+                    Some((run_after, None)),
+                )
+                .await?;
+                Ok("retried")
+            } else {
+                task.result_mut().error = Some(task_error);
+                move_to(
+                    rt,
+                    &claim,
+                    &mut task,
+                    Status::Failed,
+                    None,
+                    Reason::Regular,
+                    events,
+                    Some((0, None)),
+                )
+                .await?;
+                Ok("failed")
+            }
+        }
+        Ok(answer) => review(rt, claim, task, answer, number, &model, phase, finished).await,
+    }
+}
+
+/// Records the answer, then assesses it and decides (spec §5.7 steps 3–5, 8).
+#[allow(clippy::too_many_arguments)]
+async fn review(
+    rt: &Runtime,
+    claim: Claim,
+    mut task: Task,
+    answer: Answer,
+    number: i64,
+    model: &str,
+    phase: Phase,
+    finished: Timestamp,
+) -> Result<&'static str, ApiError> {
+    if let Some(attempt) = last_attempt(&mut task) {
+        attempt.finished_at = Some(finished);
+        attempt.output = Some(answer.text.clone());
+        attempt.finish_reason = Some(answer.finish.map_or("stop", |f| f.as_str()).to_string());
+        attempt.usage = Usage::of(answer.usage.prompt_tokens, answer.usage.completion_tokens);
+    }
+    let usage = Usage::of(answer.usage.prompt_tokens, answer.usage.completion_tokens);
+    {
+        let result = task.result_mut();
+        result.output = Some(answer.text.clone());
+        result.usage.add(usage);
+        result.error = None;
+        let first = result.attempts.first().map_or(finished.ms(), |a| a.started_at.ms());
+        result.duration_ms = finished.ms().saturating_sub(first);
+    }
+    let events: Vec<Event> = finished_event(&task, None).into_iter().collect();
+    if !move_to(
+        rt,
+        &claim,
+        &mut task,
+        Status::Review,
+        Some(Phase::Review),
+        Reason::Regular,
+        events,
+        None,
+    )
+    .await?
+    {
+        return Ok("lost");
+    }
+    let trigger = if phase == Phase::Fix { "fix" } else { "initial" };
+    let required = task.expected_outcomes.iter().any(|o| o.required);
+    let assessed = if task.expectations.is_empty() && !required {
+        None
+    } else {
+        let started = Event::AssessmentStarted {
+            task_id: task.id.clone(),
+            attempt: number,
+            trigger: trigger.into(),
+        };
+        if !save(rt, &claim, &task, vec![started], None).await? {
+            return Ok("lost");
+        }
+        match assess(rt, &task, model, &answer.text, trigger).await {
+            Ok((assessment, reviewer_usage)) => {
+                task.result_mut().usage.add(reviewer_usage);
+                Some(assessment)
+            }
+            Err(error) => {
+                let complete = Event::AssessmentComplete {
+                    task_id: task.id.clone(),
+                    attempt: number,
+                    passed: false,
+                    global_score: None,
+                    checks: serde_json::json!([]),
+                };
+                fail(rt, &claim, &mut task, error, vec![complete]).await?;
+                return Ok("failed");
+            }
+        }
+    };
+    let passed = assessed.as_ref().is_none_or(|a| a.passed);
+    let mut events = Vec::new();
+    if let Some(assessment) = &assessed {
+        if let Some(attempt) = last_attempt(&mut task) {
+            attempt.passed = Some(assessment.passed);
+            attempt.global_score = assessment.global_score;
+        }
+        events.push(Event::AssessmentComplete {
+            task_id: task.id.clone(),
+            attempt: number,
+            passed: assessment.passed,
+            global_score: assessment.global_score,
+            checks: serde_json::to_value(&assessment.checks).map_err(ApiError::internal)?,
+        });
+        task.result_mut().assessment = Some(assessment.clone());
+    }
+    if passed {
+        let (outcomes, _) = assessment::extract_outcomes(&task.expected_outcomes, &answer.text);
+        task.outcomes = outcomes;
+        if task.side_effects {
+            let mut change = rt.change(&claim.scope).await?;
+            for event in events {
+                change.emit(event);
+            }
+            approvals::request(&mut change, &claim.scope, &mut task, &answer.text).await?;
+            task.transition(&mut change, Status::AwaitingApproval, None, Reason::Regular)?;
+            if !store::tasks::update(
+                change.conn(),
+                &claim.scope,
+                &store_rows::row(&task)?,
+                Some(claim.generation),
+            )
+            .await?
+            {
+                return Ok("lost");
+            }
+            store::tasks::release(change.conn(), &claim.scope, &task.id, 0, None).await?;
+            change.commit().await?;
+            return Ok("passed");
+        }
+        move_to(
+            rt,
+            &claim,
+            &mut task,
+            Status::Done,
+            None,
+            Reason::Regular,
+            events,
+            Some((0, None)),
+        )
+        .await?;
+        return Ok("passed");
+    }
+    let assessment = assessed.unwrap_or_else(|| unreachable_assessment(trigger));
+    if task.retries < task.max_retries && !task.side_effects {
+        task.retries += 1;
+        events.push(Event::TaskFix {
+            task_id: task.id.clone(),
+            attempt: number,
+            max_retries: task.max_retries,
+            feedback: assessment.feedback.clone(),
+        });
+        let next = NextInput {
+            previous_output: Some(answer.text.clone()),
+            feedback: assessment.feedback.clone(),
+            failed_checks: assessment
+                .checks
+                .iter()
+                .filter(|c| !c.passed)
+                .map(|c| format!("{}: {}", c.r#type, c.message))
+                .collect(),
+        };
+        let next = serde_json::to_string(&next).map_err(ApiError::internal)?;
+        move_to(
+            rt,
+            &claim,
+            &mut task,
+            Status::Pending,
+            None,
+            Reason::Requeue,
+            events,
+            Some((0, Some(next))),
+        )
+        .await?;
+        return Ok("fix");
+    }
+    task.result_mut().error = Some(TaskError::new("review_failed", assessment.feedback.clone()));
+    move_to(
+        rt,
+        &claim,
+        &mut task,
+        Status::Failed,
+        None,
+        Reason::Regular,
+        events,
+        Some((0, None)),
+    )
+    .await?;
+    Ok("failed")
+}
+
+/// Only reached when a failed review had no assessment, which cannot happen: a review fails
+/// only through an assessment.
+fn unreachable_assessment(trigger: &str) -> Assessment {
+    Assessment {
+        passed: false,
+        global_score: None,
+        checks: Vec::new(),
+        feedback: String::new(),
+        reviewer_model: None,
+        trigger: trigger.into(),
+        timestamp: Timestamp::now(),
+    }
+}
+
+/// Deterministic checks, one reviewer call per `llm_review` expectation, required outcomes
+/// (spec §5.7 step 3). A reviewer that fails 3 times, or answers invalid JSON twice, fails the
+/// assessment (`assessment_failed`).
+pub async fn assess(
+    rt: &Runtime,
+    task: &Task,
+    model: &str,
+    output: &str,
+    trigger: &str,
+) -> Result<(Assessment, Usage), TaskError> {
+    let reviewer = rt.config.assessment.model.clone().unwrap_or_else(|| model.to_string());
+    let mut checks: Vec<Check> = Vec::new();
+    let mut feedback: Vec<String> = Vec::new();
+    let mut usage = Usage::default();
+    let mut reviewed = false;
+    for expectation in &task.expectations {
+        if let Some(check) = assessment::check(expectation, output) {
+            checks.push(check);
+            continue;
+        }
+        if let Expectation::LlmReview { .. } = expectation {
+            reviewed = true;
+            let (check, said, spent) = review_call(rt, task, &reviewer, expectation, output).await?;
+            usage.add(spent);
+            checks.push(check);
+            if !said.is_empty() {
+                feedback.push(said);
+            }
+        }
+    }
+    let (_, missing) = assessment::extract_outcomes(&task.expected_outcomes, output);
+    checks.extend(missing);
+    let passed = checks.iter().all(|c| c.passed);
+    if feedback.is_empty() {
+        feedback = checks.iter().filter(|c| !c.passed).map(|c| c.message.clone()).collect();
+    }
+    Ok((
+        Assessment {
+            passed,
+            global_score: assessment::global_score(&checks),
+            checks,
+            feedback: feedback.join("\n"),
+            reviewer_model: reviewed.then_some(reviewer),
+            trigger: trigger.into(),
+            timestamp: Timestamp::now(),
+        },
+        usage,
+    ))
+}
+
+async fn review_call(
+    rt: &Runtime,
+    task: &Task,
+    reviewer: &str,
+    expectation: &Expectation,
+    output: &str,
+) -> Result<(Check, String, Usage), TaskError> {
+    let mut request = assessment::review_request("", &task.title, &task.description, expectation, output);
+    let mut usage = Usage::default();
+    let mut asked_again = false;
+    let mut last_problem = String::new();
+    for _ in 0..REVIEW_TRIES {
+        match call::call(rt, reviewer, request.clone(), |_| {}).await {
+            Ok(answer) => {
+                usage.add(Usage::of(answer.usage.prompt_tokens, answer.usage.completion_tokens));
+                match assessment::read_review(expectation, &answer.text) {
+                    Ok((check, said)) => return Ok((check, said, usage)),
+                    Err(problem) if !asked_again => {
+                        asked_again = true;
+                        request = assessment::review_retry(&request, &answer.text, &problem);
+                        last_problem = problem;
+                    }
+                    Err(problem) => {
+                        last_problem = problem;
+                        break;
+                    }
+                }
+            }
+            Err(e) => last_problem = e.error.to_string(),
+        }
+    }
+    Err(TaskError::new(
+        "assessment_failed",
+        format!("the reviewer gave no usable answer: {last_problem}"),
+    ))
+}
+
+/// The attempt outcome counted in `polpo_task_attempts_total`.
+pub fn count(rt: &Runtime, outcome: &str) {
+    rt.metrics.add(metrics::TASK_ATTEMPTS, &[("outcome", outcome)], 1.0);
+}
+
+/// When the attempt must end (`maxDuration`), as a tokio instant.
+pub fn deadline_instant(attempt_deadline_ms: i64) -> Instant {
+    let left = attempt_deadline_ms.saturating_sub(crate::clock::now_ms()).max(0);
+    Instant::now() + Duration::from_millis(u64::try_from(left).unwrap_or(0))
+}
