@@ -10,6 +10,7 @@ pub mod event_log;
 pub mod models;
 pub mod prompt;
 pub mod sessions;
+pub mod tasks;
 pub mod turn;
 pub mod webhooks;
 
