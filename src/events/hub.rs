@@ -45,6 +45,8 @@ pub struct Hub {
     /// Woken with every commit of events, local or (on Postgres) from another instance: the
     /// task runner looks for runnable work then.
     pub runnable: Arc<Notify>,
+    /// The agent text of running tasks, which travels beside the log.
+    pub live: Arc<super::live::LiveText>,
 }
 
 /// A live subscription; dropping it unsubscribes.
@@ -77,6 +79,7 @@ impl Hub {
             tasks,
             committed: Arc::new(Notify::new()),
             runnable: Arc::new(Notify::new()),
+            live: Arc::new(super::live::LiveText::new()),
         }
     }
 
@@ -206,7 +209,10 @@ impl Hub {
                     }
                 }
             };
-            if let Err(e) = listener.listen(store::events::CHANNEL).await {
+            if let Err(e) = listener
+                .listen_all([store::events::CHANNEL, super::live::CHANNEL])
+                .await
+            {
                 tracing::warn!(error = %e, "event listener cannot LISTEN; retrying");
                 continue;
             }
@@ -217,6 +223,9 @@ impl Hub {
                     next = listener.try_recv() => next,
                 };
                 match next {
+                    Ok(Some(notification)) if notification.channel() == super::live::CHANNEL => {
+                        self.live.relayed(notification.payload());
+                    }
                     Ok(Some(notification)) => {
                         if let Some(scope) = store::events::notified_scope(notification.payload()) {
                             self.wake(&scope);

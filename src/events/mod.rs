@@ -5,6 +5,7 @@ pub mod catalogue;
 pub mod change;
 pub mod filter;
 pub mod hub;
+pub mod live;
 pub mod webhooks;
 
 pub use catalogue::{Event, UsageCounts};

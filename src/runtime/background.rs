@@ -17,6 +17,9 @@ impl Runtime {
         if let Some(url) = self.config.database.url.clone() {
             self.spawn(Arc::clone(&self.hub).listen_postgres(url));
         }
+        if self.db.backend == store::Backend::Postgres {
+            self.spawn(self.hub.live.start_relay(self.db.clone(), self.shutdown.clone()));
+        }
         let worker = Worker {
             db: self.db.clone(),
             metrics: Arc::clone(&self.metrics),

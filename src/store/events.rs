@@ -89,9 +89,16 @@ pub const CHANNEL: &str = "polpo_events";
 /// Announces new events of `scope` to every instance listening on [`CHANNEL`]; Postgres delivers
 /// it when the transaction commits.
 pub async fn notify<'c>(ex: impl Exec<'c>, scope: &Scope) -> Result<(), sqlx::Error> {
+    let payload = format!("{}/{}", scope.project, scope.environment.as_str());
+    notify_channel(ex, CHANNEL, &payload).await
+}
+
+/// A Postgres notification on any channel (delivered at commit inside a transaction, at once
+/// outside one).
+pub async fn notify_channel<'c>(ex: impl Exec<'c>, channel: &str, payload: &str) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(format!("{}/{}", scope.project, scope.environment.as_str()))
+        .bind(channel)
+        .bind(payload)
         .execute(ex)
         .await?;
     Ok(())

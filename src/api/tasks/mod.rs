@@ -2,6 +2,7 @@
 //! rules are in `runtime::tasks`.
 
 mod input;
+mod stream;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -11,6 +12,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::input::{Fields, JsonObject, Page, QueryParams};
+use crate::app::AppState;
 use crate::auth::AuthContext;
 use crate::error::ApiError;
 use crate::runtime::Runtime;
@@ -148,19 +150,25 @@ fn empty_body(body: JsonObject, known: &[&str]) -> Result<Fields, ApiError> {
 }
 
 /// Run a task: `draft` or `failed` → `pending`; a task already under way is left as it is
-/// (spec §5.5).
+/// (spec §5.5). With `stream: true`, the answer follows the task to its end (spec §5.6).
 #[utoipa::path(post, path = "/v1/tasks/{id}/run", tag = "tasks", params(("id" = String, Path)),
-    responses((status = 200, body = Task), (status = 404, body = crate::api::ErrorBody),
+    request_body(content = Object, description = "`{\"stream\": true}` to follow the task"),
+    responses((status = 200, body = Task, description = "the task, or a text/event-stream of task.chunk frames ending in [DONE]"),
+              (status = 404, body = crate::api::ErrorBody),
               (status = 409, body = crate::api::ErrorBody, description = "the task is done")))]
 pub async fn run_task(
-    State(rt): State<Runtime>,
+    State(state): State<AppState>,
     auth: AuthContext,
     Path(id): Path<String>,
     body: JsonObject,
-) -> Result<Json<Task>, ApiError> {
-    let f = empty_body(body, &[])?;
+) -> Result<Response, ApiError> {
+    let mut f = empty_body(body, &["stream"])?;
+    let follow = f.boolean("stream").into_option().unwrap_or(false);
     f.finish()?;
-    Ok(Json(actions::run(&rt, &auth.scope, &id).await?))
+    if follow {
+        return stream::follow(state, auth, id).await;
+    }
+    Ok(Json(actions::run(&state.runtime, &auth.scope, &id).await?).into_response())
 }
 
 macro_rules! action {

@@ -226,7 +226,7 @@ async fn fail(
 
 /// Runs the claimed task until it leaves the worker's hands. Returns the attempt outcome label
 /// for metrics.
-pub async fn run(rt: &Runtime, mut claim: Claim, text: impl FnMut(&str)) -> Result<&'static str, ApiError> {
+pub async fn run(rt: &Runtime, mut claim: Claim) -> Result<&'static str, ApiError> {
     let mut task = claim.task.clone();
     // Escalation (spec §5.7 step 7): after enough failed attempts, the fallback agent and/or
     // model take over.
@@ -335,7 +335,12 @@ pub async fn run(rt: &Runtime, mut claim: Claim, text: impl FnMut(&str)) -> Resu
             ..Params::default()
         },
     };
-    let result = call::call(rt, &model, request, text).await;
+    // The text goes to the task's followers as it comes (spec §5.6), and reaches other
+    // instances before the events that end the attempt.
+    let key = crate::events::live::key(&claim.scope, &task.id);
+    let live = std::sync::Arc::clone(&rt.hub.live);
+    let result = call::call(rt, &model, request, |text| live.publish(&key, text)).await;
+    live.flush(&key).await;
     let finished = Timestamp::now();
     match result {
         Err(CallError {

@@ -119,7 +119,7 @@ async fn work(rt: Runtime, claim: Claim) {
     let started = tokio::time::Instant::now();
     let limit = max_duration.map(|d| Duration::from_millis(u64::try_from(d).unwrap_or(0)));
     let ended = tokio::select! {
-        result = attempt::run(&rt, claim, |_| {}) => Ended::Finished(result),
+        result = attempt::run(&rt, claim) => Ended::Finished(result),
         () = lost(&rt, &scope, &id, generation) => Ended::Lost,
         () = rt.shutdown.cancelled() => Ended::Shutdown,
         () = async {

@@ -3,6 +3,7 @@
 
 mod crud;
 mod lifecycle;
+mod stream;
 
 use std::time::Duration;
 

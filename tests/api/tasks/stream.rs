@@ -1,0 +1,165 @@
+//! Spec §5.6: `run` with `stream: true` follows a task to its end: the agent's text, the
+//! lifecycle frames, the finish and `[DONE]`; joinable mid-run, on another instance too; a
+//! client that leaves does not stop the task.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{agent, task, until_status};
+use crate::helpers::{TestApp, client};
+
+/// The `data:` payloads of a task stream, read as they come.
+struct Follow {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Follow {
+    async fn start(base: &str, key: &str, id: &str) -> Self {
+        let response = client()
+            .post(format!("{base}/v1/tasks/{id}/run"))
+            .bearer_auth(key)
+            .json(&json!({"stream": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        Self {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next payload (`None` when the stream ended), within 10 s.
+    async fn next(&mut self) -> Option<String> {
+        loop {
+            if let Some(at) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..at + 2).collect();
+                for line in block.lines() {
+                    assert!(!line.starts_with("id:") && !line.starts_with("event:"), "{line}");
+                    if let Some(data) = line.strip_prefix("data: ") {
+                        return Some(data.to_string());
+                    }
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.response.chunk())
+                .await
+                .expect("the stream went silent");
+            match chunk {
+                Ok(Some(bytes)) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Every payload until the stream ends.
+    async fn rest(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(data) = self.next().await {
+            out.push(data);
+        }
+        out
+    }
+}
+
+fn text_of(frames: &[String]) -> String {
+    frames
+        .iter()
+        .filter(|f| *f != "[DONE]")
+        .filter_map(|f| serde_json::from_str::<Value>(f).ok())
+        .filter_map(|f| f["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn events_of(frames: &[String]) -> Vec<String> {
+    frames
+        .iter()
+        .filter(|f| *f != "[DONE]")
+        .filter_map(|f| serde_json::from_str::<Value>(f).ok())
+        .filter_map(|f| f["polpo"]["event"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_streamed_run_carries_the_text_the_lifecycle_and_the_finish() {
+    let app = TestApp::spawn().await;
+    agent(&app, "writer", "mock/slow-echo").await;
+    let draft = task(&app, json!({"title": "Stream me", "description": "one two three four five",
+                                  "assignTo": "writer", "draft": true})).await;
+    let id = draft["id"].as_str().unwrap();
+    let base = app.serve().await;
+    let mut follow = Follow::start(&base, &app.test_key, id).await;
+    let first: Value = serde_json::from_str(&follow.next().await.unwrap()).unwrap();
+    assert_eq!(first["object"], "task.chunk");
+    assert_eq!(first["id"], id);
+    assert_eq!(first["choices"][0]["delta"], json!({"role": "assistant"}));
+    assert_eq!(first["polpo"]["event"], "task:snapshot");
+    assert_eq!(first["polpo"]["data"]["task"]["id"], id);
+    let frames = follow.rest().await;
+    assert_eq!(frames.last().map(String::as_str), Some("[DONE]"));
+    let finish: Value = serde_json::from_str(&frames[frames.len() - 2]).unwrap();
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+    let done = until_status(&app, id, "done", Duration::from_secs(5)).await;
+    assert_eq!(text_of(&frames), done["result"]["output"].as_str().unwrap());
+    let events = events_of(&frames);
+    for expected in ["agent:spawned", "agent:finished", "task:transition"] {
+        assert!(events.iter().any(|e| e == expected), "{expected} missing from {events:?}");
+    }
+    assert!(!events.iter().any(|e| e == "task:completed" || e == "agent:completed"), "{events:?}");
+    // A done task cannot be run again, streamed or not (spec §5.5).
+    let again = client()
+        .post(format!("{base}/v1/tasks/{id}/run"))
+        .bearer_auth(&app.test_key)
+        .json(&json!({"stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+}
+
+#[tokio::test]
+async fn a_second_client_joins_mid_run_on_another_instance_and_leaving_stops_nothing() {
+    let app = TestApp::spawn().await;
+    agent(&app, "writer", "mock/slow-echo").await;
+    let words: Vec<String> = (0..60).map(|i| format!("w{i}")).collect();
+    let draft = task(&app, json!({"title": "Long", "description": words.join(" "), "assignTo": "writer",
+                                  "draft": true})).await;
+    let id = draft["id"].as_str().unwrap();
+    let base = app.serve().await;
+    // On Postgres the second client follows through another instance; SQLite runs one
+    // instance, so there it joins the same one.
+    let other_base = if app._database.is_postgres() {
+        let other = app.another_instance(polpo_api::config::Config::default()).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(polpo_api::app::serve(listener, other));
+        format!("http://{addr}")
+    } else {
+        base.clone()
+    };
+    let mut first = Follow::start(&base, &app.test_key, id).await;
+    // Wait for some text, then join.
+    let mut seen = Vec::new();
+    while text_of(&seen).is_empty() {
+        seen.push(first.next().await.expect("text before the end"));
+    }
+    let mut second = Follow::start(&other_base, &app.test_key, id).await;
+    let joined: Value = serde_json::from_str(&second.next().await.unwrap()).unwrap();
+    assert_eq!(joined["polpo"]["data"]["task"]["status"], "in_progress");
+    // The first client leaves; the task goes on.
+    drop(first);
+    let rest = second.rest().await;
+    assert_eq!(rest.last().map(String::as_str), Some("[DONE]"));
+    let done = until_status(&app, id, "done", Duration::from_secs(10)).await;
+    let output = done["result"]["output"].as_str().unwrap();
+    let later = text_of(&rest);
+    assert!(!later.is_empty(), "the joining client got no text");
+    assert!(output.ends_with(&later), "the joining client got the rest: {later:?} of {output:?}");
+    assert_eq!(done["result"]["attempts"].as_array().unwrap().len(), 1);
+}
