@@ -77,11 +77,9 @@ async fn brief(rt: &Runtime, scope: &Scope, task: &Task) -> Result<String, ApiEr
             cut(&output, DEPENDENCY_OUTPUT_LIMIT)
         ));
     }
-    if !task.expected_outcomes.is_empty() {
-        out.push_str("\n## Expected outcomes\n\n");
-        for outcome in &task.expected_outcomes {
-            out.push_str(&format!("- {}\n", serde_json::to_string(outcome).unwrap_or_default()));
-        }
+    let outcomes = assessment::outcomes_text(&task.expected_outcomes);
+    if !outcomes.is_empty() {
+        out.push_str(&format!("\n## Expected outcomes\n\n{outcomes}\n"));
     }
     let criteria = assessment::criteria_text(&task.expectations);
     if !criteria.is_empty() {

@@ -90,8 +90,12 @@ fn events_of(frames: &[String]) -> Vec<String> {
 async fn a_streamed_run_carries_the_text_the_lifecycle_and_the_finish() {
     let app = TestApp::spawn().await;
     agent(&app, "writer", "mock/slow-echo").await;
-    let draft = task(&app, json!({"title": "Stream me", "description": "one two three four five",
-                                  "assignTo": "writer", "draft": true})).await;
+    let draft = task(
+        &app,
+        json!({"title": "Stream me", "description": "one two three four five",
+                                  "assignTo": "writer", "draft": true}),
+    )
+    .await;
     let id = draft["id"].as_str().unwrap();
     let base = app.serve().await;
     let mut follow = Follow::start(&base, &app.test_key, id).await;
@@ -109,9 +113,15 @@ async fn a_streamed_run_carries_the_text_the_lifecycle_and_the_finish() {
     assert_eq!(text_of(&frames), done["result"]["output"].as_str().unwrap());
     let events = events_of(&frames);
     for expected in ["agent:spawned", "agent:finished", "task:transition"] {
-        assert!(events.iter().any(|e| e == expected), "{expected} missing from {events:?}");
+        assert!(
+            events.iter().any(|e| e == expected),
+            "{expected} missing from {events:?}"
+        );
     }
-    assert!(!events.iter().any(|e| e == "task:completed" || e == "agent:completed"), "{events:?}");
+    assert!(
+        !events.iter().any(|e| e == "task:completed" || e == "agent:completed"),
+        "{events:?}"
+    );
     // A done task cannot be run again, streamed or not (spec §5.5).
     let again = client()
         .post(format!("{base}/v1/tasks/{id}/run"))
@@ -128,8 +138,12 @@ async fn a_second_client_joins_mid_run_on_another_instance_and_leaving_stops_not
     let app = TestApp::spawn().await;
     agent(&app, "writer", "mock/slow-echo").await;
     let words: Vec<String> = (0..60).map(|i| format!("w{i}")).collect();
-    let draft = task(&app, json!({"title": "Long", "description": words.join(" "), "assignTo": "writer",
-                                  "draft": true})).await;
+    let draft = task(
+        &app,
+        json!({"title": "Long", "description": words.join(" "), "assignTo": "writer",
+                                  "draft": true}),
+    )
+    .await;
     let id = draft["id"].as_str().unwrap();
     let base = app.serve().await;
     // On Postgres the second client follows through another instance; SQLite runs one
@@ -160,6 +174,9 @@ async fn a_second_client_joins_mid_run_on_another_instance_and_leaving_stops_not
     let output = done["result"]["output"].as_str().unwrap();
     let later = text_of(&rest);
     assert!(!later.is_empty(), "the joining client got no text");
-    assert!(output.ends_with(&later), "the joining client got the rest: {later:?} of {output:?}");
+    assert!(
+        output.ends_with(&later),
+        "the joining client got the rest: {later:?} of {output:?}"
+    );
     assert_eq!(done["result"]["attempts"].as_array().unwrap().len(), 1);
 }
