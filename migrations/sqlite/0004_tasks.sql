@@ -32,6 +32,8 @@ CREATE TABLE tasks (
 CREATE INDEX tasks_claim_idx ON tasks (status, priority DESC, id);
 CREATE INDEX tasks_group_idx ON tasks (project, environment, task_group, title);
 CREATE INDEX tasks_agent_idx ON tasks (project, environment, assign_to, status);
+-- Every runner checks deadlines every second; most tasks have none.
+CREATE INDEX tasks_deadline_idx ON tasks (deadline) WHERE deadline IS NOT NULL;
 
 -- One row per dependency, so that "every dependency is done" is one query on both backends.
 CREATE TABLE task_dependencies (

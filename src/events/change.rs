@@ -77,6 +77,14 @@ impl Change {
         {
             self.hub.wake(scope);
         }
+        // Only task changes can make work for the runner; chat turns and the rest do not wake it.
+        if self
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::TaskCreated { .. } | Event::TaskTransition { .. }))
+        {
+            self.hub.runnable.notify_one();
+        }
         Ok(())
     }
 }

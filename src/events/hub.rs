@@ -42,8 +42,9 @@ pub struct Hub {
     tasks: TaskTracker,
     /// Woken with every local commit of events, for the webhook worker.
     pub committed: Arc<Notify>,
-    /// Woken with every commit of events, local or (on Postgres) from another instance: the
-    /// task runner looks for runnable work then.
+    /// Woken by commits that can make a task runnable (a task created or moved, locally), and
+    /// by every commit of another instance (whose events are not known here): the task runner
+    /// looks for work then.
     pub runnable: Arc<Notify>,
     /// The agent text of running tasks, which travels beside the log.
     pub live: Arc<super::live::LiveText>,
@@ -134,7 +135,6 @@ impl Hub {
     /// Called after a commit that wrote events of `scope`.
     pub fn wake(&self, scope: &Scope) {
         self.committed.notify_one();
-        self.runnable.notify_one();
         if let Some(feed) = self.feeds.lock().unwrap_or_else(|p| p.into_inner()).get(&key(scope)) {
             feed.wake.notify_one();
         }
@@ -229,6 +229,7 @@ impl Hub {
                     Ok(Some(notification)) => {
                         if let Some(scope) = store::events::notified_scope(notification.payload()) {
                             self.wake(&scope);
+                            self.runnable.notify_one();
                         }
                     }
                     // The connection dropped and will be re-established: re-read everything.
