@@ -78,10 +78,10 @@ async fn brief(rt: &Runtime, scope: &Scope, task: &Task) -> Result<String, ApiEr
         ));
     }
     if !task.expected_outcomes.is_empty() {
-        out.push_str("\n## Expected outcomes\n\n");
-        for outcome in &task.expected_outcomes {
-            out.push_str(&format!("- {}\n", serde_json::to_string(outcome).unwrap_or_default()));
-        }
+        out.push_str(&format!(
+            "\n## Expected outcomes\n\n{}\n",
+            assessment::outcomes_text(&task.expected_outcomes)
+        ));
     }
     let criteria = assessment::criteria_text(&task.expectations);
     if !criteria.is_empty() {
@@ -181,7 +181,8 @@ fn last_attempt(task: &mut Task) -> Option<&mut Attempt> {
     task.result.as_mut().and_then(|r| r.attempts.last_mut())
 }
 
-fn finished_event(task: &Task, error: Option<&TaskError>) -> Option<Event> {
+/// `agent:finished` for the task's latest attempt.
+pub(super) fn finished_event(task: &Task, error: Option<&TaskError>) -> Option<Event> {
     let attempt = task.result.as_ref()?.attempts.last()?;
     let duration = attempt
         .finished_at
