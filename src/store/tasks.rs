@@ -166,8 +166,9 @@ pub async fn release<'c>(
     Ok(())
 }
 
-/// Starts the attempt's stored timer (`maxDuration`) and consumes `next_input`, under the
-/// lease; `false` when the lease was lost.
+/// Starts the attempt's stored timer (`maxDuration`), under the lease; `false` when the lease
+/// was lost. `next_input` stays until the attempt ends (every end releases the task), so that
+/// an attempt interrupted by a shutdown or a dead worker runs again with the same input.
 pub async fn start_attempt<'c>(
     ex: impl Exec<'c>,
     scope: &Scope,
@@ -175,7 +176,7 @@ pub async fn start_attempt<'c>(
     generation: i64,
     attempt_deadline: Option<i64>,
 ) -> Result<bool, sqlx::Error> {
-    let sql = "UPDATE tasks SET attempt_deadline = $5, next_input = NULL
+    let sql = "UPDATE tasks SET attempt_deadline = $5
                WHERE project = $1 AND environment = $2 AND id = $3 AND lease_gen = $4";
     changed_one(ex, scoped(sql, scope).bind(id).bind(generation).bind(attempt_deadline)).await
 }

@@ -15,13 +15,13 @@ use crate::helpers::{TestApp, eventually};
 
 /// A webhook receiver on loopback that answers with scripted statuses (then 200) and records
 /// every request.
-struct Receiver {
-    url: String,
+pub struct Receiver {
+    pub url: String,
     received: Arc<Mutex<Vec<(HeaderMap, String, u16)>>>,
 }
 
 impl Receiver {
-    async fn start(script: Vec<u16>) -> Self {
+    pub async fn start(script: Vec<u16>) -> Self {
         let received: Arc<Mutex<Vec<(HeaderMap, String, u16)>>> = Arc::default();
         let script = Arc::new(Mutex::new(script));
         let (log, plan) = (received.clone(), script.clone());
@@ -48,12 +48,12 @@ impl Receiver {
         }
     }
 
-    fn requests(&self) -> Vec<(HeaderMap, String, u16)> {
+    pub fn requests(&self) -> Vec<(HeaderMap, String, u16)> {
         self.received.lock().unwrap().clone()
     }
 }
 
-fn loopback_config() -> Config {
+pub fn loopback_config() -> Config {
     let mut config = Config::default();
     config.webhooks.allow_http_hosts = vec!["127.0.0.1".into()];
     config.webhooks.allow_private_networks = true;

@@ -14,17 +14,21 @@ use crate::scope::Scope;
 use crate::store;
 
 /// Marks the attempt a worker is running as ended with `code` (spec §5.5: pause records
-/// `interrupted`, kill `killed`).
-pub fn stop_running_attempt(task: &mut Task, change: &Change, code: &str) {
+/// `interrupted`, kill `killed`), with its `agent:finished`.
+pub fn stop_running_attempt(task: &mut Task, change: &mut Change, code: &str) {
     if !task.status().is_running() {
         return;
     }
     let at = Timestamp(change.at());
+    let error = TaskError::new(code, format!("the attempt was stopped ({code})"));
     if let Some(attempt) = task.result.as_mut().and_then(|r| r.attempts.last_mut())
         && attempt.finished_at.is_none()
     {
         attempt.finished_at = Some(at);
-        attempt.error = Some(TaskError::new(code, format!("the attempt was stopped ({code})")));
+        attempt.error = Some(error.clone());
+        if let Some(event) = attempt::finished_event(task, Some(&error)) {
+            change.emit(event);
+        }
     }
 }
 
@@ -161,7 +165,7 @@ pub async fn pause(rt: &Runtime, scope: &Scope, id: &str) -> Result<Task, ApiErr
             ],
         ));
     }
-    stop_running_attempt(&mut task, &change, "interrupted");
+    stop_running_attempt(&mut task, &mut change, "interrupted");
     task.transition(&mut change, Status::Draft, None, Reason::Pause)?;
     write(&mut change, scope, &task, None).await?;
     change.commit().await?;
@@ -177,7 +181,7 @@ pub async fn kill(rt: &Runtime, scope: &Scope, id: &str) -> Result<Task, ApiErro
         let open: Vec<Status> = super::status::ALL.into_iter().filter(|s| !s.is_terminal()).collect();
         return Err(illegal("kill", status, &open));
     }
-    stop_running_attempt(&mut task, &change, "killed");
+    stop_running_attempt(&mut task, &mut change, "killed");
     task.result_mut().error = Some(TaskError::new("killed", "the task was killed"));
     task.transition(&mut change, Status::Failed, None, Reason::Stop)?;
     super::approvals::cancel(&mut change, scope, &task.id).await?;
@@ -269,7 +273,7 @@ pub async fn delete(rt: &Runtime, scope: &Scope, id: &str, force: bool) -> Resul
         stop_for(&mut change, scope, dependent, "dependency_removed", &message).await?;
     }
     if !task.status().is_terminal() {
-        stop_running_attempt(&mut task, &change, "killed");
+        stop_running_attempt(&mut task, &mut change, "killed");
         task.result_mut().error = Some(TaskError::new("killed", "the task was deleted"));
         task.transition(&mut change, Status::Failed, None, Reason::Stop)?;
     }

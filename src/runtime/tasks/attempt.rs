@@ -179,7 +179,8 @@ fn last_attempt(task: &mut Task) -> Option<&mut Attempt> {
     task.result.as_mut().and_then(|r| r.attempts.last_mut())
 }
 
-fn finished_event(task: &Task, error: Option<&TaskError>) -> Option<Event> {
+/// `agent:finished` for the task's latest attempt.
+pub(super) fn finished_event(task: &Task, error: Option<&TaskError>) -> Option<Event> {
     let attempt = task.result.as_ref()?.attempts.last()?;
     let duration = attempt
         .finished_at

@@ -49,6 +49,10 @@ pub async fn run(rt: Runtime) {
             () = rt.hub.runnable.notified() => {}
             () = tokio::time::sleep(jittered(TICK)) => {}
         }
+        // `select!` picks among ready branches at random: a wake-up may win over the shutdown.
+        if rt.shutdown.is_cancelled() {
+            return;
+        }
         if let Err(e) = timers(&rt).await {
             tracing::warn!(error = %e, "task timers failed; retrying");
         }
@@ -231,6 +235,9 @@ async fn interrupt(rt: &Runtime, scope: &Scope, id: &str, generation: i64, stop:
     {
         attempt.finished_at = Some(now);
         attempt.error = Some(error.clone());
+        if let Some(event) = attempt::finished_event(&task, Some(&error)) {
+            change.emit(event);
+        }
     }
     let previous = task.status();
     match stop {
@@ -303,7 +310,7 @@ async fn deadline(rt: &Runtime, scope: &Scope, row: &ClaimedRow) -> Result<(), A
         elapsed_ms: now.saturating_sub(task.created_at.ms()),
         limit_ms: limit.saturating_sub(task.created_at.ms()),
     });
-    super::actions::stop_running_attempt(&mut task, &change, "deadline");
+    super::actions::stop_running_attempt(&mut task, &mut change, "deadline");
     task.result_mut().error = Some(TaskError::new("deadline", "the task was not finished by its deadline"));
     task.transition(&mut change, Status::Failed, None, Reason::Stop)?;
     super::approvals::cancel(&mut change, scope, &task.id).await?;

@@ -118,6 +118,8 @@ enum Mode {
     ErrorEvent,
     Hang,
     Slow,
+    /// A fixed reply carrying the marker the mock reviewer fails (spec §4.6).
+    Marked,
 }
 
 impl Mode {
@@ -134,6 +136,7 @@ impl Mode {
             "error-event" => Self::ErrorEvent,
             "hang" => Self::Hang,
             "slow" => Self::Slow,
+            "marked" => Self::Marked,
             _ => Self::Ok,
         }
     }
@@ -224,6 +227,7 @@ async fn entry<W: Wire>(
         }
         Mode::Echo => Reply::Text(last_user_text(&body)),
         Mode::Slow => Reply::Text("tick ".repeat(200)),
+        Mode::Marked => Reply::Text("A draft that is not good enough. MOCK_FAIL".into()),
         Mode::Tool => match (W::tool_result(&body), W::first_tool(&body)) {
             (Some(result), _) => Reply::Text(format!("Tool said: {result}")),
             (None, Some(name)) => Reply::Tool { name },
