@@ -21,13 +21,18 @@ pub fn stop_running_attempt(task: &mut Task, change: &mut Change, code: &str) {
     }
     let at = Timestamp(change.at());
     let error = TaskError::new(code, format!("the attempt was stopped ({code})"));
-    if let Some(attempt) = task.result.as_mut().and_then(|r| r.attempts.last_mut())
-        && attempt.finished_at.is_none()
-    {
-        attempt.finished_at = Some(at);
-        attempt.error = Some(error.clone());
-        if let Some(event) = attempt::finished_event(task, Some(&error)) {
-            change.emit(event);
+    let in_review = task.status() == Status::Review;
+    if let Some(attempt) = task.result.as_mut().and_then(|r| r.attempts.last_mut()) {
+        if attempt.finished_at.is_none() {
+            attempt.finished_at = Some(at);
+            attempt.error = Some(error.clone());
+            if let Some(event) = attempt::finished_event(task, Some(&error)) {
+                change.emit(event);
+            }
+        } else if in_review && attempt.error.is_none() {
+            // The model call ended but its review was cancelled: the attempt is recorded as
+            // stopped too (spec §5.5), without a second `agent:finished`.
+            attempt.error = Some(error);
         }
     }
 }

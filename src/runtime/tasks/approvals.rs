@@ -100,7 +100,7 @@ pub async fn cancel(change: &mut Change, scope: &Scope, task_id: &str) -> Result
             approval_id: approval.id,
             task_id: task_id.to_string(),
             status: approval.status,
-            is_final: true,
+            is_final: approval.is_final,
             note: None,
             feedback: None,
         });
@@ -188,7 +188,7 @@ pub async fn decide(rt: &Runtime, scope: &Scope, id: &str, decision: Decision) -
         approval_id: approval.id.clone(),
         task_id: task.id.clone(),
         status: approval.status.clone(),
-        is_final: approval.is_final || approval.status == "approved",
+        is_final: approval.is_final,
         note: approval.note.clone(),
         feedback: approval.feedback.clone(),
     });
