@@ -2,6 +2,7 @@
 //! durable; against the `mock` provider and the fake providers.
 
 mod crud;
+mod durability;
 mod lifecycle;
 
 use std::time::Duration;
