@@ -57,6 +57,10 @@ pub async fn run(rt: Runtime) {
             tracing::warn!(error = %e, "task timers failed; retrying");
         }
         loop {
+            // Stop claiming as soon as the server drains (spec §10.5 step 3).
+            if rt.shutdown.is_cancelled() {
+                return;
+            }
             let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
                 break;
             };
@@ -230,15 +234,7 @@ async fn interrupt(rt: &Runtime, scope: &Scope, id: &str, generation: i64, stop:
         Stop::Timeout(_) => ("timeout", "the attempt ran longer than maxDuration"),
     };
     let error = TaskError::new(code, message);
-    if let Some(attempt) = task.result.as_mut().and_then(|r| r.attempts.last_mut())
-        && attempt.finished_at.is_none()
-    {
-        attempt.finished_at = Some(now);
-        attempt.error = Some(error.clone());
-        if let Some(event) = attempt::finished_event(&task, Some(&error)) {
-            change.emit(event);
-        }
-    }
+    super::actions::stop_running_attempt(&mut task, &mut change, code);
     let previous = task.status();
     match stop {
         Stop::Shutdown => task.transition(&mut change, Status::Pending, None, Reason::Requeue)?,

@@ -2,7 +2,8 @@
 //! real wire formats, record every request, and misbehave on demand according to the `model`.
 //!
 //! Models: `ok`, `echo`, `tool`, `fail-401|400|429|500`, `cut`, `non-json`, `error-event`
-//! (Anthropic only), `hang`, `slow`; anything else behaves as `ok`.
+//! (Anthropic only), `hang`, `slow`, `pace-<ms>` (the `ok` reply with `<ms>` between streamed
+//! chunks); anything else behaves as `ok`.
 
 mod anthropic;
 mod openai;
@@ -50,6 +51,8 @@ pub struct RecordedRequest {
 struct Shared {
     requests: Mutex<Vec<RecordedRequest>>,
     abandoned: watch::Sender<usize>,
+    /// Per model: streamed responses in flight now, and the most there ever were at once.
+    in_flight: Mutex<HashMap<String, (usize, usize)>>,
 }
 
 impl FakeProvider {
@@ -65,6 +68,7 @@ impl FakeProvider {
         let shared = Arc::new(Shared {
             requests: Mutex::default(),
             abandoned: watch::Sender::new(0),
+            in_flight: Mutex::default(),
         });
         let router = Router::new().fallback(entry::<W>).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -98,6 +102,17 @@ impl FakeProvider {
     pub fn abandoned_streams(&self) -> usize {
         *self.shared.abandoned.borrow()
     }
+
+    /// Streamed responses of `model` (as the fake saw it, e.g. `pace-200`) in flight now: started
+    /// and neither finished nor abandoned.
+    pub fn in_flight(&self, model: &str) -> usize {
+        self.shared.in_flight.lock().unwrap().get(model).map_or(0, |c| c.0)
+    }
+
+    /// The most streamed responses of `model` that were ever in flight at once.
+    pub fn max_in_flight(&self, model: &str) -> usize {
+        self.shared.in_flight.lock().unwrap().get(model).map_or(0, |c| c.1)
+    }
 }
 
 impl Drop for FakeProvider {
@@ -120,10 +135,15 @@ enum Mode {
     Slow,
     /// A fixed reply carrying the marker the mock reviewer fails (spec §4.6).
     Marked,
+    /// The `ok` reply, streamed with this many milliseconds between chunks.
+    Pace(u64),
 }
 
 impl Mode {
     fn of(model: &str) -> Self {
+        if let Some(ms) = model.strip_prefix("pace-").and_then(|ms| ms.parse().ok()) {
+            return Self::Pace(ms);
+        }
         match model {
             "echo" => Self::Echo,
             "tool" => Self::Tool,
@@ -240,7 +260,14 @@ async fn entry<W: Wire>(
         return match mode {
             Mode::Cut => {
                 let half = completion[..completion.len() / 2].to_owned();
-                body_stream(shared, "application/json", vec![half], Duration::ZERO, End::Abort)
+                body_stream(
+                    shared,
+                    &model,
+                    "application/json",
+                    vec![half],
+                    Duration::ZERO,
+                    End::Abort,
+                )
             }
             Mode::NonJson => ([(CONTENT_TYPE, "application/json")], "this is not json").into_response(),
             Mode::Slow => {
@@ -266,12 +293,12 @@ async fn entry<W: Wire>(
         (Mode::ErrorEvent, Some(event)) => ([prefix(1), vec![event]].concat(), End::Complete),
         _ => ([prefix(usize::MAX), tail].concat(), End::Complete),
     };
-    let delay = if mode == Mode::Slow {
-        Duration::from_millis(100)
-    } else {
-        Duration::ZERO
+    let delay = match mode {
+        Mode::Slow => Duration::from_millis(100),
+        Mode::Pace(ms) => Duration::from_millis(ms),
+        _ => Duration::ZERO,
     };
-    body_stream(shared, "text/event-stream", frames, delay, end)
+    body_stream(shared, &model, "text/event-stream", frames, delay, end)
 }
 
 fn json(status: u16, body: &Value) -> Response {
@@ -331,13 +358,54 @@ impl Drop for Abandon {
     }
 }
 
+/// Counts a response body in flight for its model from its creation until its last frame is
+/// handed over or it is dropped unfinished.
+struct InFlight {
+    shared: Arc<Shared>,
+    model: String,
+    open: bool,
+}
+
+impl InFlight {
+    fn open(shared: Arc<Shared>, model: &str) -> Self {
+        {
+            let mut counts = shared.in_flight.lock().unwrap();
+            let (now, max) = counts.entry(model.to_owned()).or_default();
+            *now += 1;
+            *max = (*max).max(*now);
+        }
+        Self {
+            shared,
+            model: model.to_owned(),
+            open: true,
+        }
+    }
+
+    fn close(&mut self) {
+        if std::mem::take(&mut self.open)
+            && let Some((now, _)) = self.shared.in_flight.lock().unwrap().get_mut(&self.model)
+        {
+            *now -= 1;
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 fn body_stream(
     shared: Arc<Shared>,
+    model: &str,
     content_type: &'static str,
     frames: Vec<String>,
     delay: Duration,
     end: End,
 ) -> Response {
+    // Counted from now: a body dropped before it was ever polled still leaves.
+    let mut in_flight = InFlight::open(shared.clone(), model);
     let stream = async_stream::stream! {
         let mut guard = Abandon { shared, finished: false };
         let count = frames.len();
@@ -347,9 +415,13 @@ fn body_stream(
             }
             // Done before the last frame is handed over: the client may go away right after it.
             guard.finished = i + 1 == count;
+            if guard.finished {
+                in_flight.close();
+            }
             yield Ok(Bytes::from(frame));
         }
         guard.finished = true;
+        in_flight.close();
         if let End::Abort = end {
             // Let hyper flush what was yielded before the body fails and the connection drops.
             tokio::time::sleep(Duration::from_millis(50)).await;

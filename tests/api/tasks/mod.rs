@@ -4,6 +4,7 @@
 mod actions;
 mod approvals;
 mod crud;
+mod durability;
 mod lifecycle;
 mod review;
 mod stream;
