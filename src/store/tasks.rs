@@ -349,6 +349,19 @@ pub async fn expired<'c>(ex: impl Exec<'c>, now: i64, limit: i64) -> Result<Vec<
     sqlx::query_as(&sql).bind(now).bind(limit).fetch_all(ex).await
 }
 
+/// Running tasks of any scope whose attempt outlived its `maxDuration` timer.
+pub async fn past_attempt_deadline<'c>(
+    ex: impl Exec<'c>,
+    now: i64,
+    limit: i64,
+) -> Result<Vec<ClaimedRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {CLAIMED_COLUMNS} FROM tasks
+         WHERE status IN {RUNNING} AND attempt_deadline IS NOT NULL AND attempt_deadline < $1 ORDER BY id LIMIT $2"
+    );
+    sqlx::query_as(&sql).bind(now).bind(limit).fetch_all(ex).await
+}
+
 /// Non-terminal tasks of any scope whose deadline passed.
 pub async fn past_deadline<'c>(ex: impl Exec<'c>, now: i64, limit: i64) -> Result<Vec<ClaimedRow>, sqlx::Error> {
     let sql = format!(

@@ -275,12 +275,21 @@ async fn interrupt(rt: &Runtime, scope: &Scope, id: &str, generation: i64, stop:
     Ok(())
 }
 
-/// The stored timers: leases that expired (their worker died), and task deadlines.
+/// The stored timers: leases that expired (their worker died), attempts past `maxDuration`,
+/// and task deadlines.
 async fn timers(rt: &Runtime) -> Result<(), ApiError> {
     let now = crate::clock::now_ms();
     for row in store::tasks::expired(&rt.db.pool, now, TIMER_BATCH).await? {
         if let Some(scope) = row.scope() {
             interrupt(rt, &scope, &row.id, row.lease_gen, Stop::Recovered).await?;
+        }
+    }
+    // The worker enforces `maxDuration` itself; the stored timer covers a worker that stalls
+    // while its lease is still renewed, on any instance.
+    for row in store::tasks::past_attempt_deadline(&rt.db.pool, now, TIMER_BATCH).await? {
+        if let Some(scope) = row.scope() {
+            let limit = store_rows::from_body(&row.body)?.max_duration.unwrap_or(0);
+            interrupt(rt, &scope, &row.id, row.lease_gen, Stop::Timeout(limit)).await?;
         }
     }
     for row in store::tasks::past_deadline(&rt.db.pool, now, TIMER_BATCH).await? {

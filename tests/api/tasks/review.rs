@@ -442,3 +442,36 @@ async fn deterministic_checks_pass_and_fail_as_written() {
     );
     assert_eq!(failed["outcomes"], json!([]));
 }
+
+#[tokio::test]
+async fn after_enough_failed_attempts_the_fallback_agent_and_model_take_over() {
+    let (app, openai, _anthropic) = app_reviewed_by("mock/echo").await;
+    agent(&app, "first", "mock/echo").await;
+    agent(&app, "fallback", "mock/echo").await;
+    // The echo of the brief carries MOCK_FAIL, so the first attempt's review fails.
+    let body = json!({"title": "Escalate", "assignTo": "first", "description": "MOCK_FAIL please",
+        "expectations": [{"type": "llm_review", "criteria": "Good"}],
+        "retryPolicy": {"escalateAfter": 1, "fallbackAgent": "fallback", "escalateModel": "openai:ok"}});
+    let created = task(&app, body).await;
+    let done = until_status(&app, created["id"].as_str().unwrap(), "done", Duration::from_secs(15)).await;
+    let attempts = done["result"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{done:#}");
+    assert_eq!(
+        (&attempts[0]["agent"], &attempts[0]["model"]),
+        (&json!("first"), &json!("mock/echo"))
+    );
+    assert_eq!(
+        (&attempts[1]["agent"], &attempts[1]["model"]),
+        (&json!("fallback"), &json!("openai:ok"))
+    );
+    assert_eq!(attempts[1]["phase"], "fix");
+    // The escalated attempt reached the other provider, with the fallback agent's prompt.
+    let sent = openai.last_request().body;
+    assert!(
+        sent["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("Name: fallback"),
+        "{sent}"
+    );
+}
