@@ -279,22 +279,30 @@ pub async fn run(rt: &Runtime, mut claim: Claim) -> Result<&'static str, ApiErro
         attempt: number,
         phase: if phase == Phase::Fix { "fix" } else { "execution" }.to_string(),
     };
-    if !move_to(
-        rt,
-        &claim,
-        &mut task,
-        Status::InProgress,
-        Some(phase),
-        Reason::Regular,
-        vec![spawned],
-        None,
+    // The attempt starts, with its stored `maxDuration` timer, in one commit.
+    let mut change = rt.change(&claim.scope).await?;
+    change.emit(spawned);
+    task.transition(&mut change, Status::InProgress, Some(phase), Reason::Regular)?;
+    if !store::tasks::update(
+        change.conn(),
+        &claim.scope,
+        &store_rows::row(&task)?,
+        Some(claim.generation),
     )
     .await?
     {
         return Ok("lost");
     }
     let attempt_deadline = task.max_duration.map(|d| now.ms() + d);
-    store::tasks::start_attempt(&rt.db.pool, &claim.scope, &task.id, claim.generation, attempt_deadline).await?;
+    store::tasks::start_attempt(
+        change.conn(),
+        &claim.scope,
+        &task.id,
+        claim.generation,
+        attempt_deadline,
+    )
+    .await?;
+    change.commit().await?;
 
     // The conversation: the agent's prompt, the brief, and for a fix the previous output and
     // what was wrong with it (spec §5.7 step 5).
@@ -425,6 +433,31 @@ async fn review(
         result.duration_ms = finished.ms().saturating_sub(first);
     }
     let events: Vec<Event> = finished_event(&task, None).into_iter().collect();
+    let trigger = if phase == Phase::Fix { "fix" } else { "initial" };
+    let required = task.expected_outcomes.iter().any(|o| o.required);
+    if task.expectations.is_empty() && !required && !task.side_effects {
+        // Nothing to assess: the review passes at once (spec §5.7 step 3), in the same commit.
+        let mut change = rt.change(&claim.scope).await?;
+        for event in events {
+            change.emit(event);
+        }
+        task.transition(&mut change, Status::Review, Some(Phase::Review), Reason::Regular)?;
+        task.outcomes = assessment::extract_outcomes(&task.expected_outcomes, &answer.text).0;
+        task.transition(&mut change, Status::Done, None, Reason::Regular)?;
+        if !store::tasks::update(
+            change.conn(),
+            &claim.scope,
+            &store_rows::row(&task)?,
+            Some(claim.generation),
+        )
+        .await?
+        {
+            return Ok("lost");
+        }
+        store::tasks::release(change.conn(), &claim.scope, &task.id, 0, None).await?;
+        change.commit().await?;
+        return Ok("passed");
+    }
     if !move_to(
         rt,
         &claim,
@@ -439,8 +472,6 @@ async fn review(
     {
         return Ok("lost");
     }
-    let trigger = if phase == Phase::Fix { "fix" } else { "initial" };
-    let required = task.expected_outcomes.iter().any(|o| o.required);
     let assessed = if task.expectations.is_empty() && !required {
         None
     } else {

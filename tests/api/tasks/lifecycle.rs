@@ -36,6 +36,20 @@ async fn a_task_runs_in_the_background_and_records_its_attempt() {
     assert!(result["usage"]["totalTokens"].as_i64().unwrap() > 0);
     assert!(done["startedAt"].is_string() && done["finishedAt"].is_string());
 
+    // Operators see it in the metrics (spec §9).
+    let metrics = app.call("GET", "/metrics", None, None).await.text;
+    assert!(metrics.contains("polpo_tasks{status=\"done\"} 1"), "{metrics}");
+    assert!(metrics.contains("polpo_tasks{status=\"pending\"} 0"), "{metrics}");
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(5), || async {
+            app.call("GET", "/metrics", None, None)
+                .await
+                .text
+                .contains("polpo_task_attempts_total{outcome=\"passed\"} 1")
+        })
+        .await
+    );
+
     let history = app
         .get("/v1/events/history?filter=task:*,agent:*&limit=100", &app.test_key)
         .await
@@ -107,4 +121,40 @@ async fn a_chain_of_three_finishes_in_order_with_the_outputs_passed_on() {
         .expect("C reached the provider");
     let sent = request.body["messages"].to_string();
     assert!(sent.contains("alpha-output") && sent.contains("beta-output"), "{sent}");
+}
+
+#[tokio::test]
+async fn an_attempt_error_is_retried_after_its_backoff_then_the_task_fails() {
+    let openai = FakeProvider::openai().await;
+    let anthropic = FakeProvider::anthropic().await;
+    let app = TestApp::with_fakes(&openai, &anthropic, polpo_api::config::Config::default()).await;
+    agent(&app, "flaky", "openai:fail-500").await;
+    let created = task(
+        &app,
+        json!({"title": "Try twice", "assignTo": "flaky", "maxRetries": 1}),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap();
+    let failed = until_status(&app, id, "failed", Duration::from_secs(20)).await;
+    let attempts = failed["result"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{failed:#}");
+    assert_eq!(failed["retries"], 1);
+    assert_eq!(failed["result"]["error"]["code"], "upstream_error");
+    assert!(attempts.iter().all(|a| a["error"]["code"] == "upstream_error"));
+    // The second attempt waited out the first backoff: 5 s × 2^0 (spec §5.7 step 6).
+    let ended = |t: &serde_json::Value| chrono_ms(t["finishedAt"].as_str().unwrap());
+    let began = |t: &serde_json::Value| chrono_ms(t["startedAt"].as_str().unwrap());
+    let waited = began(&attempts[1]) - ended(&attempts[0]);
+    assert!(waited >= 5000, "the retry came after {waited} ms");
+    let history = app
+        .get("/v1/events/history?filter=task:retry&limit=10", &app.test_key)
+        .await
+        .json();
+    assert_eq!(history.as_array().unwrap().len(), 1);
+    assert_eq!(history[0]["data"]["reason"], "error");
+    assert_eq!(openai.requests().len(), 2);
+}
+
+fn chrono_ms(text: &str) -> i64 {
+    polpo_api::clock::parse_rfc3339(text).unwrap()
 }
