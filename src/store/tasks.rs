@@ -266,7 +266,7 @@ pub async fn claim_one(
         ""
     };
     let sql = format!(
-        "SELECT t.project, t.environment, t.id, t.assign_to FROM tasks t
+        "SELECT t.project, t.environment, t.id, t.assign_to, a.max_concurrency FROM tasks t
          LEFT JOIN agents a ON a.project = t.project AND a.environment = t.environment AND a.name = t.assign_to
          WHERE t.status = 'pending' AND t.run_after <= $1
            AND NOT EXISTS (SELECT 1 FROM task_dependencies d
@@ -280,15 +280,16 @@ pub async fn claim_one(
          ORDER BY t.priority DESC, t.id
          LIMIT 1{lock}"
     );
-    let Some((project, environment, id, agent)) = sqlx::query_as::<_, (String, String, String, String)>(&sql)
-        .bind(now)
-        .fetch_optional(&mut *ex)
-        .await?
+    let Some((project, environment, id, agent, limit)) =
+        sqlx::query_as::<_, (String, String, String, String, Option<i64>)>(&sql)
+            .bind(now)
+            .fetch_optional(&mut *ex)
+            .await?
     else {
         return Ok(None);
     };
-    if backend == Backend::Postgres {
-        // Claims of one agent's tasks queue behind its row, so that two instances cannot both
+    if backend == Backend::Postgres && limit.is_some() {
+        // Claims of a limited agent's tasks queue behind its row, so that two instances cannot both
         // take its last free slot; the count is read again once the lock is held.
         let sql = "SELECT max_concurrency FROM agents WHERE project = $1 AND environment = $2 AND name = $3 FOR UPDATE";
         let max: Option<Option<i64>> = sqlx::query_scalar(sql)
