@@ -180,3 +180,53 @@ async fn a_second_client_joins_mid_run_on_another_instance_and_leaving_stops_not
     );
     assert_eq!(done["result"]["attempts"].as_array().unwrap().len(), 1);
 }
+
+/// The one error frame a stream ends with: its OpenAI-shaped error code.
+fn error_code(frames: &[String]) -> Option<String> {
+    let last: Value = serde_json::from_str(frames.last()?).ok()?;
+    last["error"]["code"].as_str().map(str::to_string)
+}
+
+#[tokio::test]
+async fn a_revoked_key_or_a_shutdown_ends_the_stream_with_one_error_frame_and_the_task_goes_on() {
+    let app = TestApp::spawn().await;
+    agent(&app, "writer", "mock/slow-echo").await;
+    let words: Vec<String> = (0..200).map(|i| format!("w{i}")).collect();
+    let body = json!({"title": "Long", "description": words.join(" "), "assignTo": "writer", "draft": true});
+    let first = task(&app, body.clone()).await;
+    let base = app.serve().await;
+    // A second key of the same scope follows and is then revoked.
+    let other = polpo_api::auth::admin::create_key(&app.db, "acme", polpo_api::scope::Environment::Test, None, None)
+        .await
+        .unwrap();
+    let id = first["id"].as_str().unwrap();
+    let mut follow = Follow::start(&base, &other.plaintext, id).await;
+    follow.next().await.expect("the snapshot");
+    polpo_api::auth::admin::revoke_key(&app.db, &other.id).await.unwrap();
+    let started = std::time::Instant::now();
+    let rest = follow.rest().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the stream outlived its key"
+    );
+    assert_eq!(
+        error_code(&rest).as_deref(),
+        Some("invalid_api_key"),
+        "{:?}",
+        rest.last()
+    );
+    assert!(!rest.iter().any(|f| f == "[DONE]"));
+    until_status(&app, id, "done", Duration::from_secs(30)).await;
+
+    // Shutdown: the follower gets `unavailable`, without [DONE].
+    let mut body = body;
+    body["title"] = json!("Longer");
+    let second = task(&app, body).await;
+    let id = second["id"].as_str().unwrap();
+    let mut follow = Follow::start(&base, &app.test_key, id).await;
+    follow.next().await.expect("the snapshot");
+    app.state.runtime.shutdown.cancel();
+    let rest = follow.rest().await;
+    assert_eq!(error_code(&rest).as_deref(), Some("unavailable"), "{:?}", rest.last());
+    assert!(!rest.iter().any(|f| f == "[DONE]"));
+}
