@@ -27,6 +27,25 @@ impl<T> Field<T> {
         }
     }
 
+    /// Applies the field to an optional value: `null` clears it, a value sets it, absence
+    /// keeps it.
+    pub fn set(self, slot: &mut Option<T>) {
+        match self {
+            Self::Absent => {}
+            Self::Null => *slot = None,
+            Self::Value(v) => *slot = Some(v),
+        }
+    }
+
+    /// Applies the field to a value that has a default: `null` resets it.
+    pub fn set_or(self, slot: &mut T, default: impl FnOnce() -> T) {
+        match self {
+            Self::Absent => {}
+            Self::Null => *slot = default(),
+            Self::Value(v) => *slot = v,
+        }
+    }
+
     pub fn is_absent(&self) -> bool {
         matches!(self, Self::Absent)
     }

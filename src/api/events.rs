@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -112,13 +112,7 @@ pub async fn stream_events(
         }
     };
     let keepalive = rt.config.events.keepalive;
-    let mut response = Sse::new(frames)
-        .keep_alive(KeepAlive::new().interval(keepalive).text("ping"))
-        .into_response();
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    Ok(super::sse(frames, keepalive))
 }
 
 /// One event in the history (spec §7.6).

@@ -103,6 +103,23 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::list_deliveries))
 }
 
+/// An SSE response with `: ping` keep-alives and the header that keeps proxies from buffering
+/// it (spec §3.8, §5.6, §7.1).
+pub fn sse<S>(frames: S, keepalive: std::time::Duration) -> axum::response::Response
+where
+    S: futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>> + Send + 'static,
+{
+    use axum::response::IntoResponse;
+    use axum::response::sse::{KeepAlive, Sse};
+    let mut response = Sse::new(frames)
+        .keep_alive(KeepAlive::new().interval(keepalive).text("ping"))
+        .into_response();
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", axum::http::HeaderValue::from_static("no"));
+    response
+}
+
 /// The OpenAPI document, built once from [`routes`].
 pub static OPENAPI: LazyLock<String> = LazyLock::new(|| {
     let (_, doc) = routes().split_for_parts();

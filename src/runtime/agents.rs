@@ -103,61 +103,35 @@ impl Identity {
                 "personality" => &mut self.personality,
                 _ => continue,
             };
-            set(slot, value);
+            value.set(slot);
         }
-        match changes.responsibilities {
-            Field::Absent => {}
-            Field::Null => self.responsibilities.clear(),
-            Field::Value(v) => self.responsibilities = v,
-        }
-        match changes.socials {
-            Field::Absent => {}
-            Field::Null => self.socials.clear(),
-            Field::Value(v) => self.socials = v,
-        }
-    }
-}
-
-/// Replaces an optional value: `null` clears it, a value sets it, absence keeps it.
-fn set<T>(slot: &mut Option<T>, field: Field<T>) {
-    match field {
-        Field::Absent => {}
-        Field::Null => *slot = None,
-        Field::Value(v) => *slot = Some(v),
-    }
-}
-
-/// Replaces a value that has a default: `null` resets it.
-fn set_or<T>(slot: &mut T, field: Field<T>, default: impl FnOnce() -> T) {
-    match field {
-        Field::Absent => {}
-        Field::Null => *slot = default(),
-        Field::Value(v) => *slot = v,
+        changes.responsibilities.set_or(&mut self.responsibilities, Vec::new);
+        changes.socials.set_or(&mut self.socials, BTreeMap::new);
     }
 }
 
 impl Agent {
     /// Applies the PATCH rules of spec §2.2 rule 1 (also used on create, over an empty agent).
     fn apply(&mut self, changes: AgentChanges) {
-        set(&mut self.role, changes.role);
+        changes.role.set(&mut self.role);
         if let Field::Value(model) = changes.model {
             self.model = model;
         }
-        set(&mut self.system_prompt, changes.system_prompt);
-        set_or(&mut self.allowed_tools, changes.allowed_tools, Vec::new);
-        set_or(&mut self.skills, changes.skills, Vec::new);
-        set_or(&mut self.max_turns, changes.max_turns, || DEFAULT_MAX_TURNS);
-        set(&mut self.max_concurrency, changes.max_concurrency);
-        set(&mut self.reasoning, changes.reasoning);
+        changes.system_prompt.set(&mut self.system_prompt);
+        changes.allowed_tools.set_or(&mut self.allowed_tools, Vec::new);
+        changes.skills.set_or(&mut self.skills, Vec::new);
+        changes.max_turns.set_or(&mut self.max_turns, || DEFAULT_MAX_TURNS);
+        changes.max_concurrency.set(&mut self.max_concurrency);
+        changes.reasoning.set(&mut self.reasoning);
         match changes.identity {
             Field::Absent => {}
             Field::Null => self.identity = None,
             Field::Value(identity) => self.identity.get_or_insert_with(Identity::default).apply(identity),
         }
-        set(&mut self.reports_to, changes.reports_to);
-        set(&mut self.temperature, changes.temperature);
-        set(&mut self.max_tokens, changes.max_tokens);
-        set_or(&mut self.metadata, changes.metadata, BTreeMap::new);
+        changes.reports_to.set(&mut self.reports_to);
+        changes.temperature.set(&mut self.temperature);
+        changes.max_tokens.set(&mut self.max_tokens);
+        changes.metadata.set_or(&mut self.metadata, BTreeMap::new);
     }
 
     fn from_row(row: &store::agents::AgentRow) -> Result<Self, ApiError> {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
-use axum::response::sse::{KeepAlive, Sse};
+
 use axum::response::{IntoResponse, Response};
 
 use super::input::JsonObject;
@@ -75,13 +75,8 @@ pub async fn create_chat_completion(
         let keepalive = rt.config.events.keepalive;
         let guard = rt.metrics.open_stream("chat");
         let frames = render::stream_frames(completion, turn.events, include_usage, guard);
-        let mut response = Sse::new(frames)
-            .keep_alive(KeepAlive::new().interval(keepalive).text("ping"))
-            .into_response();
+        let mut response = super::sse(frames, keepalive);
         response.headers_mut().extend(headers);
-        response
-            .headers_mut()
-            .insert("x-accel-buffering", HeaderValue::from_static("no"));
         return Ok(response);
     }
     render::collect(completion, turn.events)

@@ -5,9 +5,8 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::http::HeaderValue;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
+use axum::response::sse::Event as SseEvent;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -127,11 +126,5 @@ pub async fn follow(state: AppState, auth: AuthContext, id: String) -> Result<Re
             }
         }
     };
-    let mut response = Sse::new(frames)
-        .keep_alive(KeepAlive::new().interval(keepalive).text("ping"))
-        .into_response();
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    Ok(crate::api::sse(frames, keepalive))
 }

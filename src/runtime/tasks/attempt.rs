@@ -112,26 +112,17 @@ fn failed_attempts(task: &Task) -> i64 {
     .unwrap_or(i64::MAX)
 }
 
-/// Writes the task under the claim; `Ok(false)` when the claim was lost.
-async fn save(
-    rt: &Runtime,
+/// Writes the task under the claim in `change`, ends the claim when `release` says so
+/// (`run_after`, next input), and commits; `Ok(false)` when the claim was lost and nothing was
+/// written.
+async fn commit_claimed(
+    mut change: crate::events::Change,
     claim: &Claim,
     task: &Task,
-    events: Vec<Event>,
     release: Option<(i64, Option<String>)>,
 ) -> Result<bool, ApiError> {
-    let mut change = rt.change(&claim.scope).await?;
-    for event in events {
-        change.emit(event);
-    }
-    if !store::tasks::update(
-        change.conn(),
-        &claim.scope,
-        &store_rows::row(task)?,
-        Some(claim.generation),
-    )
-    .await?
-    {
+    let row = store_rows::row(task)?;
+    if !store::tasks::update(change.conn(), &claim.scope, &row, Some(claim.generation)).await? {
         return Ok(false);
     }
     if let Some((run_after, next_input)) = release {
@@ -141,7 +132,14 @@ async fn save(
     Ok(true)
 }
 
-/// A status change under the claim, with its event and any others.
+/// Writes the task under the claim with `events`.
+async fn save(rt: &Runtime, claim: &Claim, task: &Task, events: Vec<Event>) -> Result<bool, ApiError> {
+    let mut change = rt.change(&claim.scope).await?;
+    events.into_iter().for_each(|e| change.emit(e));
+    commit_claimed(change, claim, task, None).await
+}
+
+/// A status change under the claim, with its event and `events` before it.
 #[allow(clippy::too_many_arguments)]
 async fn move_to(
     rt: &Runtime,
@@ -150,29 +148,13 @@ async fn move_to(
     to: Status,
     phase: Option<Phase>,
     reason: Reason,
-    mut events: Vec<Event>,
+    events: Vec<Event>,
     release: Option<(i64, Option<String>)>,
 ) -> Result<bool, ApiError> {
     let mut change = rt.change(&claim.scope).await?;
-    for event in events.drain(..) {
-        change.emit(event);
-    }
+    events.into_iter().for_each(|e| change.emit(e));
     task.transition(&mut change, to, phase, reason)?;
-    if !store::tasks::update(
-        change.conn(),
-        &claim.scope,
-        &store_rows::row(task)?,
-        Some(claim.generation),
-    )
-    .await?
-    {
-        return Ok(false);
-    }
-    if let Some((run_after, next_input)) = release {
-        store::tasks::release(change.conn(), &claim.scope, &task.id, run_after, next_input.as_deref()).await?;
-    }
-    change.commit().await?;
-    Ok(true)
+    commit_claimed(change, claim, task, release).await
 }
 
 fn last_attempt(task: &mut Task) -> Option<&mut Attempt> {
@@ -209,17 +191,14 @@ async fn fail(
     extra: Vec<Event>,
 ) -> Result<(), ApiError> {
     task.result_mut().error = Some(error);
-    move_to(
-        rt,
-        claim,
-        task,
-        Status::Failed,
-        None,
-        Reason::Stop,
-        extra,
-        Some((0, None)),
-    )
-    .await?;
+    // From `in_progress` or `review` failing is a regular move; before the attempt started
+    // (a configuration error) it is a stop.
+    let reason = if super::status::allowed(task.status(), Status::Failed, Reason::Regular) {
+        Reason::Regular
+    } else {
+        Reason::Stop
+    };
+    move_to(rt, claim, task, Status::Failed, None, reason, extra, Some((0, None))).await?;
     Ok(())
 }
 
@@ -386,18 +365,7 @@ pub async fn run(rt: &Runtime, mut claim: Claim) -> Result<&'static str, ApiErro
                 .await?;
                 Ok("retried")
             } else {
-                task.result_mut().error = Some(task_error);
-                move_to(
-                    rt,
-                    &claim,
-                    &mut task,
-                    Status::Failed,
-                    None,
-                    Reason::Regular,
-                    events,
-                    Some((0, None)),
-                )
-                .await?;
+                fail(rt, &claim, &mut task, task_error, events).await?;
                 Ok("failed")
             }
         }
@@ -444,19 +412,8 @@ async fn review(
         task.transition(&mut change, Status::Review, Some(Phase::Review), Reason::Regular)?;
         task.outcomes = assessment::extract_outcomes(&task.expected_outcomes, &answer.text).0;
         task.transition(&mut change, Status::Done, None, Reason::Regular)?;
-        if !store::tasks::update(
-            change.conn(),
-            &claim.scope,
-            &store_rows::row(&task)?,
-            Some(claim.generation),
-        )
-        .await?
-        {
-            return Ok("lost");
-        }
-        store::tasks::release(change.conn(), &claim.scope, &task.id, 0, None).await?;
-        change.commit().await?;
-        return Ok("passed");
+        let written = commit_claimed(change, &claim, &task, Some((0, None))).await?;
+        return Ok(if written { "passed" } else { "lost" });
     }
     if !move_to(
         rt,
@@ -480,7 +437,7 @@ async fn review(
             attempt: number,
             trigger: trigger.into(),
         };
-        if !save(rt, &claim, &task, vec![started], None).await? {
+        if !save(rt, &claim, &task, vec![started]).await? {
             return Ok("lost");
         }
         match assess(rt, &task, model, &answer.text, trigger).await {
@@ -527,19 +484,8 @@ async fn review(
             }
             approvals::request(&mut change, &claim.scope, &mut task, &answer.text).await?;
             task.transition(&mut change, Status::AwaitingApproval, None, Reason::Regular)?;
-            if !store::tasks::update(
-                change.conn(),
-                &claim.scope,
-                &store_rows::row(&task)?,
-                Some(claim.generation),
-            )
-            .await?
-            {
-                return Ok("lost");
-            }
-            store::tasks::release(change.conn(), &claim.scope, &task.id, 0, None).await?;
-            change.commit().await?;
-            return Ok("passed");
+            let written = commit_claimed(change, &claim, &task, Some((0, None))).await?;
+            return Ok(if written { "passed" } else { "lost" });
         }
         move_to(
             rt,
@@ -587,18 +533,8 @@ async fn review(
         .await?;
         return Ok("fix");
     }
-    task.result_mut().error = Some(TaskError::new("review_failed", assessment.feedback.clone()));
-    move_to(
-        rt,
-        &claim,
-        &mut task,
-        Status::Failed,
-        None,
-        Reason::Regular,
-        events,
-        Some((0, None)),
-    )
-    .await?;
+    let error = TaskError::new("review_failed", assessment.feedback.clone());
+    fail(rt, &claim, &mut task, error, events).await?;
     Ok("failed")
 }
 

@@ -62,40 +62,24 @@ fn names(changes: &TaskChanges) -> Vec<String> {
     out
 }
 
-fn set<T>(slot: &mut Option<T>, field: Field<T>) {
-    match field {
-        Field::Absent => {}
-        Field::Null => *slot = None,
-        Field::Value(v) => *slot = Some(v),
-    }
-}
-
-fn set_or<T>(slot: &mut T, field: Field<T>, default: impl FnOnce() -> T) {
-    match field {
-        Field::Absent => {}
-        Field::Null => *slot = default(),
-        Field::Value(v) => *slot = v,
-    }
-}
-
 /// Applies the fields that need no lookup.
 fn apply_plain(task: &mut Task, changes: &TaskChanges) {
     let c = changes.clone();
     if let Some(title) = c.title {
         task.title = title;
     }
-    set_or(&mut task.description, c.description, String::new);
-    set(&mut task.group, c.group);
-    set_or(&mut task.expectations, c.expectations, Vec::new);
-    set_or(&mut task.expected_outcomes, c.expected_outcomes, Vec::new);
-    set_or(&mut task.priority, c.priority, || 0);
-    set_or(&mut task.max_retries, c.max_retries, || 2);
-    set(&mut task.max_duration, c.max_duration);
-    set(&mut task.retry_policy, c.retry_policy);
-    set_or(&mut task.side_effects, c.side_effects, || false);
-    set(&mut task.deadline, c.deadline);
-    set(&mut task.user, c.user);
-    set_or(&mut task.metadata, c.metadata, BTreeMap::new);
+    c.description.set_or(&mut task.description, String::new);
+    c.group.set(&mut task.group);
+    c.expectations.set_or(&mut task.expectations, Vec::new);
+    c.expected_outcomes.set_or(&mut task.expected_outcomes, Vec::new);
+    c.priority.set_or(&mut task.priority, || 0);
+    c.max_retries.set_or(&mut task.max_retries, || 2);
+    c.max_duration.set(&mut task.max_duration);
+    c.retry_policy.set(&mut task.retry_policy);
+    c.side_effects.set_or(&mut task.side_effects, || false);
+    c.deadline.set(&mut task.deadline);
+    c.user.set(&mut task.user);
+    c.metadata.set_or(&mut task.metadata, BTreeMap::new);
 }
 
 /// The agent and fallback agent exist (stored by name) and the escalation model is usable;
