@@ -2,8 +2,7 @@
 //! the event log (`events`) and model providers (`providers`) must keep working without a
 //! request behind them, so they may not reach up into HTTP (`app`, `api`, `auth`,
 //! `middleware`); providers stand alone; SQL knows nothing of business rules or providers.
-//! Background work
-//! goes through the runtime's task tracker, so that shutdown can wait for it.
+//! Background work goes through the runtime's task tracker, so that shutdown can wait for it.
 
 use std::path::{Path, PathBuf};
 
