@@ -65,7 +65,7 @@ impl Change {
     /// Appends the events, commits, then wakes this instance's feeds.
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
         if let Some(scope) = &self.scope {
-            append(&mut self.tx, self.backend, scope, self.at, &self.events).await?;
+            append(&mut self.tx, scope, self.at, &self.events).await?;
         } else if !self.events.is_empty() {
             return Err(sqlx::Error::Protocol(
                 "events emitted in a change without a scope".into(),
@@ -76,6 +76,9 @@ impl Change {
             && !self.events.is_empty()
         {
             self.hub.wake(scope);
+            if self.backend == Backend::Postgres {
+                self.hub.announce(scope);
+            }
         }
         // Only task changes can make work for the runner; chat turns and the rest do not wake it.
         if self
@@ -91,11 +94,11 @@ impl Change {
 
 /// Appends events to the scope's log, numbering them from the scope's counter row (spec §7.3:
 /// the row lock orders commits, so no smaller number can commit after a larger one is visible).
-/// On Postgres the same transaction sends a NOTIFY, delivered at commit, that wakes the feeds
-/// of other instances.
+/// Other instances learn of the commit from a NOTIFY sent after it (see `Hub::announce`), never
+/// from inside the transaction: a NOTIFY there would hold the counter row through Postgres's
+/// commit-time notification lock.
 async fn append(
     tx: &mut Transaction<'static, sqlx::Any>,
-    backend: Backend,
     scope: &Scope,
     at_ms: i64,
     events: &[Event],
@@ -110,9 +113,5 @@ async fn append(
         .into_iter()
         .map(|(name, payload)| (name, payload.to_string()))
         .collect();
-    store::events::insert_many(&mut **tx, scope, last - count + 1, &rows, at_ms).await?;
-    if backend == Backend::Postgres {
-        store::events::notify(&mut **tx, scope).await?;
-    }
-    Ok(())
+    store::events::insert_many(&mut **tx, scope, last - count + 1, &rows, at_ms).await
 }

@@ -48,6 +48,8 @@ pub struct Hub {
     pub runnable: Arc<Notify>,
     /// The agent text of running tasks, which travels beside the log.
     pub live: Arc<super::live::LiveText>,
+    /// Scopes with new commits to announce to other instances (Postgres only).
+    announcements: Mutex<Option<mpsc::UnboundedSender<Scope>>>,
 }
 
 /// A live subscription; dropping it unsubscribes.
@@ -81,6 +83,7 @@ impl Hub {
             committed: Arc::new(Notify::new()),
             runnable: Arc::new(Notify::new()),
             live: Arc::new(super::live::LiveText::new()),
+            announcements: Mutex::default(),
         }
     }
 
@@ -137,6 +140,44 @@ impl Hub {
         self.committed.notify_one();
         if let Some(feed) = self.feeds.lock().unwrap_or_else(|p| p.into_inner()).get(&key(scope)) {
             feed.wake.notify_one();
+        }
+    }
+
+    /// Tells the other instances (Postgres) that `scope` has new events, after the commit.
+    pub fn announce(&self, scope: &Scope) {
+        if let Some(tx) = self.announcements.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = tx.send(scope.clone());
+        }
+    }
+
+    /// On Postgres: starts sending announcements; returns the loop to run as a tracked task.
+    /// Scopes queued while a NOTIFY is sent go out together, one NOTIFY per scope, so a burst
+    /// of commits costs a few notifications, not one each.
+    pub fn start_announcing(&self) -> impl Future<Output = ()> + use<> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Scope>();
+        *self.announcements.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        let (db, shutdown) = (self.db.clone(), self.shutdown.clone());
+        async move {
+            loop {
+                let first = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    first = rx.recv() => match first {
+                        Some(scope) => scope,
+                        None => return,
+                    },
+                };
+                let mut scopes = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    if !scopes.contains(&more) {
+                        scopes.push(more);
+                    }
+                }
+                for scope in &scopes {
+                    if let Err(e) = store::events::notify(&db.pool, scope).await {
+                        tracing::debug!(error = %e, "could not announce events; other instances poll");
+                    }
+                }
+            }
         }
     }
 

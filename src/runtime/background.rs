@@ -19,6 +19,7 @@ impl Runtime {
         }
         if self.db.backend == store::Backend::Postgres {
             self.spawn(self.hub.live.start_relay(self.db.clone(), self.shutdown.clone()));
+            self.spawn(self.hub.start_announcing());
         }
         let worker = Worker {
             db: self.db.clone(),
