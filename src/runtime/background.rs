@@ -43,8 +43,7 @@ async fn purge(rt: Runtime) {
             () = rt.shutdown.cancelled() => return,
             _ = every.tick() => {}
         }
-        let retention = i64::try_from(rt.config.events.retention.as_millis()).unwrap_or(i64::MAX);
-        let cutoff = crate::clock::now_ms().saturating_sub(retention);
+        let cutoff = crate::clock::now_ms().saturating_sub(crate::clock::duration_ms(rt.config.events.retention));
         match store::events::purge(&rt.db.pool, cutoff).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "purged events past retention"),
@@ -55,7 +54,7 @@ async fn purge(rt: Runtime) {
         }
         // A session whose first call failed before the provider answered stays empty; it is
         // kept for a while so that the client can retry in it (spec §3.6 rule 5).
-        let empty_for = i64::try_from(rt.config.sessions.empty_retention.as_millis()).unwrap_or(i64::MAX);
+        let empty_for = crate::clock::duration_ms(rt.config.sessions.empty_retention);
         let cutoff = crate::clock::now_ms().saturating_sub(empty_for);
         match store::chat::purge_empty_sessions(&rt.db.pool, cutoff).await {
             Ok(0) => {}

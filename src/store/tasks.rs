@@ -372,7 +372,7 @@ pub async fn past_deadline<'c>(ex: impl Exec<'c>, now: i64, limit: i64) -> Resul
     sqlx::query_as(&sql).bind(now).bind(limit).fetch_all(ex).await
 }
 
-/// Counts of the scope's tasks by status, for `polpo_tasks`.
+/// Counts of every scope's tasks by status, for `polpo_tasks`.
 pub async fn count_by_status<'c>(ex: impl Exec<'c>) -> Result<Vec<(String, i64)>, sqlx::Error> {
     sqlx::query_as("SELECT status, COUNT(*) FROM tasks GROUP BY status")
         .fetch_all(ex)

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
 
 use super::assessment::{self, Check, Expectation};
 use super::call::{self, Answer, CallError};
@@ -94,10 +93,6 @@ fn backoff(retries: i64, retry_after: Option<Duration>) -> Duration {
         .saturating_mul(2u32.saturating_pow(exponent))
         .min(BACKOFF_MAX);
     retry_after.map_or(plain, |wait| plain.max(wait))
-}
-
-fn ms(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Attempts that failed (an error or a failed review), for escalation.
@@ -351,7 +346,7 @@ pub async fn run(rt: &Runtime, mut claim: Claim) -> Result<&'static str, ApiErro
                     reason: "error".into(),
                 });
                 let wait = backoff(task.retries, retry_after);
-                let run_after = finished.ms() + ms(wait);
+                let run_after = finished.ms() + crate::clock::duration_ms(wait);
                 move_to(
                     rt,
                     &claim,
@@ -642,10 +637,4 @@ async fn review_call(
 /// The attempt outcome counted in `polpo_task_attempts_total`.
 pub fn count(rt: &Runtime, outcome: &str) {
     rt.metrics.add(metrics::TASK_ATTEMPTS, &[("outcome", outcome)], 1.0);
-}
-
-/// When the attempt must end (`maxDuration`), as a tokio instant.
-pub fn deadline_instant(attempt_deadline_ms: i64) -> Instant {
-    let left = attempt_deadline_ms.saturating_sub(crate::clock::now_ms()).max(0);
-    Instant::now() + Duration::from_millis(u64::try_from(left).unwrap_or(0))
 }

@@ -25,10 +25,6 @@ const TICK: Duration = Duration::from_millis(1000);
 /// Rows the timers handle per round.
 const TIMER_BATCH: i64 = 100;
 
-fn ms(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
 fn jittered(base: Duration) -> Duration {
     let mut byte = [0u8; 1];
     let spread = if getrandom::fill(&mut byte).is_ok() {
@@ -84,7 +80,7 @@ pub async fn run(rt: Runtime) {
 /// Claims one task and records `pending → assigned`.
 async fn claim(rt: &Runtime, owner: &str) -> Result<Option<Claim>, ApiError> {
     let now = crate::clock::now_ms();
-    let lease_until = now + ms(rt.config.workers.lease_duration);
+    let lease_until = now + crate::clock::duration_ms(rt.config.workers.lease_duration);
     let mut change = rt.change_unscoped().await?;
     let Some(row) = store::tasks::claim_one(change.conn(), rt.db.backend, owner, now, lease_until).await? else {
         return Ok(None);
@@ -172,7 +168,7 @@ async fn lost(rt: &Runtime, scope: &Scope, id: &str, generation: i64) {
     loop {
         let check = tokio::select! {
             _ = beat.tick() => {
-                let until = crate::clock::now_ms() + ms(rt.config.workers.lease_duration);
+                let until = crate::clock::now_ms() + crate::clock::duration_ms(rt.config.workers.lease_duration);
                 match store::tasks::renew(&rt.db.pool, scope, id, generation, until).await {
                     Ok(true) => false,
                     Ok(false) => return,

@@ -185,7 +185,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn review(criteria: Option<&str>, dimensions: &[(&str, f64)]) -> Expectation {
+    /// An `llm_review` expectation for tests: dimensions by name and weight.
+    pub(super) fn review(criteria: Option<&str>, dimensions: &[(&str, f64)], threshold: f64) -> Expectation {
         Expectation::LlmReview {
             criteria: criteria.map(str::to_string),
             dimensions: dimensions
@@ -196,7 +197,7 @@ mod tests {
                     weight: *weight,
                 })
                 .collect(),
-            threshold: 3.0,
+            threshold,
         }
     }
 
@@ -267,7 +268,7 @@ mod tests {
             Expectation::JsonSchema {
                 schema: json!({"type": "object"}),
             },
-            review(Some("Release notes a user can follow."), &[("clarity", 1.0)]),
+            review(Some("Release notes a user can follow."), &[("clarity", 1.0)], 3.0),
         ]);
         assert!(text.starts_with("- The output contains \"2.0\"\n"), "{text}");
         assert!(

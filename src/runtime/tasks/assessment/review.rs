@@ -228,22 +228,8 @@ mod tests {
     use super::*;
     use crate::providers::mock::MockClient;
     use crate::providers::types::{Chunk, ModelClient};
+    use crate::runtime::tasks::assessment::tests::review;
     use futures_util::StreamExt;
-
-    fn review(criteria: Option<&str>, dimensions: &[(&str, f64)], threshold: f64) -> Expectation {
-        Expectation::LlmReview {
-            criteria: criteria.map(str::to_string),
-            dimensions: dimensions
-                .iter()
-                .map(|(name, weight)| Dimension {
-                    name: name.to_string(),
-                    description: format!("how {name} it is"),
-                    weight: *weight,
-                })
-                .collect(),
-            threshold,
-        }
-    }
 
     fn reply(scores: &[(&str, Value)]) -> String {
         let scores: Vec<Value> = scores
