@@ -106,7 +106,19 @@ pub async fn follow(state: AppState, auth: AuthContext, id: String) -> Result<Re
                     {
                         continue;
                     }
-                    let data: Value = serde_json::from_str(&event.payload).unwrap_or(Value::Null);
+                    // An unreadable stored payload fails as it does everywhere else (a logged
+                    // internal error), here as the stream's one error frame.
+                    let data: Value = match crate::store::read_json(&event.payload, "event payload") {
+                        Ok(data) => data,
+                        Err(e) => {
+                            let error = ApiError::from(e);
+                            if let ApiError::Internal(cause) = &error {
+                                tracing::error!(task_id = %id, cause = %cause, "task stream failed");
+                            }
+                            yield Ok(SseEvent::default().data(json!({"error": error.report().openai_error()}).to_string()));
+                            return;
+                        }
+                    };
                     yield chunk(&id, json!({}), None, Some(json!({"event": name, "data": data})));
                     let finish = match name {
                         "task:transition" => match data["to"].as_str() {
