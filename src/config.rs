@@ -25,6 +25,7 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub workers: WorkersConfig,
     pub assessment: AssessmentConfig,
+    pub schedule: ScheduleConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -155,6 +156,23 @@ impl Default for WorkersConfig {
 pub struct AssessmentConfig {
     /// The reviewer model; `None`: the attempt's own model.
     pub model: Option<String>,
+}
+
+/// Mission schedules (spec §6.8).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    /// A tick missed while no instance ran is still fired when it is younger than this.
+    #[serde(deserialize_with = "de_duration")]
+    pub catch_up_window: Duration,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            catch_up_window: Duration::from_secs(300),
+        }
+    }
 }
 
 /// Webhook delivery (spec §8).

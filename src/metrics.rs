@@ -58,6 +58,11 @@ pub const TASKS: Desc = Desc {
     help: "Tasks in the database by status, read at scrape time.",
     kind: Kind::Gauge,
 };
+pub const MISSION_RUNS_LIVE: Desc = Desc {
+    name: "polpo_mission_runs_live",
+    help: "Mission runs that are active or paused, in the database, read at scrape time.",
+    kind: Kind::Gauge,
+};
 pub const WEBHOOK_DELIVERIES: Desc = Desc {
     name: "polpo_webhook_deliveries_total",
     help: "Webhook delivery attempts, by outcome.",

@@ -131,6 +131,26 @@ fn timezone_problem(tz: &str) -> Option<String> {
 /// Reads and checks an agent body; `creating` makes `name` and `model` required.
 fn read_changes(rt: &Runtime, body: JsonObject, creating: bool) -> Result<AgentChanges, ApiError> {
     let mut f = Fields::new(body.0, WRITABLE, READ_ONLY);
+    let changes = read_fields(rt, &mut f, creating);
+    f.finish()?;
+    Ok(changes)
+}
+
+/// An agent configuration at `prefix` of a larger body (a mission's team member), read as a
+/// create body; its problems go to `f`.
+pub fn read_config(
+    rt: &Runtime,
+    object: serde_json::Map<String, serde_json::Value>,
+    prefix: String,
+    f: &mut Fields,
+) -> AgentChanges {
+    let mut nested = Fields::nested(object, prefix, WRITABLE, READ_ONLY);
+    let changes = read_fields(rt, &mut nested, true);
+    f.absorb(nested);
+    changes
+}
+
+fn read_fields(rt: &Runtime, f: &mut Fields, creating: bool) -> AgentChanges {
     let name = f.string("name", 1, 64);
     if let Field::Value(n) = &name
         && let Some(problem) = name_problem(n)
@@ -193,8 +213,7 @@ fn read_changes(rt: &Runtime, body: JsonObject, creating: bool) -> Result<AgentC
     let temperature = f.number("temperature", 0.0, 2.0);
     let max_tokens = f.integer("maxTokens", 1, i64::from(i32::MAX));
     let metadata = f.metadata("metadata");
-    f.finish()?;
-    Ok(AgentChanges {
+    AgentChanges {
         name,
         role,
         model,
@@ -209,7 +228,7 @@ fn read_changes(rt: &Runtime, body: JsonObject, creating: bool) -> Result<AgentC
         temperature,
         max_tokens,
         metadata,
-    })
+    }
 }
 
 /// List agents in creation order (spec §2.2, pagination §1.5).

@@ -68,6 +68,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         return Err(ApiError::not_found("metrics are disabled"));
     }
     crate::runtime::tasks::actions::refresh_metrics(&state.runtime).await;
+    crate::runtime::missions::refresh_metrics(&state.runtime).await;
     let text = state.runtime.metrics.render(state.verifier.lookups());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

@@ -85,7 +85,8 @@ impl Fields {
         Self::nested(object, String::new(), known, read_only)
     }
 
-    fn nested(object: Map<String, Value>, prefix: String, known: &[&str], read_only: &[&str]) -> Self {
+    /// Starts reading an object found at `prefix` (`tasks[2].`) of a larger body.
+    pub fn nested(object: Map<String, Value>, prefix: String, known: &[&str], read_only: &[&str]) -> Self {
         let mut errors = BTreeMap::new();
         for key in object.keys() {
             if read_only.contains(&key.as_str()) {
@@ -118,7 +119,8 @@ impl Fields {
         }
     }
 
-    fn raw(&mut self, key: &str) -> Field<Value> {
+    /// The raw JSON of `key`, for values read by rules of their own.
+    pub fn raw(&mut self, key: &str) -> Field<Value> {
         match self.object.remove(key) {
             None => Field::Absent,
             Some(Value::Null) => Field::Null,

@@ -9,6 +9,7 @@ pub mod events;
 pub mod health;
 pub mod input;
 pub mod memory;
+pub mod missions;
 pub mod models;
 pub mod sessions;
 pub mod tasks;
@@ -96,6 +97,19 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(approvals::get_approval))
         .routes(routes!(approvals::approve_approval))
         .routes(routes!(approvals::reject_approval))
+        .routes(routes!(missions::list_missions, missions::create_mission))
+        .routes(routes!(
+            missions::get_mission,
+            missions::update_mission,
+            missions::delete_mission
+        ))
+        .routes(routes!(missions::execute_mission))
+        .routes(routes!(missions::list_runs))
+        .routes(routes!(missions::get_run))
+        .routes(routes!(missions::resume_mission))
+        .routes(routes!(missions::abort_mission))
+        .routes(routes!(missions::resume_checkpoint))
+        .routes(routes!(missions::mission_report))
         .routes(routes!(events::stream_events))
         .routes(routes!(events::event_history))
         .routes(routes!(webhooks::list_webhooks, webhooks::create_webhook))

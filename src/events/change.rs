@@ -80,13 +80,29 @@ impl Change {
                 self.hub.announce(scope);
             }
         }
-        // Only task changes can make work for the runner; chat turns and the rest do not wake it.
-        if self
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::TaskCreated { .. } | Event::TaskTransition { .. }))
-        {
+        // Only task changes and released holds can make work for the runner; chat turns and
+        // the rest do not wake it. A run's task changing status can move its run on.
+        let mut runnable = false;
+        let mut missions = false;
+        for event in &self.events {
+            match event {
+                Event::TaskCreated { .. } => runnable = true,
+                Event::TaskTransition { task, .. } => {
+                    runnable = true;
+                    missions |= !task["runId"].is_null();
+                }
+                Event::QualityGatePassed { .. }
+                | Event::CheckpointResumed { .. }
+                | Event::DelayExpired { .. }
+                | Event::MissionResumed { .. } => runnable = true,
+                _ => {}
+            }
+        }
+        if runnable {
             self.hub.runnable.notify_one();
+        }
+        if missions {
+            self.hub.missions.notify_one();
         }
         Ok(())
     }

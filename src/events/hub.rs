@@ -46,6 +46,10 @@ pub struct Hub {
     /// by every commit of another instance (whose events are not known here): the task runner
     /// looks for work then.
     pub runnable: Arc<Notify>,
+    /// Woken by commits that can move a mission run on (a run's task changing status, a hold
+    /// released), locally, and by every commit of another instance: the mission driver looks
+    /// then.
+    pub missions: Arc<Notify>,
     /// The agent text of running tasks, which travels beside the log.
     pub live: Arc<super::live::LiveText>,
     /// Scopes with new commits to announce to other instances (Postgres only).
@@ -82,6 +86,7 @@ impl Hub {
             tasks,
             committed: Arc::new(Notify::new()),
             runnable: Arc::new(Notify::new()),
+            missions: Arc::new(Notify::new()),
             live: Arc::new(super::live::LiveText::new()),
             announcements: Mutex::default(),
         }
@@ -271,6 +276,7 @@ impl Hub {
                         if let Some(scope) = store::events::notified_scope(notification.payload()) {
                             self.wake(&scope);
                             self.runnable.notify_one();
+                            self.missions.notify_one();
                         }
                     }
                     // The connection dropped and will be re-established: re-read everything.

@@ -134,6 +134,29 @@ impl Agent {
         changes.metadata.set_or(&mut self.metadata, BTreeMap::new);
     }
 
+    /// An agent with every optional field at its default.
+    fn blank(id: String, name: String, model: String, at_ms: i64) -> Self {
+        Self {
+            id,
+            name,
+            role: None,
+            model,
+            system_prompt: None,
+            allowed_tools: Vec::new(),
+            skills: Vec::new(),
+            max_turns: DEFAULT_MAX_TURNS,
+            max_concurrency: None,
+            reasoning: None,
+            identity: None,
+            reports_to: None,
+            temperature: None,
+            max_tokens: None,
+            metadata: BTreeMap::new(),
+            created_at: Timestamp(at_ms),
+            updated_at: Timestamp(at_ms),
+        }
+    }
+
     fn from_row(row: &store::agents::AgentRow) -> Result<Self, ApiError> {
         Ok(store::read_json(&row.body, "agent document")?)
     }
@@ -166,6 +189,38 @@ pub async fn get(db: &Db, scope: &Scope, id_or_name: &str) -> Result<Agent, ApiE
     find(db, scope, id_or_name).await?.ok_or_else(|| not_found(id_or_name))
 }
 
+/// The fields every agent document has beyond its configuration.
+const INSTANCE_FIELDS: [&str; 3] = ["id", "createdAt", "updatedAt"];
+
+/// A team member's configuration (spec §6.1 `team`): the agent document that `changes` would
+/// create, without id and timestamps. `name` and `model` are required.
+pub fn config(changes: AgentChanges) -> Result<serde_json::Value, ApiError> {
+    let (Field::Value(name), Field::Value(model)) = (changes.name.clone(), changes.model.clone()) else {
+        return Err(ApiError::bad_request("name and model are required"));
+    };
+    let mut agent = Agent::blank(String::new(), name, model, 0);
+    agent.apply(changes);
+    let mut value = serde_json::to_value(&agent).map_err(ApiError::internal)?;
+    if let Some(object) = value.as_object_mut() {
+        for field in INSTANCE_FIELDS {
+            object.remove(field);
+        }
+    }
+    Ok(value)
+}
+
+/// A team member of a run, made from its configuration.
+pub fn instantiate(config: &serde_json::Value, at_ms: i64) -> Result<Agent, ApiError> {
+    let mut value = config.clone();
+    if let Some(object) = value.as_object_mut() {
+        object.insert("id".into(), ids::new_id(ID_PREFIX).into());
+        for field in ["createdAt", "updatedAt"] {
+            object.insert(field.into(), clock::format_ms(at_ms).into());
+        }
+    }
+    serde_json::from_value(value).map_err(ApiError::internal)
+}
+
 /// Resolves `reportsTo` to a stored agent's name; unknown or self → `400`.
 async fn resolve_reports_to(db: &Db, scope: &Scope, agent: &mut Agent) -> Result<(), ApiError> {
     let Some(target) = agent.reports_to.clone() else {
@@ -191,25 +246,7 @@ pub async fn create(db: &Db, scope: &Scope, changes: AgentChanges) -> Result<Age
     let (Field::Value(name), Field::Value(model)) = (changes.name.clone(), changes.model.clone()) else {
         return Err(ApiError::bad_request("name and model are required"));
     };
-    let mut agent = Agent {
-        id: ids::new_id(ID_PREFIX),
-        name,
-        role: None,
-        model,
-        system_prompt: None,
-        allowed_tools: Vec::new(),
-        skills: Vec::new(),
-        max_turns: DEFAULT_MAX_TURNS,
-        max_concurrency: None,
-        reasoning: None,
-        identity: None,
-        reports_to: None,
-        temperature: None,
-        max_tokens: None,
-        metadata: BTreeMap::new(),
-        created_at: Timestamp(now),
-        updated_at: Timestamp(now),
-    };
+    let mut agent = Agent::blank(ids::new_id(ID_PREFIX), name, model, now);
     agent.apply(changes);
     resolve_reports_to(db, scope, &mut agent).await?;
     store::agents::insert(&db.pool, scope, &agent.to_row()?, now)

@@ -1,6 +1,7 @@
 //! Work that runs beside the requests until shutdown, every loop a tracked task: the Postgres
 //! listener that wakes event feeds for other instances' commits, the webhook delivery worker,
-//! the task runner, and the retention purge (old events and deliveries, empty chat sessions).
+//! the task runner, the mission driver, and the retention purge (old events and deliveries,
+//! empty chat sessions).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,7 @@ impl Runtime {
         self.spawn(worker.run());
         self.spawn(purge(self.clone()));
         self.spawn(super::tasks::runner::run(self.clone()));
+        self.spawn(super::missions::driver::run(self.clone()));
     }
 }
 

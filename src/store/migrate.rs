@@ -37,6 +37,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0004_tasks.sql"),
         postgres: include_str!("../../migrations/postgres/0004_tasks.sql"),
     },
+    Migration {
+        version: 5,
+        name: "missions",
+        sqlite: include_str!("../../migrations/sqlite/0005_missions.sql"),
+        postgres: include_str!("../../migrations/postgres/0005_missions.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the migration lock among Postgres advisory locks.

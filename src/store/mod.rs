@@ -8,6 +8,7 @@ pub mod events;
 pub mod keys;
 pub mod memory;
 pub mod migrate;
+pub mod missions;
 pub mod projects;
 pub mod tasks;
 pub mod webhooks;

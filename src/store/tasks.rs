@@ -49,11 +49,19 @@ const CLAIMED_COLUMNS: &str = "project, environment, id, status, body, lease_gen
 /// Statuses whose tasks hold a worker (and count against an agent's `maxConcurrency`).
 const RUNNING: &str = "('assigned', 'in_progress', 'review')";
 
-pub async fn insert<'c>(ex: impl Exec<'c>, scope: &Scope, row: &TaskRow, created_at: i64) -> Result<(), sqlx::Error> {
+/// Inserts a task; a task of a mission run carries the index of its definition (`node`), unique
+/// within the run.
+pub async fn insert<'c>(
+    ex: impl Exec<'c>,
+    scope: &Scope,
+    row: &TaskRow,
+    created_at: i64,
+    node: Option<i64>,
+) -> Result<(), sqlx::Error> {
     let sql = "INSERT INTO tasks (project, environment, id, title, task_group, assign_to, mission_id, run_id, status,
                                   priority, body, run_after, deadline, attempt_deadline, lease_owner, lease_until,
-                                  lease_gen, created_at, updated_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, $12, NULL, NULL, 0, 0, $13, $14)";
+                                  lease_gen, created_at, updated_at, run_node, held)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, $12, NULL, NULL, 0, 0, $13, $14, $15, 0)";
     scoped(sql, scope)
         .bind(&row.id)
         .bind(&row.title)
@@ -67,9 +75,48 @@ pub async fn insert<'c>(ex: impl Exec<'c>, scope: &Scope, row: &TaskRow, created
         .bind(row.deadline)
         .bind(created_at)
         .bind(row.updated_at)
+        .bind(node)
         .execute(ex)
         .await?;
     Ok(())
+}
+
+/// The tasks of a mission run, in definition order.
+pub async fn of_run<'c>(ex: impl Exec<'c>, scope: &Scope, run_id: &str) -> Result<Vec<TaskRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM tasks WHERE project = $1 AND environment = $2 AND run_id = $3 ORDER BY run_node"
+    );
+    scoped_as(&sql, scope).bind(run_id).fetch_all(ex).await
+}
+
+/// The tasks of a mission run that may not be claimed now, by id.
+pub async fn held_of_run<'c>(ex: impl Exec<'c>, scope: &Scope, run_id: &str) -> Result<Vec<String>, sqlx::Error> {
+    let sql = "SELECT id FROM tasks WHERE project = $1 AND environment = $2 AND run_id = $3 AND held <> 0";
+    scoped_scalar(sql, scope).bind(run_id).fetch_all(ex).await
+}
+
+/// Lets the runner claim the task (`held` false) or keeps it from doing so.
+pub async fn set_held<'c>(ex: impl Exec<'c>, scope: &Scope, id: &str, held: bool) -> Result<(), sqlx::Error> {
+    let sql = "UPDATE tasks SET held = $4 WHERE project = $1 AND environment = $2 AND id = $3";
+    scoped(sql, scope).bind(id).bind(i64::from(held)).execute(ex).await?;
+    Ok(())
+}
+
+/// Removes the tasks of a mission, with their dependencies and approvals; returns their ids.
+pub async fn delete_of_mission(
+    ex: &mut sqlx::AnyConnection,
+    scope: &Scope,
+    mission_id: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let sql = "SELECT id FROM tasks WHERE project = $1 AND environment = $2 AND mission_id = $3 ORDER BY id";
+    let ids: Vec<String> = scoped_scalar(sql, scope).bind(mission_id).fetch_all(&mut *ex).await?;
+    for id in &ids {
+        delete_dependencies(&mut *ex, scope, id).await?;
+        delete_approvals(&mut *ex, scope, id).await?;
+    }
+    let sql = "DELETE FROM tasks WHERE project = $1 AND environment = $2 AND mission_id = $3";
+    scoped(sql, scope).bind(mission_id).execute(&mut *ex).await?;
+    Ok(ids)
 }
 
 pub async fn get<'c>(ex: impl Exec<'c>, scope: &Scope, id: &str) -> Result<Option<TaskRow>, sqlx::Error> {
@@ -248,11 +295,11 @@ pub async fn delete_dependencies<'c>(ex: impl Exec<'c>, scope: &Scope, task_id: 
     Ok(())
 }
 
-/// Claims the most urgent runnable task of any scope (spec §5.7 step 1): `pending`, past its
-/// backoff, every dependency `done`, its agent below `maxConcurrency`. The claim moves it to
-/// `assigned` under a new lease generation; the caller then records the transition. On
-/// Postgres, `FOR UPDATE SKIP LOCKED` lets instances claim side by side without waiting on each
-/// other; SQLite runs one writer at a time.
+/// Claims the most urgent runnable task of any scope (spec §5.7 step 1): `pending`, not held by
+/// its mission run (§6.7), past its backoff, every dependency `done`, its agent below
+/// `maxConcurrency`. The claim moves it to `assigned` under a new lease generation; the caller
+/// then records the transition. On Postgres, `FOR UPDATE SKIP LOCKED` lets instances claim side
+/// by side without waiting on each other; SQLite runs one writer at a time.
 pub async fn claim_one(
     ex: &mut sqlx::AnyConnection,
     backend: Backend,
@@ -265,50 +312,79 @@ pub async fn claim_one(
     } else {
         ""
     };
+    // A member of a run's volatile team shadows the project agent of the same name; its
+    // `maxConcurrency` counts the tasks of that run.
     let sql = format!(
-        "SELECT t.project, t.environment, t.id, t.assign_to, a.max_concurrency FROM tasks t
-         LEFT JOIN agents a ON a.project = t.project AND a.environment = t.environment AND a.name = t.assign_to
-         WHERE t.status = 'pending' AND t.run_after <= $1
+        "SELECT t.project, t.environment, t.id, t.assign_to, t.run_id,
+                COALESCE(ra.max_concurrency, a.max_concurrency), ra.name FROM tasks t
+         LEFT JOIN run_agents ra ON ra.project = t.project AND ra.environment = t.environment
+                                AND ra.run_id = t.run_id AND ra.name = t.assign_to
+         LEFT JOIN agents a ON ra.name IS NULL AND a.project = t.project AND a.environment = t.environment
+                           AND a.name = t.assign_to
+         WHERE t.status = 'pending' AND t.held = 0 AND t.run_after <= $1
            AND NOT EXISTS (SELECT 1 FROM task_dependencies d
                            JOIN tasks u ON u.project = d.project AND u.environment = d.environment AND u.id = d.depends_on
                            WHERE d.project = t.project AND d.environment = t.environment AND d.task_id = t.id
                              AND u.status <> 'done')
-           AND (a.max_concurrency IS NULL
+           AND (COALESCE(ra.max_concurrency, a.max_concurrency) IS NULL
                 OR (SELECT COUNT(*) FROM tasks r
                     WHERE r.project = t.project AND r.environment = t.environment AND r.assign_to = t.assign_to
-                      AND r.status IN {RUNNING}) < a.max_concurrency)
+                      AND (ra.name IS NULL OR r.run_id = t.run_id)
+                      AND r.status IN {RUNNING}) < COALESCE(ra.max_concurrency, a.max_concurrency))
          ORDER BY t.priority DESC, t.id
          LIMIT 1{lock}"
     );
-    let Some((project, environment, id, agent, limit)) =
-        sqlx::query_as::<_, (String, String, String, String, Option<i64>)>(&sql)
-            .bind(now)
-            .fetch_optional(&mut *ex)
-            .await?
+    type Candidate = (
+        String,
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+    );
+    let Some((project, environment, id, agent, run_id, limit, team)) = sqlx::query_as::<_, Candidate>(&sql)
+        .bind(now)
+        .fetch_optional(&mut *ex)
+        .await?
     else {
         return Ok(None);
     };
     if backend == Backend::Postgres && limit.is_some() {
         // Claims of a limited agent's tasks queue behind its row, so that two instances cannot both
         // take its last free slot; the count is read again once the lock is held.
-        let sql = "SELECT max_concurrency FROM agents WHERE project = $1 AND environment = $2 AND name = $3 FOR UPDATE";
-        let max: Option<Option<i64>> = sqlx::query_scalar(sql)
+        // A team member's row and count are those of its run.
+        let run = team.and(run_id);
+        let (row, count) = if run.is_some() {
+            (
+                "FROM run_agents WHERE project = $1 AND environment = $2 AND name = $3 AND run_id = $4",
+                " AND run_id = $4",
+            )
+        } else {
+            ("FROM agents WHERE project = $1 AND environment = $2 AND name = $3", "")
+        };
+        let sql = format!("SELECT max_concurrency {row} FOR UPDATE");
+        let mut query = sqlx::query_scalar::<_, Option<i64>>(&sql)
             .bind(&project)
             .bind(&environment)
-            .bind(&agent)
-            .fetch_optional(&mut *ex)
-            .await?;
+            .bind(&agent);
+        if let Some(run) = &run {
+            query = query.bind(run);
+        }
+        let max = query.fetch_optional(&mut *ex).await?;
         if let Some(Some(max)) = max {
             let sql = format!(
-                "SELECT COUNT(*) FROM tasks WHERE project = $1 AND environment = $2 AND assign_to = $3
+                "SELECT COUNT(*) FROM tasks WHERE project = $1 AND environment = $2 AND assign_to = $3{count}
                  AND status IN {RUNNING}"
             );
-            let running: i64 = sqlx::query_scalar(&sql)
+            let mut query = sqlx::query_scalar::<_, i64>(&sql)
                 .bind(&project)
                 .bind(&environment)
-                .bind(&agent)
-                .fetch_one(&mut *ex)
-                .await?;
+                .bind(&agent);
+            if let Some(run) = &run {
+                query = query.bind(run);
+            }
+            let running = query.fetch_one(&mut *ex).await?;
             if running >= max {
                 return Ok(None);
             }

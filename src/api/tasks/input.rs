@@ -41,9 +41,10 @@ const READ_ONLY: &[&str] = &[
     "finishedAt",
 ];
 /// `description` limit (spec §5.1).
-const DESCRIPTION_BYTES: usize = 64 * 1024;
+pub const DESCRIPTION_BYTES: usize = 64 * 1024;
 
-fn structured<T>(
+/// A list read by its own rules (expectations, outcomes), problems reported under its paths.
+pub fn structured<T>(
     value: Option<Value>,
     f: &mut Fields,
     read: impl Fn(&Value) -> Result<Vec<T>, std::collections::BTreeMap<String, String>>,
@@ -60,6 +61,23 @@ fn structured<T>(
                 Field::Absent
             }
         },
+    }
+}
+
+/// `retryPolicy` (spec §5.1): its members' shapes; the agent and model are checked by the rules.
+pub fn retry_policy(f: &mut Fields) -> Field<RetryPolicy> {
+    match f.object("retryPolicy", &["escalateAfter", "fallbackAgent", "escalateModel"]) {
+        Field::Value(mut nested) => {
+            let policy = RetryPolicy {
+                escalate_after: nested.integer("escalateAfter", 1, 10).into_option(),
+                fallback_agent: nested.string("fallbackAgent", 1, 256).into_option(),
+                escalate_model: nested.string("escalateModel", 1, 256).into_option(),
+            };
+            f.absorb(nested);
+            Field::Value(policy)
+        }
+        Field::Null => Field::Null,
+        Field::Absent => Field::Absent,
     }
 }
 
@@ -99,19 +117,7 @@ pub fn read(body: JsonObject, creating: bool) -> Result<(TaskChanges, bool), Api
     let priority = f.integer("priority", -1000, 1000);
     let max_retries = f.integer("maxRetries", 0, 10);
     let max_duration = f.integer("maxDuration", 1000, 86_400_000);
-    let retry_policy = match f.object("retryPolicy", &["escalateAfter", "fallbackAgent", "escalateModel"]) {
-        Field::Value(mut nested) => {
-            let policy = RetryPolicy {
-                escalate_after: nested.integer("escalateAfter", 1, 10).into_option(),
-                fallback_agent: nested.string("fallbackAgent", 1, 256).into_option(),
-                escalate_model: nested.string("escalateModel", 1, 256).into_option(),
-            };
-            f.absorb(nested);
-            Field::Value(policy)
-        }
-        Field::Null => Field::Null,
-        Field::Absent => Field::Absent,
-    };
+    let retry_policy = retry_policy(&mut f);
     let side_effects = f.boolean("sideEffects");
     let deadline = match f.string("deadline", 1, 64) {
         Field::Value(text) => match parse_rfc3339(&text) {

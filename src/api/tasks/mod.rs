@@ -1,7 +1,7 @@
 //! `/v1/tasks`: tasks and their actions (spec §5.4, §5.5). Reading bodies is in `input`; the
 //! rules are in `runtime::tasks`.
 
-mod input;
+pub mod input;
 mod stream;
 
 use axum::Json;

@@ -125,7 +125,14 @@ pub async fn run(rt: &Runtime, scope: &Scope, id: &str) -> Result<Task, ApiError
 
 /// `retry`: `failed → pending`, retries reset, the error cleared, `task:retry {reason: manual}`.
 pub async fn retry(rt: &Runtime, scope: &Scope, id: &str) -> Result<Task, ApiError> {
-    let (mut change, mut task) = load(rt, scope, id).await?;
+    let (mut change, task) = load(rt, scope, id).await?;
+    let task = retry_in(&mut change, scope, task).await?;
+    change.commit().await?;
+    Ok(task)
+}
+
+/// `retry` in the caller's change (a mission resume retries its run's failed tasks).
+pub async fn retry_in(change: &mut Change, scope: &Scope, mut task: Task) -> Result<Task, ApiError> {
     if task.status() != Status::Failed {
         return Err(illegal("retry", task.status(), &[Status::Failed]));
     }
@@ -140,9 +147,8 @@ pub async fn retry(rt: &Runtime, scope: &Scope, id: &str) -> Result<Task, ApiErr
         max_retries: task.max_retries,
         reason: "manual".into(),
     });
-    task.transition(&mut change, Status::Pending, None, Reason::Regular)?;
-    write(&mut change, scope, &task, None).await?;
-    change.commit().await?;
+    task.transition(change, Status::Pending, None, Reason::Regular)?;
+    write(change, scope, &task, None).await?;
     Ok(task)
 }
 

@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::events::Event;
 use crate::metrics;
 use crate::providers::types::{ChatMessage, ChatRequest, Params, Role};
-use crate::runtime::{Runtime, agents, prompt};
+use crate::runtime::{Runtime, prompt};
 use crate::scope::Scope;
 use crate::store;
 
@@ -63,6 +63,18 @@ async fn brief(rt: &Runtime, scope: &Scope, task: &Task) -> Result<String, ApiEr
     let mut out = format!("# {}\n", task.title);
     if !task.description.is_empty() {
         out.push_str(&format!("\n{}\n", task.description));
+    }
+    if let Some(run_id) = &task.run_id
+        && let Some(plan) = crate::runtime::missions::runs::brief_of(rt, scope, run_id).await?
+    {
+        out.push_str(&format!("\n## Mission \"{}\"\n", plan.name));
+        if let Some(prompt) = plan.prompt.filter(|p| !p.is_empty()) {
+            out.push_str(&format!("\n{prompt}\n"));
+        }
+        if let Some(data) = plan.data {
+            let pretty = serde_json::to_string_pretty(&data).map_err(ApiError::internal)?;
+            out.push_str(&format!("\n### Mission data\n\n```json\n{pretty}\n```\n"));
+        }
     }
     for id in &task.depends_on {
         let Some(row) = store::tasks::get(&rt.db.pool, scope, id).await? else {
@@ -209,7 +221,10 @@ pub async fn run(rt: &Runtime, mut claim: Claim) -> Result<&'static str, ApiErro
         (Some(fallback), true) => fallback.clone(),
         _ => task.assign_to.clone(),
     };
-    let Some(agent) = agents::find(&rt.db, &claim.scope, &agent_name).await? else {
+    let run_id = task.run_id.clone();
+    let Some(agent) =
+        crate::runtime::missions::runs::find_agent(rt, &claim.scope, run_id.as_deref(), &agent_name).await?
+    else {
         let error = TaskError::new("agent_not_found", format!("agent {agent_name:?} no longer exists"));
         fail(rt, &claim, &mut task, error, Vec::new()).await?;
         return Ok("failed");

@@ -135,6 +135,14 @@ async fn check(
     {
         problems.insert("deadline".to_string(), "must be in the future".to_string());
     }
+    if let Field::Value(group) = &changes.group
+        && crate::runtime::missions::crud::group_is_reserved(change.conn(), scope, group).await?
+    {
+        problems.insert(
+            "group".to_string(),
+            format!("{group:?} is the group of a mission's runs"),
+        );
+    }
     if let Field::Value(wanted) = &changes.depends_on {
         let mut resolved = Vec::new();
         for (i, reference) in wanted.iter().enumerate() {
@@ -214,7 +222,7 @@ pub async fn create(rt: &Runtime, scope: &Scope, changes: TaskChanges, draft: bo
     task.updated_at = task.created_at;
     check(&mut change, scope, &mut task, &changes, problems).await?;
     let at = change.at();
-    store::tasks::insert(change.conn(), scope, &store_rows::row(&task)?, at).await?;
+    store::tasks::insert(change.conn(), scope, &store_rows::row(&task)?, at, None).await?;
     store::tasks::set_dependencies(change.conn(), scope, &task.id, &task.depends_on).await?;
     change.emit(Event::TaskCreated {
         task_id: task.id.clone(),

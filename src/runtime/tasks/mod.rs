@@ -17,7 +17,7 @@ pub mod create;
 pub mod model;
 pub mod runner;
 pub mod status;
-mod store_rows;
+pub mod store_rows;
 
 pub use model::{Task, TaskError, Usage};
 pub use status::{Phase, Reason, Status};
