@@ -12,6 +12,7 @@ mod fakes_selftest;
 mod helpers;
 mod layers;
 mod memory;
+mod missions;
 mod models;
 mod operations;
 mod process;
