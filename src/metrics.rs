@@ -180,6 +180,9 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind_name}");
             for (labels, series) in &family.series {
                 match series {
+                    Series::Value(v) if labels.is_empty() => {
+                        let _ = writeln!(out, "{name} {v}");
+                    }
                     Series::Value(v) => {
                         let _ = writeln!(out, "{name}{{{labels}}} {v}");
                     }

@@ -1,5 +1,6 @@
 //! Spec §5.8, §6.6: a mission run is database state, so it survives `kill -9` of its server,
-//! and a run's tasks are keyed by (run, definition), so no node can be created twice.
+//! and a run's tasks are keyed by (run, definition), so no node can be created twice. The
+//! live-run gauge follows runs as they start and end.
 
 use std::time::Duration;
 
@@ -169,4 +170,28 @@ async fn the_database_refuses_a_second_task_for_a_definition_of_a_run() {
         .await
         .json();
     assert_eq!(tasks.as_array().unwrap().len(), 1, "{tasks:#}");
+}
+
+#[tokio::test]
+async fn the_live_run_gauge_counts_runs_while_they_run() {
+    let app = TestApp::spawn().await;
+    super::agent(&app, "plodder", "mock/slow-echo").await;
+    let before = app.metric("polpo_mission_runs_live").await;
+    let saved = mission(
+        &app,
+        json!({"name": "gauge", "tasks": [{"title": "Slow", "description": "word ".repeat(30), "assignTo": "plodder"}]}),
+    )
+    .await;
+    let id = saved["id"].as_str().unwrap();
+    let run = execute(&app, id).await;
+    assert_eq!(app.metric("polpo_mission_runs_live").await, before + 1.0);
+    super::until_run(
+        &app,
+        id,
+        run["id"].as_str().unwrap(),
+        "completed",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(app.metric("polpo_mission_runs_live").await, before);
 }
