@@ -28,6 +28,7 @@ impl Runtime {
             settings: self.config.webhooks.clone(),
             wake: Arc::clone(&self.hub.committed),
             shutdown: self.shutdown.clone(),
+            tasks: self.tasks.clone(),
         };
         self.spawn(worker.run());
         self.spawn(purge(self.clone()));

@@ -48,6 +48,8 @@ pub struct EventRow {
     pub seq: i64,
     pub name: String,
     pub payload: String,
+    /// When the change it records was committed, in milliseconds.
+    pub created_at: i64,
 }
 
 /// Events after `after`, oldest first.
@@ -57,8 +59,8 @@ pub async fn list_after<'c>(
     after: i64,
     limit: i64,
 ) -> Result<Vec<EventRow>, sqlx::Error> {
-    let sql = "SELECT seq, name, payload FROM events WHERE project = $1 AND environment = $2 AND seq > $3
-               ORDER BY seq LIMIT $4";
+    let sql = "SELECT seq, name, payload, created_at FROM events
+               WHERE project = $1 AND environment = $2 AND seq > $3 ORDER BY seq LIMIT $4";
     scoped_as(sql, scope).bind(after).bind(limit).fetch_all(ex).await
 }
 

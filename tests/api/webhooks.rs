@@ -392,3 +392,48 @@ async fn concurrent_creations_cannot_pass_the_limit() {
     assert_eq!(listed.status, StatusCode::OK, "{}", listed.text);
     assert_eq!(listed.json().as_array().unwrap().len(), 20);
 }
+
+#[tokio::test]
+async fn an_endpoint_that_never_answers_does_not_delay_another_projects_deliveries() {
+    // Accepts connections and never answers: each delivery to it waits out the 10 s timeout.
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hanging_url = format!("http://{}/hook", hanging.local_addr().unwrap());
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let held = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = hanging.accept().await {
+            held.lock().unwrap().push(socket);
+        }
+    });
+    let receiver = Receiver::start(Vec::new()).await;
+    let app = TestApp::spawn_with(loopback_config()).await;
+    let other_key = app.key_of("globex", polpo_api::scope::Environment::Test).await;
+    for (key, url) in [(&app.test_key, &hanging_url), (&other_key, &receiver.url)] {
+        let response = app
+            .post("/v1/webhooks", key, json!({"url": url, "events": ["session:created"]}))
+            .await;
+        assert_eq!(response.status, StatusCode::CREATED, "{}", response.text);
+    }
+    chat(&app).await;
+    let hanging_now = eventually(Duration::from_secs(5), || async {
+        !accepted.lock().unwrap().is_empty()
+    })
+    .await;
+    assert!(hanging_now, "the hanging endpoint was never called");
+
+    // While that delivery hangs, the other project's event is delivered well within the
+    // hanging one's 10 s timeout.
+    let response = app
+        .post(
+            "/v1/chat/completions",
+            &other_key,
+            json!({"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::OK);
+    let delivered = eventually(Duration::from_secs(3), || async { !receiver.requests().is_empty() }).await;
+    assert!(
+        delivered,
+        "the other project's delivery waited behind the hanging endpoint"
+    );
+}

@@ -2,12 +2,14 @@
 //! them, in order per webhook, with exponential backoff. All of it is driven from the database,
 //! so deliveries survive restarts and several instances share the work through leases.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::destination::check_url;
 use super::signing::sign;
@@ -48,23 +50,57 @@ const LEASE: Duration = Duration::from_secs(60);
 /// How often the worker looks for work without a wake-up.
 const TICK: Duration = Duration::from_millis(500);
 
+/// Deliveries in flight at once on one instance, over all webhooks.
+const MAX_IN_FLIGHT: usize = 64;
+
 pub struct Worker {
     pub db: Db,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub settings: WebhooksConfig,
     pub wake: Arc<Notify>,
     pub shutdown: CancellationToken,
+    /// Where each delivery runs, tracked for shutdown.
+    pub tasks: TaskTracker,
+}
+
+/// Which webhooks have a delivery in flight here, and the bound on all of them.
+#[derive(Default)]
+struct InFlight {
+    webhooks: Mutex<HashSet<String>>,
+}
+
+impl InFlight {
+    fn key(w: &ScopedWebhook) -> String {
+        format!("{}/{}/{}", w.scope.project, w.scope.environment.as_str(), w.webhook.id)
+    }
+
+    /// Marks the webhook busy; `false` when it already was.
+    fn start(&self, key: &str) -> bool {
+        self.webhooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string())
+    }
+
+    fn end(&self, key: &str) {
+        self.webhooks.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
 }
 
 impl Worker {
+    /// Runs until shutdown. Each webhook's deliveries go one at a time, in order, each on its own
+    /// task: a slow or hanging endpoint holds up only its own webhook, never another tenant's.
     pub async fn run(self) {
+        let worker = Arc::new(self);
+        let in_flight = Arc::new(InFlight::default());
+        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         loop {
             tokio::select! {
-                () = self.shutdown.cancelled() => return,
-                () = self.wake.notified() => {}
+                () = worker.shutdown.cancelled() => return,
+                () = worker.wake.notified() => {}
                 () = tokio::time::sleep(TICK) => {}
             }
-            let webhooks = match store::webhooks::all(&self.db.pool).await {
+            let webhooks = match store::webhooks::all(&worker.db.pool).await {
                 Ok(webhooks) => webhooks,
                 Err(e) => {
                     tracing::warn!(error = %e, "webhook worker cannot read webhooks");
@@ -72,12 +108,30 @@ impl Worker {
                 }
             };
             for webhook in &webhooks {
-                if let Err(e) = self.fan_out(webhook).await {
+                if let Err(e) = worker.fan_out(webhook).await {
                     tracing::warn!(error = %e, webhook_id = %webhook.webhook.id, "webhook fan-out failed");
                 }
             }
-            let sends = webhooks.iter().map(|w| self.deliver_head(w));
-            futures_util::future::join_all(sends).await;
+            for webhook in webhooks {
+                let key = InFlight::key(&webhook);
+                if !in_flight.start(&key) {
+                    continue;
+                }
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    in_flight.end(&key);
+                    break;
+                };
+                let (me, in_flight) = (Arc::clone(&worker), Arc::clone(&in_flight));
+                worker.tasks.spawn(async move {
+                    let sent = me.deliver_head(&webhook).await;
+                    drop(slot);
+                    in_flight.end(&key);
+                    // The webhook's next delivery may be due at once.
+                    if sent {
+                        me.wake.notify_one();
+                    }
+                });
+            }
         }
     }
 
@@ -112,31 +166,32 @@ impl Worker {
                 next_attempt_at: now,
                 duration_ms: None,
                 lease_until: 0,
-                created_at: now,
+                // The give-up clock starts at the event, not at this fan-out (spec §8.3).
+                created_at: event.created_at,
             };
             store::webhooks::insert_delivery(&mut *tx, &w.scope, &w.webhook.id, &delivery).await?;
         }
         tx.commit().await
     }
 
-    /// Sends the webhook's oldest pending delivery when it is due.
-    async fn deliver_head(&self, w: &ScopedWebhook) {
+    /// Sends the webhook's oldest pending delivery when it is due; true when one was sent.
+    async fn deliver_head(&self, w: &ScopedWebhook) -> bool {
         let now = clock::now_ms();
         let head = match store::webhooks::head(&self.db.pool, &w.scope, &w.webhook.id).await {
             Ok(Some(head)) if head.next_attempt_at <= now && head.lease_until < now => head,
-            Ok(_) => return,
+            Ok(_) => return false,
             Err(e) => {
                 tracing::warn!(error = %e, "webhook worker cannot read deliveries");
-                return;
+                return false;
             }
         };
         let lease = now + i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX);
         match store::webhooks::claim(&self.db.pool, &w.scope, &w.webhook.id, head.seq, now, lease).await {
             Ok(true) => {}
-            Ok(false) => return,
+            Ok(false) => return false,
             Err(e) => {
                 tracing::warn!(error = %e, "webhook worker cannot claim a delivery");
-                return;
+                return false;
             }
         }
         let mut delivery = head;
@@ -175,6 +230,7 @@ impl Worker {
         if let Err(e) = store::webhooks::record(&self.db.pool, &w.scope, &w.webhook.id, lease, &delivery).await {
             tracing::warn!(error = %e, "webhook worker cannot record a delivery");
         }
+        true
     }
 
     /// One attempt; `Ok(status)` for a 2xx, else the status (if any) and what went wrong.
@@ -182,8 +238,11 @@ impl Worker {
         let destination = check_url(&w.webhook.url, &self.settings)
             .await
             .map_err(|e| (None, format!("refused: {e}")))?;
+        // No proxy from the environment: a proxy would reach the destination by its own lookup,
+        // past the address checks.
         let mut builder = reqwest::Client::builder()
             .timeout(self.settings.timeout)
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none());
         // Connect to the address that was checked, never to a second lookup's answer.
         if destination.host.parse::<IpAddr>().is_err()
