@@ -154,10 +154,15 @@ impl Providers {
                     "providers.{name}: the kind of a built-in provider cannot change"
                 ));
             }
-            by_name.insert(
-                name.to_string(),
-                Self::resolve(name, kind, base_url, key_env, &table, env),
-            );
+            // A built-in that needs no key reaches whatever answers at its address (`ollama` on
+            // localhost): it is on only when the operator configures it.
+            let keyless_network = key_env.is_none() && kind != ProviderKind::Mock;
+            let configured = tables.contains_key(name) || env(&format!("{}_BASE_URL", env_stem(name))).is_some();
+            let mut provider = Self::resolve(name, kind, base_url, key_env, &table, env);
+            if keyless_network && !configured {
+                provider.enabled = false;
+            }
+            by_name.insert(name.to_string(), provider);
         }
         let built_in = |n: &str| BUILT_INS.iter().any(|b| b.0 == n);
         for (name, table) in tables.iter().filter(|(n, _)| !built_in(n)) {
@@ -244,6 +249,12 @@ impl Providers {
                 self.usable_names().join(", ")
             )
         })?;
+        if !provider.enabled && provider.api_key_env.is_none() && provider.kind != ProviderKind::Mock {
+            return Err(format!(
+                "provider {:?} is off until the operator configures it ([providers.{}] in the configuration)",
+                provider.name, provider.name
+            ));
+        }
         if !provider.enabled {
             return Err(format!("provider {:?} is disabled", provider.name));
         }
@@ -347,7 +358,14 @@ mod tests {
                 .contains("OPENAI_API_KEY")
         );
         assert!(providers.check_model("mock/echo").is_ok());
-        assert!(providers.check_model("ollama:llama3.1:8b").is_ok());
+        assert!(
+            providers.check_model("ollama:llama3.1:8b").is_err(),
+            "a keyless network provider is off until configured"
+        );
+        let mut tables = BTreeMap::new();
+        tables.insert("ollama".to_string(), ProviderConfig::default());
+        let configured = Providers::from_config(&tables, &no_env).unwrap();
+        assert!(configured.check_model("ollama:llama3.1:8b").is_ok());
         assert!(providers.check_model("mock/nope").is_err());
         assert!(
             providers

@@ -254,12 +254,17 @@ async fn model_strings_must_name_a_usable_provider() {
         .post("/v1/agents", &app.test_key, json!({"name": "m", "model": "xai:grok-2"}))
         .await;
     assert!(response.text.contains("XAI_API_KEY"), "{}", response.text);
-    for model in [
-        "openai:gpt-4o",
-        "anthropic/claude-sonnet-4-5",
-        "ollama:llama3.1:8b",
-        "mock:tool",
-    ] {
+    // ollama needs no key, so it answers whoever listens on its address: off until configured.
+    let response = app
+        .post(
+            "/v1/agents",
+            &app.test_key,
+            json!({"name": "m", "model": "ollama:llama3.1:8b"}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::BAD_REQUEST);
+    assert!(response.text.contains("[providers.ollama]"), "{}", response.text);
+    for model in ["openai:gpt-4o", "anthropic/claude-sonnet-4-5", "mock:tool"] {
         let name = format!("m{}", model.len());
         let response = app
             .post("/v1/agents", &app.test_key, json!({"name": name, "model": model}))
