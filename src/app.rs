@@ -27,6 +27,8 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(db: Db, config: Config, providers: Providers) -> Result<Self, String> {
+        // A bad origin is a start-up error, not a silently closed door.
+        middleware::cors::layer(&config.server.cors_allowed_origins)?;
         let verifier = KeyVerifier::new(config.auth_cache_ttl());
         Ok(Self {
             runtime: Runtime::new(db, config, providers)?,

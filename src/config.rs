@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub body_limit: usize,
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_timeout: Duration,
+    /// Browser origins allowed to call the API (spec §1.1); empty: CORS off.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -254,6 +256,7 @@ impl Default for ServerConfig {
             bind: "127.0.0.1:8080".into(),
             body_limit: 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),
+            cors_allowed_origins: Vec::new(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The request middleware, one concern a file, and the order in which it wraps the routes.
 
 mod auth;
+pub mod cors;
 mod errors;
 mod metrics;
 mod request_log;
@@ -20,11 +21,23 @@ use crate::app::AppState;
 /// 2. `metrics`, so that refusals and framework answers are counted, with their final status;
 /// 3. `errors`, so that every failure below it, the auth refusal included, gets the JSON shape of
 ///    its path;
-/// 4. `auth`, innermost, so that nothing past it runs for a caller without a valid key.
+/// 4. `auth`, innermost, so that nothing past it runs for a caller without a valid key;
+///
+/// and, when origins are configured, `cors` outside them all, so that a browser's preflight
+/// is answered without a key and every answer carries the CORS headers.
 pub fn apply(router: Router<AppState>, state: &AppState) -> Router<AppState> {
-    router
+    let router = router
         .layer(from_fn_with_state(state.clone(), auth::authenticate))
         .layer(from_fn(errors::normalize))
         .layer(from_fn_with_state(Arc::clone(&state.runtime.metrics), metrics::record))
-        .layer(from_fn(request_log::log))
+        .layer(from_fn(request_log::log));
+    match cors::layer(&state.runtime.config.server.cors_allowed_origins) {
+        Ok(Some(cors)) => router.layer(cors),
+        Ok(None) => router,
+        // Checked when the state is built (`AppState::new`): not reached.
+        Err(problem) => {
+            tracing::error!(problem, "CORS is off");
+            router
+        }
+    }
 }

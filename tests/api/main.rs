@@ -5,6 +5,7 @@
 mod agents;
 mod auth;
 mod chat;
+mod cors;
 mod errors;
 mod events;
 mod fakes;
