@@ -1,17 +1,20 @@
-//! The operator CLI (spec §10.1): `serve`, `migrate`, `projects`, `keys`.
-//! Logs go to stderr; stdout carries only the outputs the spec names.
+//! The operator CLI (spec §10.1): `serve`, `migrate`, `projects`, `keys`, and `missions import`.
+//! Logs go to stderr; stdout carries only the outputs the spec names, and the imported mission.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::api::input::JsonObject;
 use crate::app::{self, AppState};
 use crate::auth::admin::{self, AdminError};
 use crate::config::{Config, LogFormat};
+use crate::error::ApiError;
 use crate::providers::Providers;
-use crate::scope::Environment;
+use crate::runtime::Runtime;
+use crate::scope::{Environment, Scope};
 use crate::store::{self, Db};
 
 #[derive(Debug, Parser)]
@@ -46,6 +49,9 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manage missions.
+    #[command(subcommand)]
+    Missions(MissionsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +85,20 @@ enum KeysCommand {
     Revoke { key_id: String },
 }
 
+#[derive(Debug, Subcommand)]
+enum MissionsCommand {
+    /// Save a new mission from a JSON file holding a create body (spec §6.1), validated as
+    /// `POST /v1/missions` does; prints its id and name, tab-separated. Never replaces one.
+    Import {
+        /// The JSON file.
+        file: PathBuf,
+        #[arg(long)]
+        project: String,
+        #[arg(long = "env", value_parser = ["live", "test"])]
+        environment: String,
+    },
+}
+
 fn parse_expires_in(text: &str) -> Result<Duration, String> {
     if text.ends_with("ms") {
         return Err("use s, m, h or d".into());
@@ -108,6 +128,11 @@ pub async fn run(cli: Cli) -> ExitCode {
     init_logging(&config);
     let result = match cli.command {
         Command::Serve { no_migrate, .. } => serve(config, no_migrate).await,
+        Command::Missions(MissionsCommand::Import {
+            file,
+            project,
+            environment,
+        }) => import_mission(config, &file, &project, &environment).await,
         command => admin(&config, command).await,
     };
     match result {
@@ -149,7 +174,7 @@ async fn admin(config: &Config, command: Command) -> Result<(), String> {
     let db = connect(config).await?;
     store::migrate::run(&db).await.map_err(|e| e.to_string())?;
     let result = match command {
-        Command::Migrate | Command::Serve { .. } => Ok(()),
+        Command::Migrate | Command::Serve { .. } | Command::Missions(_) => Ok(()),
         Command::Projects(ProjectsCommand::Create { slug }) => {
             admin::create_project(&db, &slug).await.map(|()| println!("{slug}"))
         }
@@ -202,6 +227,69 @@ async fn list_keys(db: &Db, project: &str) -> Result<(), AdminError> {
         );
     }
     Ok(())
+}
+
+/// `missions import`: the file read as the body of `POST /v1/missions` and saved by the same
+/// rules, in a runtime that starts no background work (the servers pick the mission up).
+async fn import_mission(config: Config, file: &Path, project: &str, environment: &str) -> Result<(), String> {
+    let shown = file.display();
+    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let body = match serde_json::from_str(&text) {
+        Ok(serde_json::Value::Object(map)) => map,
+        Ok(_) => return Err(format!("{shown} must hold one JSON object: a mission create body")),
+        Err(e) => return Err(format!("{shown} is not valid JSON: {e}")),
+    };
+    let scope = Scope {
+        project: project.to_string(),
+        environment: Environment::parse(environment).unwrap_or(Environment::Test),
+    };
+    let providers = Providers::from_config(&config.providers, &env_var)?;
+    let db = connect(&config).await?;
+    let result = async {
+        store::migrate::run(&db).await.map_err(|e| e.to_string())?;
+        if !store::projects::exists(&db.pool, project)
+            .await
+            .map_err(|e| format!("database: {e}"))?
+        {
+            return Err(format!("no project {project:?}"));
+        }
+        let rt = Runtime::new(db.clone(), config, providers)?;
+        let saved = async {
+            let input = crate::api::missions::input::read(&rt, JsonObject(body), true)?;
+            crate::runtime::missions::crud::create(&rt, &scope, input).await
+        };
+        let mission = saved.await.map_err(|e| import_error(&e, &shown.to_string(), &scope))?;
+        tracing::info!(mission_id = %mission.id, project, environment, status = %mission.status, "mission imported");
+        println!("{}\t{}", mission.id, mission.name);
+        Ok(())
+    }
+    .await;
+    db.pool.close().await;
+    result
+}
+
+/// What the operator reads when an import fails: every field problem on a line of its own as
+/// `path: problem`, the cause of an internal failure (stderr is theirs, not a client's).
+fn import_error(error: &ApiError, file: &str, scope: &Scope) -> String {
+    match error {
+        ApiError::BadRequest { fields, .. } if !fields.is_empty() => {
+            let lines: Vec<String> = fields
+                .iter()
+                .map(|(path, problem)| format!("{path}: {problem}"))
+                .collect();
+            format!(
+                "{file} is not a valid mission; nothing was saved:\n{}",
+                lines.join("\n")
+            )
+        }
+        ApiError::Conflict { message, .. } => format!(
+            "{message} in project {} ({}); import saves new missions only: rename it, or change the saved one with PATCH /v1/missions/{{id}}",
+            scope.project,
+            scope.environment.as_str()
+        ),
+        ApiError::Internal(cause) | ApiError::Unavailable(cause) if !cause.is_empty() => cause.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// Longest wait, once the server has stopped, for tracked work to save and release what it holds.

@@ -2,6 +2,7 @@
 //! checkpoints and delays, scheduled, streamed and reported; against the `mock` provider.
 
 mod durability;
+mod import;
 
 use std::time::Duration;
 
