@@ -2,6 +2,7 @@
 //! checkpoints and delays, scheduled, streamed and reported; against the `mock` provider.
 
 mod holds;
+mod stream;
 
 use std::time::Duration;
 
