@@ -2,7 +2,9 @@
 //! checkpoints and delays, scheduled, streamed and reported; against the `mock` provider.
 
 mod durability;
+mod holds;
 mod import;
+mod stream;
 
 use std::time::Duration;
 
