@@ -1,6 +1,6 @@
 //! polpo-api: the server behind Polpo's hosted Agent API.
 //!
-//! - `cli`: operator commands (serve, migrate, projects, keys)
+//! - `cli`: operator commands (serve, migrate, projects, keys, missions import)
 //! - `config`: settings from defaults, file, environment and flags
 //! - `app`: shared state, router, serve
 //! - `middleware`: request id and access log, metrics, error shapes, authentication; one file each

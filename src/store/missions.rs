@@ -274,11 +274,30 @@ pub async fn delete_runs<'c>(ex: impl Exec<'c>, scope: &Scope, mission_id: &str)
     Ok(())
 }
 
-/// Live runs of any scope: `(project, environment, mission id)`.
-pub async fn live_runs<'c>(ex: impl Exec<'c>, limit: i64) -> Result<Vec<DueRow>, sqlx::Error> {
-    let sql = "SELECT project, environment, mission_id AS id FROM mission_runs
-               WHERE status IN ('active', 'paused') ORDER BY id LIMIT $1";
-    sqlx::query_as(sql).bind(limit).fetch_all(ex).await
+/// Live runs of any scope after run `after` (by run id): `(project, environment, mission id,
+/// run id)`.
+pub async fn live_runs<'c>(ex: impl Exec<'c>, after: &str, limit: i64) -> Result<Vec<LiveRow>, sqlx::Error> {
+    let sql = "SELECT project, environment, mission_id, id FROM mission_runs
+               WHERE status IN ('active', 'paused') AND id > $1 ORDER BY id LIMIT $2";
+    sqlx::query_as(sql).bind(after).bind(limit).fetch_all(ex).await
+}
+
+/// A live run with its scope.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LiveRow {
+    pub project: String,
+    pub environment: String,
+    pub mission_id: String,
+    pub id: String,
+}
+
+impl LiveRow {
+    pub fn scope(&self) -> Option<Scope> {
+        Some(Scope {
+            project: self.project.clone(),
+            environment: Environment::parse(&self.environment)?,
+        })
+    }
 }
 
 pub async fn count_live_runs<'c>(ex: impl Exec<'c>) -> Result<i64, sqlx::Error> {

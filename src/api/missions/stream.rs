@@ -93,7 +93,10 @@ pub async fn follow(state: AppState, auth: AuthContext, mission_id: String) -> R
         tokio::pin!(revoked);
         yield chunk(&run_id, json!({"role": "assistant"}), None, Some(executed));
         loop {
+            // In this order: text already queued goes out before the event that ends its
+            // attempt (text is relayed before that event commits).
             tokio::select! {
+                biased;
                 () = rt.shutdown.cancelled() => {
                     yield error_frame(&ApiError::Unavailable("the server is shutting down".into()));
                     return;

@@ -63,7 +63,10 @@ pub async fn follow(state: AppState, auth: AuthContext, id: String) -> Result<Re
             return;
         }
         loop {
+            // In this order: text already queued goes out before the event that ends its
+            // attempt (text is relayed before that event commits).
             tokio::select! {
+                biased;
                 () = rt.shutdown.cancelled() => {
                     let error = ApiError::Unavailable("the server is shutting down".into());
                     yield Ok(SseEvent::default().data(json!({"error": error.report().openai_error()}).to_string()));

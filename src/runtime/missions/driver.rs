@@ -15,7 +15,7 @@ use crate::store;
 
 /// The backstop when no wake-up comes (delays and deadlines are timers read from the database).
 const TICK: Duration = Duration::from_millis(1000);
-/// Missions handled per pass, of each kind.
+/// Missions read per page.
 const BATCH: i64 = 500;
 
 /// Runs until shutdown.
@@ -44,14 +44,22 @@ async fn pass(rt: &Runtime) -> Result<(), ApiError> {
             tracing::warn!(mission_id = %due.id, error = ?e, "could not fire a mission schedule");
         }
     }
-    for live in store::missions::live_runs(&rt.db.pool, BATCH).await? {
-        if let Some(scope) = live.scope()
-            && let Err(e) = runs::evaluate(rt, &scope, &live.id).await
-        {
-            tracing::warn!(mission_id = %live.id, error = ?e, "could not move a mission run on");
+    // Every live run, a page at a time.
+    let mut after = String::new();
+    loop {
+        let page = store::missions::live_runs(&rt.db.pool, &after, BATCH).await?;
+        for live in &page {
+            if let Some(scope) = live.scope()
+                && let Err(e) = runs::evaluate(rt, &scope, &live.mission_id).await
+            {
+                tracing::warn!(mission_id = %live.mission_id, error = ?e, "could not move a mission run on");
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() as i64 == BATCH => after = last.id.clone(),
+            _ => return Ok(()),
         }
     }
-    Ok(())
 }
 
 /// Fires the latest due tick of a mission's schedule, once: a run (trigger `schedule`), or a

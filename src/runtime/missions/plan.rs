@@ -328,6 +328,11 @@ pub fn check_times(mission: &Mission, given: TimesGiven, now: i64, problems: &mu
             add(problems, "endDate".into(), "allowed only with a cron schedule");
         } else if given.end_date && end.ms() <= now {
             add(problems, "endDate".into(), "must be in the future");
+        } else if (given.end_date || given.schedule)
+            && let Some(cron) = &parsed
+            && cron.next_after(now).is_none_or(|tick| tick > end.ms())
+        {
+            add(problems, "endDate".into(), "the schedule has no tick before it");
         }
     }
     parsed
