@@ -4,6 +4,7 @@
 mod durability;
 mod holds;
 mod import;
+mod schedule;
 mod stream;
 
 use std::time::Duration;
