@@ -1,6 +1,8 @@
 //! Spec §6: missions saved, validated, executed as runs with their own tasks, held by gates,
 //! checkpoints and delays, scheduled, streamed and reported; against the `mock` provider.
 
+mod crud;
+
 use std::time::Duration;
 
 use axum::http::StatusCode;
