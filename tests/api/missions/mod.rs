@@ -2,6 +2,7 @@
 //! checkpoints and delays, scheduled, streamed and reported; against the `mock` provider.
 
 mod crud;
+mod runs;
 
 use std::time::Duration;
 
