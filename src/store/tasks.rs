@@ -292,6 +292,23 @@ pub async fn live_dependents<'c>(ex: impl Exec<'c>, scope: &Scope, task_id: &str
     scoped_scalar(sql, scope).bind(task_id).fetch_all(ex).await
 }
 
+/// Open tasks outside mission `mission_id` that depend on one of its tasks (standalone tasks
+/// may name a run's task by id).
+pub async fn live_dependents_of_mission<'c>(
+    ex: impl Exec<'c>,
+    scope: &Scope,
+    mission_id: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let sql = "SELECT DISTINCT t.id FROM task_dependencies d
+               JOIN tasks u ON u.project = d.project AND u.environment = d.environment AND u.id = d.depends_on
+               JOIN tasks t ON t.project = d.project AND t.environment = d.environment AND t.id = d.task_id
+               WHERE d.project = $1 AND d.environment = $2 AND u.mission_id = $3
+                 AND (t.mission_id IS NULL OR t.mission_id <> $3)
+                 AND t.status NOT IN ('done', 'failed')
+               ORDER BY t.id";
+    scoped_scalar(sql, scope).bind(mission_id).fetch_all(ex).await
+}
+
 /// Removes the task's dependency rows, both ways.
 pub async fn delete_dependencies<'c>(ex: impl Exec<'c>, scope: &Scope, task_id: &str) -> Result<(), sqlx::Error> {
     let sql = "DELETE FROM task_dependencies WHERE project = $1 AND environment = $2 AND task_id = $3";
