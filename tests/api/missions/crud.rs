@@ -491,6 +491,22 @@ async fn while_a_run_is_live_only_the_deadline_and_end_date_may_change() {
     let path = format!("/v1/missions/{id}");
     let run = execute(&app, id).await;
     assert_eq!(get_mission(&app, id).await["status"], "active");
+    let listed_as = |status: &'static str| {
+        let app = &app;
+        async move {
+            let list = app
+                .get(&format!("/v1/missions?status={status}"), &app.test_key)
+                .await
+                .json();
+            list.as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed_as("active").await, [id]);
+    assert_eq!(listed_as("draft").await, Vec::<String>::new());
     for change in [
         json!({"tasks": [{"title": "Other", "assignTo": "slow"}]}),
         json!({"prompt": "Faster."}),
@@ -517,6 +533,8 @@ async fn while_a_run_is_live_only_the_deadline_and_end_date_may_change() {
     let aborted = act(&app, id, "abort", json!({})).await;
     assert_eq!(aborted.status, StatusCode::OK, "{}", aborted.text);
     assert_eq!(aborted.json()["id"], run["id"]);
+    assert_eq!(listed_as("cancelled").await, [id]);
+    assert_eq!(listed_as("active").await, Vec::<String>::new());
     // Once the run has ended the definitions may change again.
     let after = app
         .patch(
@@ -661,4 +679,45 @@ async fn deleting_a_live_mission_aborts_its_run_and_removes_its_tasks() {
         )
         .await;
     assert_eq!(reused.status, StatusCode::CREATED, "{}", reused.text);
+}
+
+#[tokio::test]
+async fn deleting_a_mission_fails_the_open_tasks_that_wait_on_its_tasks() {
+    let app = TestApp::spawn().await;
+    agent(&app, "slow", "mock/slow-echo").await;
+    agent(&app, "writer", "mock/echo").await;
+    let created = mission(
+        &app,
+        json!({"name": "source", "tasks": [{"title": "Write", "description": long_description(), "assignTo": "slow"}]}),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap();
+    let run = execute(&app, id).await;
+    let write_id = task_of(&run, "Write")["id"].as_str().unwrap();
+    // A standalone task may wait on a run's task by id.
+    let follower = app
+        .post(
+            "/v1/tasks",
+            &app.test_key,
+            json!({"title": "Publish", "assignTo": "writer", "dependsOn": [write_id]}),
+        )
+        .await;
+    assert_eq!(follower.status, StatusCode::CREATED, "{}", follower.text);
+    let follower_id = follower.json()["id"].as_str().unwrap().to_string();
+
+    let deleted = app.delete(&format!("/v1/missions/{id}"), &app.test_key).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text);
+    // It fails at once, as a forced task DELETE fails dependents, instead of running without
+    // its input.
+    let follower = app.get(&format!("/v1/tasks/{follower_id}"), &app.test_key).await.json();
+    assert_eq!(follower["status"], "failed", "{follower:#}");
+    assert_eq!(follower["result"]["error"]["code"], "dependency_removed");
+    assert_eq!(follower["result"]["attempts"], json!([]));
+    let transitions: Vec<Value> = events(&app, "task:transition")
+        .await
+        .into_iter()
+        .filter(|e| e["data"]["taskId"] == follower_id.as_str())
+        .map(|e| e["data"]["to"].clone())
+        .collect();
+    assert_eq!(transitions, [json!("failed")]);
 }
