@@ -48,6 +48,10 @@ const COLUMNS: &str =
 const CLAIMED_COLUMNS: &str = "project, environment, id, status, body, lease_gen, lease_until, next_input";
 /// Statuses whose tasks hold a worker (and count against an agent's `maxConcurrency`).
 const RUNNING: &str = "('assigned', 'in_progress', 'review')";
+/// True for a row of `tasks` run by a member of its run's volatile team, which shadows the
+/// project agent of the same name: such a task is neither that agent's work nor its load.
+const RUN_BY_TEAM: &str = "EXISTS (SELECT 1 FROM run_agents x WHERE x.project = tasks.project
+    AND x.environment = tasks.environment AND x.run_id = tasks.run_id AND x.name = tasks.assign_to)";
 
 /// Inserts a task; a task of a mission run carries the index of its definition (`node`), unique
 /// within the run.
@@ -288,6 +292,23 @@ pub async fn live_dependents<'c>(ex: impl Exec<'c>, scope: &Scope, task_id: &str
     scoped_scalar(sql, scope).bind(task_id).fetch_all(ex).await
 }
 
+/// Open tasks outside mission `mission_id` that depend on one of its tasks (standalone tasks
+/// may name a run's task by id).
+pub async fn live_dependents_of_mission<'c>(
+    ex: impl Exec<'c>,
+    scope: &Scope,
+    mission_id: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let sql = "SELECT DISTINCT t.id FROM task_dependencies d
+               JOIN tasks u ON u.project = d.project AND u.environment = d.environment AND u.id = d.depends_on
+               JOIN tasks t ON t.project = d.project AND t.environment = d.environment AND t.id = d.task_id
+               WHERE d.project = $1 AND d.environment = $2 AND u.mission_id = $3
+                 AND (t.mission_id IS NULL OR t.mission_id <> $3)
+                 AND t.status NOT IN ('done', 'failed')
+               ORDER BY t.id";
+    scoped_scalar(sql, scope).bind(mission_id).fetch_all(ex).await
+}
+
 /// Removes the task's dependency rows, both ways.
 pub async fn delete_dependencies<'c>(ex: impl Exec<'c>, scope: &Scope, task_id: &str) -> Result<(), sqlx::Error> {
     let sql = "DELETE FROM task_dependencies WHERE project = $1 AND environment = $2 AND task_id = $3";
@@ -329,10 +350,11 @@ pub async fn claim_one(
            AND (COALESCE(ra.max_concurrency, a.max_concurrency) IS NULL
                 OR (SELECT COUNT(*) FROM tasks r
                     WHERE r.project = t.project AND r.environment = t.environment AND r.assign_to = t.assign_to
-                      AND (ra.name IS NULL OR r.run_id = t.run_id)
+                      AND ((ra.name IS NULL AND NOT {by_team}) OR (ra.name IS NOT NULL AND r.run_id = t.run_id))
                       AND r.status IN {RUNNING}) < COALESCE(ra.max_concurrency, a.max_concurrency))
          ORDER BY t.priority DESC, t.id
-         LIMIT 1{lock}"
+         LIMIT 1{lock}",
+        by_team = RUN_BY_TEAM.replace("tasks.", "r.")
     );
     type Candidate = (
         String,
@@ -362,6 +384,11 @@ pub async fn claim_one(
             )
         } else {
             ("FROM agents WHERE project = $1 AND environment = $2 AND name = $3", "")
+        };
+        let count = if run.is_some() {
+            count.to_string()
+        } else {
+            format!(" AND NOT {RUN_BY_TEAM}")
         };
         let sql = format!("SELECT max_concurrency {row} FOR UPDATE");
         let mut query = sqlx::query_scalar::<_, Option<i64>>(&sql)
@@ -455,11 +482,14 @@ pub async fn count_by_status<'c>(ex: impl Exec<'c>) -> Result<Vec<(String, i64)>
         .await
 }
 
-/// Tasks of the scope assigned to `agent` that are not terminal.
+/// Tasks of the scope assigned to the project agent `agent` that are not terminal (a team
+/// member's tasks are not its own).
 pub async fn live_of_agent<'c>(ex: impl Exec<'c>, scope: &Scope, agent: &str) -> Result<Vec<String>, sqlx::Error> {
-    let sql = "SELECT id FROM tasks WHERE project = $1 AND environment = $2 AND assign_to = $3
-               AND status NOT IN ('done', 'failed') ORDER BY id";
-    scoped_scalar(sql, scope).bind(agent).fetch_all(ex).await
+    let sql = format!(
+        "SELECT id FROM tasks WHERE project = $1 AND environment = $2 AND assign_to = $3
+         AND status NOT IN ('done', 'failed') AND NOT {RUN_BY_TEAM} ORDER BY id"
+    );
+    scoped_scalar(&sql, scope).bind(agent).fetch_all(ex).await
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -272,13 +272,20 @@ pub async fn list(
         .collect::<Result<_, _>>()?)
 }
 
-/// DELETE (spec §6.4): a live run is aborted first; every task of every run is removed
-/// (`task:removed`), then the runs, ticks and the mission (`mission:deleted`).
+/// DELETE (spec §6.4): a live run is aborted first; open tasks elsewhere that depend on the
+/// mission's tasks fail (`dependency_removed`, as a forced task DELETE, spec §5.4) rather than
+/// run without them; every task of every run is removed (`task:removed`), then the runs, ticks
+/// and the mission (`mission:deleted`).
 pub async fn delete(rt: &Runtime, scope: &Scope, id: &str) -> Result<(), ApiError> {
     let mut change = rt.change(scope).await?;
     let mut locked = Locked::load(&mut change, rt, scope, id).await?;
     if locked.mission.is_live() {
         runs::abort_in(&mut change, scope, &mut locked).await?;
+    }
+    let message = format!("a task it depends on was deleted with its mission ({id})");
+    for dependent in store::tasks::live_dependents_of_mission(change.conn(), scope, id).await? {
+        crate::runtime::tasks::actions::stop_for(&mut change, scope, &dependent, "dependency_removed", &message)
+            .await?;
     }
     if let Some(run_id) = &locked.mission.current_run_id {
         store::missions::delete_run_agents(change.conn(), scope, run_id).await?;

@@ -1,9 +1,11 @@
 //! Spec §6: missions saved, validated, executed as runs with their own tasks, held by gates,
 //! checkpoints and delays, scheduled, streamed and reported; against the `mock` provider.
 
+mod crud;
 mod durability;
 mod holds;
 mod import;
+mod runs;
 mod schedule;
 mod stream;
 
