@@ -12,6 +12,7 @@ use crate::auth::KeyVerifier;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::middleware;
+use crate::middleware::rate_limit::Limiter;
 use crate::providers::Providers;
 use crate::runtime::Runtime;
 use crate::store::Db;
@@ -22,6 +23,8 @@ use crate::store::Db;
 pub struct AppState {
     pub runtime: Runtime,
     pub verifier: Arc<KeyVerifier>,
+    /// Per-key request rate and open streams (spec §1.7).
+    pub limiter: Arc<Limiter>,
     pub started: Instant,
 }
 
@@ -30,9 +33,11 @@ impl AppState {
         // A bad origin is a start-up error, not a silently closed door.
         middleware::cors::layer(&config.server.cors_allowed_origins)?;
         let verifier = KeyVerifier::new(config.auth_cache_ttl());
+        let limiter = Limiter::new(&config, db.backend);
         Ok(Self {
             runtime: Runtime::new(db, config, providers)?,
             verifier: Arc::new(verifier),
+            limiter: Arc::new(limiter),
             started: Instant::now(),
         })
     }

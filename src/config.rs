@@ -26,6 +26,9 @@ pub struct Config {
     pub workers: WorkersConfig,
     pub assessment: AssessmentConfig,
     pub schedule: ScheduleConfig,
+    pub rate_limit: RateLimitConfig,
+    /// Per-project settings, by slug.
+    pub projects: BTreeMap<String, ProjectConfig>,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -158,6 +161,36 @@ impl Default for WorkersConfig {
 pub struct AssessmentConfig {
     /// The reviewer model; `None`: the attempt's own model.
     pub model: Option<String>,
+}
+
+/// Per-key limits (spec §1.7).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Tokens added to a key's bucket every second.
+    pub requests_per_second: f64,
+    /// The bucket's capacity.
+    pub burst: u32,
+    /// Chat, task, mission and event streams a key may hold open at once.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 10.0,
+            burst: 20,
+            max_concurrent_streams: 5,
+        }
+    }
+}
+
+/// What one project may set apart from the rest.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectConfig {
+    /// Replaces `[rate_limit]` for the project's keys.
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 /// Mission schedules (spec §6.8).

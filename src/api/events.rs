@@ -58,6 +58,7 @@ pub async fn stream_events(
         .map(str::to_string)
         .or(query_resume);
     let rt = &state.runtime;
+    let slot = state.limiter.open_stream(rt, &auth).await?;
     let Opening {
         start,
         reset,
@@ -112,7 +113,7 @@ pub async fn stream_events(
         }
     };
     let keepalive = rt.config.events.keepalive;
-    Ok(super::sse(frames, keepalive))
+    Ok(super::sse(super::holding(frames, slot), keepalive))
 }
 
 /// One event in the history (spec §7.6).

@@ -134,6 +134,21 @@ where
     response
 }
 
+/// Keeps a stream slot of the key (spec §1.7) for as long as `frames` is open.
+pub fn holding<S>(
+    frames: S,
+    slot: crate::middleware::rate_limit::StreamSlot,
+) -> impl futures_util::Stream<Item = S::Item> + Send + 'static
+where
+    S: futures_util::Stream + Send + 'static,
+{
+    use futures_util::StreamExt;
+    frames.map(move |frame| {
+        let _held = &slot;
+        frame
+    })
+}
+
 /// The OpenAPI document, built once from [`routes`].
 pub static OPENAPI: LazyLock<String> = LazyLock::new(|| {
     let (_, doc) = routes().split_for_parts();

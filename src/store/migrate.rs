@@ -43,6 +43,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0005_missions.sql"),
         postgres: include_str!("../../migrations/postgres/0005_missions.sql"),
     },
+    Migration {
+        version: 6,
+        name: "rate_limits",
+        sqlite: include_str!("../../migrations/sqlite/0006_rate_limits.sql"),
+        postgres: include_str!("../../migrations/postgres/0006_rate_limits.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the migration lock among Postgres advisory locks.

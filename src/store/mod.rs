@@ -10,6 +10,7 @@ pub mod memory;
 pub mod migrate;
 pub mod missions;
 pub mod projects;
+pub mod rate_limits;
 pub mod tasks;
 pub mod webhooks;
 

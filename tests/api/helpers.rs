@@ -47,6 +47,18 @@ impl Drop for TempDir {
     }
 }
 
+/// Tests send requests as fast as they can: the per-key limits (spec §1.7) are lifted unless a
+/// test sets its own.
+fn unlimited_unless_set(config: &mut Config) {
+    if config.rate_limit == polpo_api::config::RateLimitConfig::default() {
+        config.rate_limit = polpo_api::config::RateLimitConfig {
+            requests_per_second: 1_000_000.0,
+            burst: 1_000_000,
+            max_concurrent_streams: 100_000,
+        };
+    }
+}
+
 /// A fresh, empty database for one test: its URL, and the directory holding it for SQLite.
 pub struct TestDatabase {
     pub url: String,
@@ -114,6 +126,12 @@ impl TestApp {
     }
 
     pub async fn spawn_with(mut config: Config) -> Self {
+        unlimited_unless_set(&mut config);
+        Self::spawn_limited(config).await
+    }
+
+    /// An app whose per-key limits are exactly the configuration's, defaults included.
+    pub async fn spawn_limited(mut config: Config) -> Self {
         let database = TestDatabase::new().await;
         config.database.url = Some(database.url.clone());
         let db = Db::connect(Some(&database.url), 5).await.unwrap();
@@ -157,6 +175,10 @@ impl TestApp {
     /// with its background work running.
     pub async fn another_instance(&self, config: Config) -> AppState {
         let mut config = config;
+        // A peer has this instance's limits unless the test gives it others.
+        if config.rate_limit == polpo_api::config::RateLimitConfig::default() {
+            config.rate_limit = self.state.runtime.config.rate_limit;
+        }
         config.database.url = Some(self._database.url.clone());
         let db = Db::connect(Some(&self._database.url), 5).await.unwrap();
         let providers = Providers::from_config(&config.providers, &fake_provider_env).unwrap();
@@ -301,6 +323,16 @@ impl ServerProcess {
     /// Starts `serve` in `cwd` with the given extra environment (and `DATABASE_URL` only when
     /// given there). Waits until it listens.
     pub fn start(cwd: &Path, env: &[(&str, &str)]) -> Self {
+        // As in-process apps, the per-key limits are lifted unless the test's configuration
+        // sets them.
+        if let Some((_, path)) = env.iter().find(|(k, _)| *k == "POLPO_CONFIG") {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if !text.contains("[rate_limit]") {
+                let lifted =
+                    "\n[rate_limit]\nrequests_per_second = 1000000\nburst = 1000000\nmax_concurrent_streams = 100000\n";
+                std::fs::write(path, format!("{text}{lifted}")).unwrap();
+            }
+        }
         let log_path = cwd.join(format!("{}.log", polpo_api::ids::new_id("server-")));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_polpo-api"));

@@ -17,6 +17,7 @@ mod missions;
 mod models;
 mod operations;
 mod process;
+mod rate_limits;
 mod runtime;
 mod scoping;
 mod sdk;

@@ -388,7 +388,20 @@ async fn events_cross_instances_on_one_postgres() {
 #[tokio::test]
 async fn sigterm_with_a_hundred_open_event_streams_exits_in_time() {
     let database = TestDatabase::new().await;
-    let mut server = ServerProcess::start(&database.dir.0, &[("DATABASE_URL", database.url.as_str())]);
+    // One key opens all hundred streams at once: its limits are raised accordingly.
+    let config = database.dir.0.join("polpo.toml");
+    std::fs::write(
+        &config,
+        "[rate_limit]\nrequests_per_second = 1000\nburst = 1000\nmax_concurrent_streams = 100\n",
+    )
+    .unwrap();
+    let mut server = ServerProcess::start(
+        &database.dir.0,
+        &[
+            ("DATABASE_URL", database.url.as_str()),
+            ("POLPO_CONFIG", config.to_str().unwrap()),
+        ],
+    );
     let key = server.stdout_lines.last().cloned().unwrap();
     let mut streams = Vec::new();
     for _ in 0..100 {

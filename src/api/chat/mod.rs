@@ -53,6 +53,17 @@ pub async fn create_chat_completion(
     let stream = request.stream;
     let include_usage = request.include_usage;
     let rt = &state.runtime;
+    let slot = if stream {
+        Some(
+            state
+                .limiter
+                .open_stream(rt, &auth)
+                .await
+                .map_err(IntoResponse::into_response)?,
+        )
+    } else {
+        None
+    };
     // The HTTP side ends a stream whose key is revoked (spec §1.2.3); the turn itself knows no keys.
     let revoked = Arc::clone(&state.verifier).revoked(rt.db.clone(), auth.clone());
     let interrupt: chat::Interrupt = Box::pin(async move {
@@ -71,11 +82,11 @@ pub async fn create_chat_completion(
         model: turn.model.clone(),
     };
     let headers = session_header(&turn.session_id);
-    if stream {
+    if let Some(slot) = slot {
         let keepalive = rt.config.events.keepalive;
         let guard = rt.metrics.open_stream("chat");
         let frames = render::stream_frames(completion, turn.events, include_usage, guard);
-        let mut response = super::sse(frames, keepalive);
+        let mut response = super::sse(super::holding(frames, slot), keepalive);
         response.headers_mut().extend(headers);
         return Ok(response);
     }

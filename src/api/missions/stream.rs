@@ -67,6 +67,7 @@ fn finish_of(status: &str) -> Option<&'static str> {
 /// Executes the mission and follows its run to the end.
 pub async fn follow(state: AppState, auth: AuthContext, mission_id: String) -> Result<Response, ApiError> {
     let rt = state.runtime.clone();
+    let slot = state.limiter.open_stream(&rt, &auth).await?;
     // Subscribed before the run starts, so that none of its events is missed.
     let mut subscription = rt.hub.subscribe(&auth.scope).await?;
     let run = runs::execute(&rt, &auth.scope, &mission_id).await?;
@@ -167,5 +168,5 @@ pub async fn follow(state: AppState, auth: AuthContext, mission_id: String) -> R
             }
         }
     };
-    Ok(crate::api::sse(frames, keepalive))
+    Ok(crate::api::sse(crate::api::holding(frames, slot), keepalive))
 }

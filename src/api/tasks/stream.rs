@@ -44,6 +44,7 @@ fn finish_of(task: &Task) -> Option<&'static str> {
 pub async fn follow(state: AppState, auth: AuthContext, id: String) -> Result<Response, ApiError> {
     let rt = state.runtime.clone();
     // Subscribed before the snapshot is read, so that nothing happening in between is missed.
+    let slot = state.limiter.open_stream(&rt, &auth).await?;
     let follower = rt.hub.live.follow(live::key(&auth.scope, &id));
     let mut subscription = rt.hub.subscribe(&auth.scope).await?;
     let task = actions::run(&rt, &auth.scope, &id).await?;
@@ -141,5 +142,5 @@ pub async fn follow(state: AppState, auth: AuthContext, id: String) -> Result<Re
             }
         }
     };
-    Ok(crate::api::sse(frames, keepalive))
+    Ok(crate::api::sse(crate::api::holding(frames, slot), keepalive))
 }
