@@ -309,7 +309,7 @@ pub async fn live_dependents_of_mission<'c>(
     scoped_scalar(sql, scope).bind(mission_id).fetch_all(ex).await
 }
 
-/// Removes the task's dependency rows, both ways.
+/// Removes what the task depends on (rows naming it as a dependency stay with their tasks).
 pub async fn delete_dependencies<'c>(ex: impl Exec<'c>, scope: &Scope, task_id: &str) -> Result<(), sqlx::Error> {
     let sql = "DELETE FROM task_dependencies WHERE project = $1 AND environment = $2 AND task_id = $3";
     scoped(sql, scope).bind(task_id).execute(ex).await?;

@@ -209,47 +209,61 @@ pub async fn create(rt: &Runtime, scope: &Scope, input: MissionInput) -> Result<
 /// PATCH (spec §6.4): each given field replaces the stored one and the whole mission is
 /// validated again. While a run is live only `deadline` and `endDate` may change.
 pub async fn update(rt: &Runtime, scope: &Scope, id: &str, input: MissionInput) -> Result<Mission, ApiError> {
-    let mut probe = get(rt, scope, id).await?;
-    let times = given(&input);
-    let touches_definitions = input.touches_definitions();
-    let schedule_changed = !input.schedule.is_absent() || !input.end_date.is_absent();
-    input.clone().apply(&mut probe);
-    let schedule = validate(rt, scope, &mut probe, times).await?;
-    let mut change = rt.change(scope).await?;
-    let mut locked = Locked::load(&mut change, rt, scope, id).await?;
-    if locked.mission.is_live() && touches_definitions {
-        return Err(ApiError::Conflict {
-            message: format!(
-                "the mission is {}; only deadline and endDate may change until its run ends",
-                locked.mission.status
-            ),
-            details: Some(serde_json::json!({"status": locked.mission.status})),
-        });
+    // Validation reads agents before the change opens (SQLite has one connection); the mission
+    // it validated must still be the one the change holds, else it starts again.
+    for _ in 0..UPDATE_TRIES {
+        let original = get(rt, scope, id).await?;
+        let mut probe = original.clone();
+        let times = given(&input);
+        let touches_definitions = input.touches_definitions();
+        let schedule_changed = !input.schedule.is_absent() || !input.end_date.is_absent();
+        input.clone().apply(&mut probe);
+        let schedule = validate(rt, scope, &mut probe, times).await?;
+        let mut change = rt.change(scope).await?;
+        let mut locked = Locked::load(&mut change, rt, scope, id).await?;
+        if locked.mission != original {
+            continue;
+        }
+        if locked.mission.is_live() && touches_definitions {
+            return Err(ApiError::Conflict {
+                message: format!(
+                    "the mission is {}; only deadline and endDate may change until its run ends",
+                    locked.mission.status
+                ),
+                details: Some(serde_json::json!({"status": locked.mission.status})),
+            });
+        }
+        // The mission as validated, with the names resolved before the change opened.
+        locked.mission = probe;
+        let now = change.at();
+        locked.mission.updated_at = Timestamp(now).max(locked.mission.updated_at);
+        if schedule_changed && !locked.mission.is_live() {
+            locked.next_fire_at = arm(&mut locked.mission, schedule.as_ref(), now);
+        } else if schedule_changed {
+            // Live: the status mirrors the run; the schedule is armed again for its next tick.
+            locked.next_fire_at = schedule
+                .as_ref()
+                .and_then(|s| next_tick(s, locked.mission.end_date, now));
+        }
+        let name = locked.mission.name.clone();
+        let written = store::missions::update(change.conn(), scope, &locked.row()?)
+            .await
+            .on_unique(store::missions::NAME_CONSTRAINT, duplicate(&name))?;
+        if !written {
+            return Err(not_found(id));
+        }
+        change.emit(saved(&locked.mission));
+        change.commit().await?;
+        return Ok(locked.mission);
     }
-    input.apply(&mut locked.mission);
-    // The names as resolved before the change opened.
-    locked.mission.tasks = probe.tasks;
-    let now = change.at();
-    locked.mission.updated_at = Timestamp(now).max(locked.mission.updated_at);
-    if schedule_changed && !locked.mission.is_live() {
-        locked.next_fire_at = arm(&mut locked.mission, schedule.as_ref(), now);
-    } else if schedule_changed {
-        // Live: the status mirrors the run; the schedule is armed again for its next tick.
-        locked.next_fire_at = schedule
-            .as_ref()
-            .and_then(|s| next_tick(s, locked.mission.end_date, now));
-    }
-    let name = locked.mission.name.clone();
-    let written = store::missions::update(change.conn(), scope, &locked.row()?)
-        .await
-        .on_unique(store::missions::NAME_CONSTRAINT, duplicate(&name))?;
-    if !written {
-        return Err(not_found(id));
-    }
-    change.emit(saved(&locked.mission));
-    change.commit().await?;
-    Ok(locked.mission)
+    Err(ApiError::Conflict {
+        message: "the mission changed while this request was checked; retry".into(),
+        details: None,
+    })
 }
+
+/// Times a write starts again when the mission changed under its checks.
+pub const UPDATE_TRIES: usize = 5;
 
 pub async fn get(rt: &Runtime, scope: &Scope, id: &str) -> Result<Mission, ApiError> {
     let row = store::missions::get(&rt.db.pool, scope, id)

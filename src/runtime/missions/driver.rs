@@ -98,10 +98,19 @@ async fn fire(rt: &Runtime, scope: &Scope, mission_id: &str) -> Result<(), ApiEr
         }
     } else {
         match prepared {
-            Ok(plan) => {
+            // The definitions changed after they were checked: the next pass checks them again.
+            Ok(prepared) if locked.mission.plan() != prepared.from => return Ok(()),
+            Ok(prepared) => {
                 // Claim first: the key on (mission, instant) makes a second firing impossible.
                 if store::missions::claim_tick(change.conn(), scope, mission_id, tick, None, now).await? {
-                    let run = runs::start_in(&mut change, scope, &mut locked, plan, Trigger::Schedule(tick)).await?;
+                    let run = runs::start_in(
+                        &mut change,
+                        scope,
+                        &mut locked,
+                        prepared.checked,
+                        Trigger::Schedule(tick),
+                    )
+                    .await?;
                     store::missions::set_tick_run(change.conn(), scope, mission_id, tick, &run.id).await?;
                 }
             }

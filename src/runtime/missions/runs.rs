@@ -56,37 +56,57 @@ async fn run_tasks(conn: &mut sqlx::AnyConnection, scope: &Scope, run_id: &str) 
         .collect()
 }
 
+/// A plan checked against the project's agents before a change opened, and the definitions it
+/// was checked from.
+pub struct Prepared {
+    pub checked: Plan,
+    pub from: Plan,
+}
+
 /// Checks, before any change opens, that the definitions still resolve against the project's
 /// agents as they are now (spec §6.6 step 1); returns the plan with names resolved.
-pub async fn prepare(rt: &Runtime, scope: &Scope, mission_id: &str) -> Result<Plan, ApiError> {
+pub async fn prepare(rt: &Runtime, scope: &Scope, mission_id: &str) -> Result<Prepared, ApiError> {
     let mission = crud::get(rt, scope, mission_id).await?;
     let mut plan = mission.plan();
     let problems = super::plan::check_agents(rt, scope, &mut plan).await?;
     if !problems.is_empty() {
         return Err(ApiError::invalid_fields(problems));
     }
-    Ok(plan)
+    Ok(Prepared {
+        checked: plan,
+        from: mission.plan(),
+    })
 }
 
 /// `execute` (spec §6.4, §6.6 step 1): the run, its team and one task per definition in one
 /// transaction. Allowed unless the mission is live.
 pub async fn execute(rt: &Runtime, scope: &Scope, mission_id: &str) -> Result<Run, ApiError> {
-    let plan = prepare(rt, scope, mission_id).await?;
-    let mut change = rt.change(scope).await?;
-    let mut locked = Locked::load(&mut change, rt, scope, mission_id).await?;
-    if locked.mission.is_live() {
-        return Err(conflict(
-            format!(
-                "the mission is {}; abort or wait for its run first",
-                locked.mission.status
-            ),
-            &locked.mission.status,
-        ));
+    for _ in 0..crud::UPDATE_TRIES {
+        let prepared = prepare(rt, scope, mission_id).await?;
+        let mut change = rt.change(scope).await?;
+        let mut locked = Locked::load(&mut change, rt, scope, mission_id).await?;
+        if locked.mission.is_live() {
+            return Err(conflict(
+                format!(
+                    "the mission is {}; abort or wait for its run first",
+                    locked.mission.status
+                ),
+                &locked.mission.status,
+            ));
+        }
+        // The definitions changed after they were checked: check them again.
+        if locked.mission.plan() != prepared.from {
+            continue;
+        }
+        let run = start_in(&mut change, scope, &mut locked, prepared.checked, Trigger::Api).await?;
+        let tasks = run_tasks(change.conn(), scope, &run.id).await?;
+        change.commit().await?;
+        return Ok(Run::of(run, tasks));
     }
-    let run = start_in(&mut change, scope, &mut locked, plan, Trigger::Api).await?;
-    let tasks = run_tasks(change.conn(), scope, &run.id).await?;
-    change.commit().await?;
-    Ok(Run::of(run, tasks))
+    Err(ApiError::Conflict {
+        message: "the mission changed while this request was checked; retry".into(),
+        details: None,
+    })
 }
 
 /// Starts a run in the caller's change, the mission row held: the run, its team, its tasks
