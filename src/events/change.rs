@@ -52,6 +52,11 @@ impl Change {
         self.at
     }
 
+    /// Which database the change runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
     /// The transaction's connection, for `store` functions.
     pub fn conn(&mut self) -> &mut AnyConnection {
         &mut self.tx

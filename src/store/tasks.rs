@@ -93,6 +93,22 @@ pub async fn of_run<'c>(ex: impl Exec<'c>, scope: &Scope, run_id: &str) -> Resul
     scoped_as(&sql, scope).bind(run_id).fetch_all(ex).await
 }
 
+/// The tasks of a mission run, in definition order, held (Postgres `FOR UPDATE`) until the
+/// transaction ends: a runner's claim skips them meanwhile, so that what the run decides about
+/// them (hold, kill) cannot race a claim.
+pub async fn lock_of_run<'c>(
+    ex: impl Exec<'c>,
+    backend: Backend,
+    scope: &Scope,
+    run_id: &str,
+) -> Result<Vec<TaskRow>, sqlx::Error> {
+    let lock = if backend == Backend::Postgres { " FOR UPDATE" } else { "" };
+    let sql = format!(
+        "SELECT {COLUMNS} FROM tasks WHERE project = $1 AND environment = $2 AND run_id = $3 ORDER BY run_node{lock}"
+    );
+    scoped_as(&sql, scope).bind(run_id).fetch_all(ex).await
+}
+
 /// The tasks of a mission run that may not be claimed now, by id.
 pub async fn held_of_run<'c>(ex: impl Exec<'c>, scope: &Scope, run_id: &str) -> Result<Vec<String>, sqlx::Error> {
     let sql = "SELECT id FROM tasks WHERE project = $1 AND environment = $2 AND run_id = $3 AND held <> 0";

@@ -63,6 +63,16 @@ pub struct Prepared {
     pub from: Plan,
 }
 
+/// The run's tasks, held until the change ends (see `store::tasks::lock_of_run`).
+async fn locked_tasks(change: &mut Change, scope: &Scope, run_id: &str) -> Result<Vec<Task>, ApiError> {
+    let backend = change.backend();
+    store::tasks::lock_of_run(change.conn(), backend, scope, run_id)
+        .await?
+        .iter()
+        .map(|r| Ok(store::read_json(&r.body, "task document")?))
+        .collect()
+}
+
 /// Checks, before any change opens, that the definitions still resolve against the project's
 /// agents as they are now (spec §6.6 step 1); returns the plan with names resolved.
 pub async fn prepare(rt: &Runtime, scope: &Scope, mission_id: &str) -> Result<Prepared, ApiError> {
@@ -404,7 +414,7 @@ pub async fn advance(
     }
     let before = run.clone();
     let now = change.at();
-    let board = Board::new(run_tasks(change.conn(), scope, &run.id).await?);
+    let board = Board::new(locked_tasks(change, scope, &run.id).await?);
     let ids = |titles: &[String]| -> Vec<String> {
         titles
             .iter()
@@ -574,8 +584,7 @@ async fn finish(
     let now = change.at();
     run.status = status.to_string();
     run.finished_at = Some(Timestamp(now));
-    let tasks = run_tasks(change.conn(), scope, &run.id).await?;
-    let board = Board::new(tasks);
+    let board = Board::new(locked_tasks(change, scope, &run.id).await?);
     hold(change, scope, run, &board, true).await?;
     store::missions::delete_run_agents(change.conn(), scope, &run.id).await?;
     store::missions::update_run(change.conn(), scope, &run_row(run)?).await?;
@@ -642,7 +651,7 @@ pub async fn abort_in(change: &mut Change, scope: &Scope, locked: &mut Locked) -
             &locked.mission.status,
         ));
     };
-    let open: Vec<String> = run_tasks(change.conn(), scope, &run.id)
+    let open: Vec<String> = locked_tasks(change, scope, &run.id)
         .await?
         .iter()
         .filter(|t| !t.status().is_terminal())
