@@ -102,7 +102,11 @@ pub async fn lock_of_run<'c>(
     scope: &Scope,
     run_id: &str,
 ) -> Result<Vec<TaskRow>, sqlx::Error> {
-    let lock = if backend == Backend::Postgres { " FOR UPDATE" } else { "" };
+    let lock = if backend == Backend::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
     let sql = format!(
         "SELECT {COLUMNS} FROM tasks WHERE project = $1 AND environment = $2 AND run_id = $3 ORDER BY run_node{lock}"
     );

@@ -34,6 +34,8 @@ const FIELDS: &[&str] = &[
     "metadata",
     "n",
 ];
+/// Messages in one request: OpenAI's own bound.
+const MAX_MESSAGES: usize = 2048;
 
 fn tool_name_ok(name: &str) -> bool {
     (1..=64).contains(&name.len())
@@ -183,6 +185,9 @@ pub(super) fn read_request(body: JsonObject) -> Result<CompletionRequest, ApiErr
     let mut f = Fields::new(object, &known, &[]);
     let mut messages = Vec::new();
     match messages_value {
+        Some(Value::Array(items)) if items.len() > MAX_MESSAGES => {
+            f.error("messages".into(), format!("must have at most {MAX_MESSAGES} messages"));
+        }
         Some(Value::Array(items)) if !items.is_empty() => {
             for (i, item) in items.iter().enumerate() {
                 if let Some(m) = read_message(item, &format!("messages[{i}]"), &mut f) {

@@ -93,3 +93,32 @@ async fn requests_are_validated_with_the_offending_param_named() {
     assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(wrong_method.json()["error"]["code"], "method_not_allowed");
 }
+
+#[tokio::test]
+async fn a_request_carries_at_most_two_thousand_and_forty_eight_messages() {
+    let s = setup().await;
+    let many = |n: usize| -> Vec<serde_json::Value> {
+        (0..n)
+            .map(|i| json!({"role": "user", "content": format!("m{i}")}))
+            .collect()
+    };
+    let at_limit = s
+        .app
+        .post(
+            "/v1/chat/completions",
+            &s.app.test_key,
+            json!({"model": "mock/echo", "messages": many(2048)}),
+        )
+        .await;
+    assert_eq!(at_limit.status, StatusCode::OK, "{}", at_limit.text);
+    let over = s
+        .app
+        .post(
+            "/v1/chat/completions",
+            &s.app.test_key,
+            json!({"model": "mock/echo", "messages": many(2049)}),
+        )
+        .await;
+    assert_eq!(over.status, StatusCode::BAD_REQUEST);
+    assert_eq!(over.json()["error"]["param"], "messages", "{}", over.text);
+}
