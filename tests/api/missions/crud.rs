@@ -721,3 +721,25 @@ async fn deleting_a_mission_fails_the_open_tasks_that_wait_on_its_tasks() {
         .collect();
     assert_eq!(transitions, [json!("failed")]);
 }
+
+#[tokio::test]
+async fn an_end_date_before_the_schedules_first_tick_is_refused() {
+    let app = TestApp::spawn().await;
+    agent(&app, "writer", "mock/echo").await;
+    // Daily at the minute an hour from now: the first tick falls after an end date half an hour
+    // ahead.
+    let tick = now_ms() + 3_600_000;
+    let schedule = format!("{} {} * * *", (tick / 60_000) % 60, (tick / 3_600_000) % 24);
+    let body = json!({"name": "never", "schedule": schedule,
+        "endDate": format_ms(now_ms() + 1_800_000),
+        "tasks": [{"title": "Once", "assignTo": "writer"}]});
+    let response = app.post("/v1/missions", &app.test_key, body).await;
+    assert_eq!(response.status, StatusCode::BAD_REQUEST, "{}", response.text);
+    assert!(
+        response.json()["details"]["fields"]["endDate"].is_string(),
+        "{}",
+        response.text
+    );
+    let listed = app.get("/v1/missions", &app.test_key).await.json();
+    assert_eq!(listed, json!([]));
+}
