@@ -209,6 +209,19 @@ pub async fn start(
         None => Vec::new(),
     };
     let new = sessions::new_messages(&transcript, &request.messages);
+    if transcript.len() + new.len() > sessions::MAX_TURN_MESSAGES {
+        return Err(StartError {
+            error: ApiError::BadRequest {
+                message: format!(
+                    "this session and these messages come to more than {} messages; start a new session",
+                    sessions::MAX_TURN_MESSAGES
+                ),
+                param: Some("messages".into()),
+                fields: BTreeMap::new(),
+            },
+            session_id: existing.as_ref().map(|s| s.id.clone()),
+        });
+    }
     let last_role = new.last().or(transcript.last()).map(|m| m.role);
     if !matches!(last_role, Some(Role::User | Role::Tool)) {
         return Err(StartError {

@@ -157,16 +157,40 @@ pub fn new_messages(transcript: &[ChatMessage], request: &[ChatMessage]) -> Vec<
     sent[repeated..].iter().map(|m| (*m).clone()).collect()
 }
 
+/// Messages a session may send upstream in one turn (its transcript and the new messages): the
+/// bound OpenAI puts on one request.
+pub const MAX_TURN_MESSAGES: usize = 2048;
+/// Stored bytes a session's transcript may hold.
+pub const MAX_TRANSCRIPT_BYTES: usize = 4 * 1024 * 1024;
+
+fn too_long(what: String) -> ApiError {
+    ApiError::BadRequest {
+        message: format!("this session is too long to continue ({what}); start a new session"),
+        param: Some("messages".into()),
+        fields: std::collections::BTreeMap::new(),
+    }
+}
+
 /// The transcript T of spec §3.6 rule 2: stored messages without interrupted or failed replies.
+/// A session past [`MAX_TURN_MESSAGES`] messages or [`MAX_TRANSCRIPT_BYTES`] bytes cannot go on
+/// (`400`): it is never read, nor sent upstream, beyond those bounds.
 pub async fn transcript(db: &Db, scope: &Scope, session_id: &str) -> Result<Vec<ChatMessage>, ApiError> {
     let mut out = Vec::new();
     let mut after = String::new();
+    let mut bytes = 0usize;
     loop {
         let page = store::chat::list_messages(&db.pool, scope, session_id, &after, 1000).await?;
         let done = page.len() < 1000;
         for row in &page {
             let display_only = matches!(row.finish_reason.as_deref(), Some("interrupted" | "error"));
             if !display_only {
+                bytes += row.content.len();
+                if out.len() >= MAX_TURN_MESSAGES {
+                    return Err(too_long(format!("more than {MAX_TURN_MESSAGES} messages")));
+                }
+                if bytes > MAX_TRANSCRIPT_BYTES {
+                    return Err(too_long(format!("more than {MAX_TRANSCRIPT_BYTES} bytes")));
+                }
                 out.push(to_chat_message(row)?);
             }
         }

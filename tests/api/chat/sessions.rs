@@ -234,3 +234,64 @@ async fn failed_calls_leave_no_listed_session_and_empty_ones_are_removed_later()
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn a_session_past_its_bounds_is_refused_instead_of_sent_upstream_whole() {
+    let s = setup().await;
+    // 2047 messages and the reply: the session holds 2048, the most one turn may send.
+    let many: Vec<Value> = (0..2047)
+        .map(|i| json!({"role": "user", "content": format!("m{i}")}))
+        .collect();
+    let first = s.chat(json!({"model": "mock/echo", "messages": many}), None).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    let session = first.header("x-session-id").unwrap().to_string();
+    let next = s
+        .chat(
+            json!({"model": "mock/echo", "messages": user("one more")}),
+            Some(&session),
+        )
+        .await;
+    assert_eq!(next.status, StatusCode::BAD_REQUEST, "{}", next.text);
+    assert_eq!(next.json()["error"]["param"], "messages");
+    assert!(next.text.contains("new session"), "{}", next.text);
+    assert_eq!(
+        message_count(&s.app, &session).await,
+        2048,
+        "the refused turn stored nothing"
+    );
+
+    // Large turns: each stores about 1.2 MB (the request and its echo); past 4 MiB the session
+    // cannot go on.
+    let big = "x".repeat(600_000);
+    let first = s
+        .chat(json!({"model": "mock/echo", "messages": user(&big)}), None)
+        .await;
+    let session = first.header("x-session-id").unwrap().to_string();
+    let mut refused = None;
+    for turn in 1..10_i64 {
+        let answer = s
+            .chat(
+                json!({"model": "mock/echo", "messages": user(&format!("{turn} {big}"))}),
+                Some(&session),
+            )
+            .await;
+        if answer.status != StatusCode::OK {
+            refused = Some((turn, answer));
+            break;
+        }
+    }
+    let (turn, answer) = refused.expect("the session grew without bound");
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.text);
+    assert!(turn >= 3, "refused after only {turn} turns");
+    assert_eq!(
+        message_count(&s.app, &session).await,
+        2 * turn,
+        "the refused turn stored nothing"
+    );
+}
+
+async fn message_count(app: &crate::helpers::TestApp, session: &str) -> i64 {
+    let response = app.get(&format!("/v1/chat/sessions/{session}"), &app.test_key).await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+    response.json()["messageCount"].as_i64().unwrap()
+}
