@@ -234,7 +234,7 @@ fn read_fields(rt: &Runtime, f: &mut Fields, creating: bool) -> AgentChanges {
 /// List agents in creation order (spec §2.2, pagination §1.5).
 #[utoipa::path(get, path = "/v1/agents", tag = "agents",
     params(("limit" = Option<i64>, Query, description = "1–1000, default 100"),
-           ("after" = Option<String>, Query, description = "id of the last agent of the previous page")),
+           ("after" = Option<String>, Query, description = "id of the last agent of the previous page", pattern = r"^agt_[0-7][0-9a-hjkmnp-tv-z]{25}$")),
     responses((status = 200, body = [Agent], headers(("x-next-cursor" = String, description = "present when more agents exist"))),
               (status = 400, body = crate::api::ErrorBody)))]
 pub async fn list_agents(

@@ -31,8 +31,8 @@ pub struct RejectRequest {
 
 /// List approvals, optionally by status or task (spec §5.9).
 #[utoipa::path(get, path = "/v1/approvals", tag = "approvals",
-    params(("status" = Option<String>, Query, description = "pending, approved, rejected or cancelled"),
-           ("taskId" = Option<String>, Query), ("limit" = Option<i64>, Query), ("after" = Option<String>, Query)),
+    params(("status" = Option<String>, Query, description = "pending, approved, rejected or cancelled", pattern = r"^(pending|approved|rejected|cancelled)?$"),
+           ("taskId" = Option<String>, Query), ("limit" = Option<i64>, Query), ("after" = Option<String>, Query, pattern = r"^apr_[0-7][0-9a-hjkmnp-tv-z]{25}$")),
     responses((status = 200, body = [Approval]), (status = 400, body = crate::api::ErrorBody)))]
 pub async fn list_approvals(
     State(rt): State<Runtime>,

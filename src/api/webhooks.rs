@@ -24,7 +24,7 @@ pub struct WebhookRequest {
 
 /// List webhooks (spec §8.1).
 #[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks",
-    params(("limit" = Option<i64>, Query), ("after" = Option<String>, Query)),
+    params(("limit" = Option<i64>, Query), ("after" = Option<String>, Query, pattern = r"^wh_[0-7][0-9a-hjkmnp-tv-z]{25}$")),
     responses((status = 200, body = [Webhook]), (status = 400, body = crate::api::ErrorBody)))]
 pub async fn list_webhooks(
     State(rt): State<Runtime>,
@@ -95,8 +95,8 @@ pub async fn delete_webhook(
 
 /// Delivery records of a webhook, in event order (spec §8.3).
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
-    params(("id" = String, Path), ("status" = Option<String>, Query, description = "pending, succeeded or failed"),
-           ("limit" = Option<i64>, Query), ("after" = Option<String>, Query, description = "evt_<sequence>")),
+    params(("id" = String, Path), ("status" = Option<String>, Query, description = "pending, succeeded or failed", pattern = r"^(pending|succeeded|failed)?$"),
+           ("limit" = Option<i64>, Query), ("after" = Option<String>, Query, description = "evt_<sequence>", pattern = r"^evt_[0-9]{1,18}$")),
     responses((status = 200, body = [Delivery]), (status = 400, body = crate::api::ErrorBody),
               (status = 404, body = crate::api::ErrorBody)))]
 pub async fn list_deliveries(

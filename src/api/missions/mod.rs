@@ -48,7 +48,8 @@ pub struct MissionRequest {
 
 /// List missions, optionally by status (spec §6.4).
 #[utoipa::path(get, path = "/v1/missions", tag = "missions",
-    params(("status" = Option<String>, Query), ("limit" = Option<i64>, Query), ("after" = Option<String>, Query)),
+    params(("status" = Option<String>, Query, pattern = r"^(draft|scheduled|recurring|active|paused|completed|failed|cancelled)?$"),
+           ("limit" = Option<i64>, Query), ("after" = Option<String>, Query, pattern = r"^msn_[0-7][0-9a-hjkmnp-tv-z]{25}$")),
     responses((status = 200, body = [Mission]), (status = 400, body = crate::api::ErrorBody)))]
 pub async fn list_missions(
     State(rt): State<Runtime>,
@@ -144,7 +145,7 @@ pub async fn execute_mission(
 
 /// A mission's runs by number (spec §6.4); `after` is a run id.
 #[utoipa::path(get, path = "/v1/missions/{id}/runs", tag = "missions",
-    params(("id" = String, Path), ("limit" = Option<i64>, Query), ("after" = Option<String>, Query)),
+    params(("id" = String, Path), ("limit" = Option<i64>, Query), ("after" = Option<String>, Query, pattern = r"^run_[0-7][0-9a-hjkmnp-tv-z]{25}$")),
     responses((status = 200, body = [Run]), (status = 404, body = crate::api::ErrorBody)))]
 pub async fn list_runs(
     State(rt): State<Runtime>,

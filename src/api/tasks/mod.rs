@@ -49,10 +49,10 @@ pub struct TaskRequest {
 
 /// List tasks, filtered by status (comma list), group, agent, mission or run (spec §5.4).
 #[utoipa::path(get, path = "/v1/tasks", tag = "tasks",
-    params(("status" = Option<String>, Query, description = "comma-separated statuses"),
+    params(("status" = Option<String>, Query, description = "comma-separated statuses", pattern = r"^((draft|pending|awaiting_approval|assigned|in_progress|review|done|failed)(,(draft|pending|awaiting_approval|assigned|in_progress|review|done|failed))*)?$"),
            ("group" = Option<String>, Query), ("assignTo" = Option<String>, Query),
            ("missionId" = Option<String>, Query), ("runId" = Option<String>, Query),
-           ("limit" = Option<i64>, Query), ("after" = Option<String>, Query)),
+           ("limit" = Option<i64>, Query), ("after" = Option<String>, Query, pattern = r"^task_[0-7][0-9a-hjkmnp-tv-z]{25}$")),
     responses((status = 200, body = [Task]), (status = 400, body = crate::api::ErrorBody)))]
 pub async fn list_tasks(
     State(rt): State<Runtime>,
