@@ -13,16 +13,19 @@ use crate::runtime::Runtime;
 use crate::runtime::tasks::approvals::{self, Approval, Decision, ID_PREFIX};
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct ApproveRequest {
-    /// ≤ 4000 characters.
+    #[schema(max_length = 4000)]
     note: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct RejectRequest {
-    /// 1–8000 characters; the agent receives it in its next attempt unless `final`.
+    /// The agent receives it in its next attempt unless `final`.
+    #[schema(min_length = 1, max_length = 8000)]
     feedback: String,
     /// `true`: the task fails (`rejected`) instead of running again.
     #[serde(rename = "final")]

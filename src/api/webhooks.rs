@@ -13,12 +13,16 @@ use crate::runtime::Runtime;
 use crate::runtime::webhooks::{self, Delivery, Draft, ID_PREFIX, Webhook};
 
 #[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct WebhookRequest {
-    /// `https` URL (≤ 2048 characters) of a public host.
+    /// `https` URL of a public host.
+    #[schema(min_length = 1, max_length = 2048, pattern = r"^https://")]
     url: String,
-    /// 1–32 event patterns, as the event stream's `filter`.
+    /// Event patterns, as the event stream's `filter`.
+    #[schema(min_items = 1, max_items = 32)]
     events: Vec<String>,
+    #[schema(max_length = 500)]
     description: Option<String>,
 }
 
