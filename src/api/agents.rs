@@ -58,25 +58,74 @@ const IDENTITY_FIELDS: &[&str] = &[
 /// Long texts (`systemPrompt`) are bounded in bytes (spec §1.9).
 pub const LONG_TEXT_BYTES: usize = 64 * 1024;
 
-/// The writable fields of an agent, as documented for create and PATCH requests.
+/// An agent create body (spec §2.1); `null` for an optional field means absent.
 #[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct AgentRequest {
-    /// 1–64 of `[A-Za-z0-9_-]`, not starting with `agt_`; required on create, immutable.
-    name: Option<String>,
+    /// 1–64 of `[A-Za-z0-9_-]`, not starting with `agt_`; immutable.
+    #[schema(min_length = 1, max_length = 64, pattern = r"^(?!agt_)[A-Za-z0-9_-]+$")]
+    name: String,
+    /// `provider:model` or `provider/model` of a provider the server offers.
+    #[schema(min_length = 1, max_length = 256)]
+    model: String,
+    #[schema(max_length = 200)]
     role: Option<String>,
-    /// `provider:model` or `provider/model`; required on create.
-    model: Option<String>,
     system_prompt: Option<String>,
+    #[schema(max_items = 128)]
     allowed_tools: Option<Vec<String>>,
+    #[schema(max_items = 64)]
     skills: Option<Vec<String>>,
+    #[schema(minimum = 1, maximum = 1000)]
     max_turns: Option<i64>,
+    #[schema(minimum = 1, maximum = 2147483647)]
     max_concurrency: Option<i64>,
     reasoning: Option<Reasoning>,
     identity: Option<Identity>,
+    #[schema(min_length = 1, max_length = 64)]
     reports_to: Option<String>,
+    #[schema(minimum = 0.0, maximum = 2.0)]
     temperature: Option<f64>,
+    #[schema(minimum = 1, maximum = 2147483647)]
+    max_tokens: Option<i64>,
+    metadata: Option<BTreeMap<String, String>>,
+}
+
+/// An agent PATCH body: present fields change, `null` resets an optional field.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct AgentPatch {
+    /// Immutable: only the agent's own name is accepted.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^(?!agt_)[A-Za-z0-9_-]+$",
+        nullable = false
+    )]
+    #[serde(default)]
+    name: Option<String>,
+    #[schema(min_length = 1, max_length = 256, nullable = false)]
+    #[serde(default)]
+    model: Option<String>,
+    #[schema(max_length = 200)]
+    role: Option<String>,
+    system_prompt: Option<String>,
+    #[schema(max_items = 128)]
+    allowed_tools: Option<Vec<String>>,
+    #[schema(max_items = 64)]
+    skills: Option<Vec<String>>,
+    #[schema(minimum = 1, maximum = 1000)]
+    max_turns: Option<i64>,
+    #[schema(minimum = 1, maximum = 2147483647)]
+    max_concurrency: Option<i64>,
+    reasoning: Option<Reasoning>,
+    identity: Option<Identity>,
+    #[schema(min_length = 1, max_length = 64)]
+    reports_to: Option<String>,
+    #[schema(minimum = 0.0, maximum = 2.0)]
+    temperature: Option<f64>,
+    #[schema(minimum = 1, maximum = 2147483647)]
     max_tokens: Option<i64>,
     metadata: Option<BTreeMap<String, String>>,
 }
@@ -234,7 +283,7 @@ fn read_fields(rt: &Runtime, f: &mut Fields, creating: bool) -> AgentChanges {
 /// List agents in creation order (spec §2.2, pagination §1.5).
 #[utoipa::path(get, path = "/v1/agents", tag = "agents",
     params(("limit" = Option<i64>, Query, description = "1–1000, default 100"),
-           ("after" = Option<String>, Query, description = "id of the last agent of the previous page")),
+           ("after" = Option<String>, Query, description = "id of the last agent of the previous page", pattern = r"^agt_[0-7][0-9a-hjkmnp-tv-z]{25}$")),
     responses((status = 200, body = [Agent], headers(("x-next-cursor" = String, description = "present when more agents exist"))),
               (status = 400, body = crate::api::ErrorBody)))]
 pub async fn list_agents(
@@ -275,7 +324,7 @@ pub async fn get_agent(
 }
 
 /// Update an agent; `identity` is merged one level deep (spec §2.2 rule 1).
-#[utoipa::path(patch, path = "/v1/agents/{idOrName}", tag = "agents", request_body = AgentRequest,
+#[utoipa::path(patch, path = "/v1/agents/{idOrName}", tag = "agents", request_body = AgentPatch,
     params(("idOrName" = String, Path, description = "agent id (agt_…) or name")),
     responses((status = 200, body = Agent), (status = 400, body = crate::api::ErrorBody),
               (status = 404, body = crate::api::ErrorBody)))]

@@ -13,16 +13,19 @@ use crate::runtime::Runtime;
 use crate::runtime::tasks::approvals::{self, Approval, Decision, ID_PREFIX};
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct ApproveRequest {
-    /// ≤ 4000 characters.
+    #[schema(max_length = 4000)]
     note: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct RejectRequest {
-    /// 1–8000 characters; the agent receives it in its next attempt unless `final`.
+    /// The agent receives it in its next attempt unless `final`.
+    #[schema(min_length = 1, max_length = 8000)]
     feedback: String,
     /// `true`: the task fails (`rejected`) instead of running again.
     #[serde(rename = "final")]
@@ -31,8 +34,8 @@ pub struct RejectRequest {
 
 /// List approvals, optionally by status or task (spec §5.9).
 #[utoipa::path(get, path = "/v1/approvals", tag = "approvals",
-    params(("status" = Option<String>, Query, description = "pending, approved, rejected or cancelled"),
-           ("taskId" = Option<String>, Query), ("limit" = Option<i64>, Query), ("after" = Option<String>, Query)),
+    params(("status" = Option<String>, Query, description = "pending, approved, rejected or cancelled", pattern = r"^(pending|approved|rejected|cancelled)?$"),
+           ("taskId" = Option<String>, Query), ("limit" = Option<i64>, Query), ("after" = Option<String>, Query, pattern = r"^apr_[0-7][0-9a-hjkmnp-tv-z]{25}$")),
     responses((status = 200, body = [Approval]), (status = 400, body = crate::api::ErrorBody)))]
 pub async fn list_approvals(
     State(rt): State<Runtime>,

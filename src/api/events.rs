@@ -128,8 +128,8 @@ pub struct HistoryEvent {
 
 /// Poll the event log (spec §7.6).
 #[utoipa::path(get, path = "/v1/events/history", tag = "events",
-    params(("after" = Option<i64>, Query, description = "sequence number, default 0"),
-           ("limit" = Option<i64>, Query, description = "1–1000, default 100"), ("filter" = Option<String>, Query)),
+    params(("after" = Option<i64>, Query, description = "sequence number, default 0", minimum = 0),
+           ("limit" = Option<i64>, Query, description = "1–1000, default 100"), ("filter" = Option<String>, Query, pattern = r"^[a-z0-9:_*-]{0,100}(,[a-z0-9:_*-]{0,100}){0,31}$")),
     responses((status = 200, body = [HistoryEvent],
                headers(("x-next-cursor" = String, description = "last id when more events exist"),
                        ("x-events-reset" = String, description = "true when events after `after` were deleted"))),

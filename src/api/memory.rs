@@ -13,6 +13,7 @@ use crate::runtime::Runtime;
 use crate::runtime::agents::{self, Memory};
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct MemoryRequest {
     /// The whole memory text (markdown, ≤ 64 KiB); an empty string clears it.

@@ -11,6 +11,7 @@ pub mod input;
 pub mod memory;
 pub mod missions;
 pub mod models;
+pub mod openapi;
 pub mod sessions;
 pub mod tasks;
 pub mod webhooks;
@@ -43,7 +44,7 @@ pub struct ErrorBody {
     servers((url = "/")),
     modifiers(&Security),
     security(("bearer" = []), ("apiKeyHeader" = [])),
-    components(schemas(ErrorBody))
+    components(schemas(ErrorBody, openapi::OpenAiErrorBody, openapi::OpenAiError))
 )]
 struct ApiDoc;
 
@@ -151,7 +152,8 @@ where
 
 /// The OpenAPI document, built once from [`routes`].
 pub static OPENAPI: LazyLock<String> = LazyLock::new(|| {
-    let (_, doc) = routes().split_for_parts();
+    let (_, mut doc) = routes().split_for_parts();
+    openapi::SharedAnswers.modify(&mut doc);
     doc.to_json().unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 });
 

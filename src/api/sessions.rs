@@ -14,7 +14,7 @@ use crate::runtime::sessions::{self, MESSAGE_PREFIX, Message, SESSION_PREFIX, Se
 /// List sessions in creation order, optionally of one agent or user (spec §3.13).
 #[utoipa::path(get, path = "/v1/chat/sessions", tag = "chat",
     params(("agent" = Option<String>, Query, description = "agent id or name"), ("user" = Option<String>, Query),
-           ("limit" = Option<i64>, Query), ("after" = Option<String>, Query)),
+           ("limit" = Option<i64>, Query), ("after" = Option<String>, Query, pattern = r"^sess_[0-7][0-9a-hjkmnp-tv-z]{25}$")),
     responses((status = 200, body = [Session]), (status = 400, body = crate::api::ErrorBody)))]
 pub async fn list_sessions(
     State(rt): State<Runtime>,
@@ -43,7 +43,7 @@ pub async fn get_session(
 
 /// The messages of a session in conversation order (spec §3.13).
 #[utoipa::path(get, path = "/v1/chat/sessions/{id}/messages", tag = "chat",
-    params(("id" = String, Path), ("limit" = Option<i64>, Query), ("after" = Option<String>, Query)),
+    params(("id" = String, Path), ("limit" = Option<i64>, Query), ("after" = Option<String>, Query, pattern = r"^msg_[0-7][0-9a-hjkmnp-tv-z]{25}$")),
     responses((status = 200, body = [Message]), (status = 400, body = crate::api::ErrorBody),
               (status = 404, body = crate::api::ErrorBody)))]
 pub async fn list_messages(

@@ -13,18 +13,22 @@ use crate::runtime::Runtime;
 use crate::runtime::webhooks::{self, Delivery, Draft, ID_PREFIX, Webhook};
 
 #[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct WebhookRequest {
-    /// `https` URL (≤ 2048 characters) of a public host.
+    /// `https` URL of a public host.
+    #[schema(min_length = 1, max_length = 2048, pattern = r"^https://")]
     url: String,
-    /// 1–32 event patterns, as the event stream's `filter`.
+    /// Event patterns, as the event stream's `filter`.
+    #[schema(min_items = 1, max_items = 32)]
     events: Vec<String>,
+    #[schema(max_length = 500)]
     description: Option<String>,
 }
 
 /// List webhooks (spec §8.1).
 #[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks",
-    params(("limit" = Option<i64>, Query), ("after" = Option<String>, Query)),
+    params(("limit" = Option<i64>, Query), ("after" = Option<String>, Query, pattern = r"^wh_[0-7][0-9a-hjkmnp-tv-z]{25}$")),
     responses((status = 200, body = [Webhook]), (status = 400, body = crate::api::ErrorBody)))]
 pub async fn list_webhooks(
     State(rt): State<Runtime>,
@@ -95,8 +99,8 @@ pub async fn delete_webhook(
 
 /// Delivery records of a webhook, in event order (spec §8.3).
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
-    params(("id" = String, Path), ("status" = Option<String>, Query, description = "pending, succeeded or failed"),
-           ("limit" = Option<i64>, Query), ("after" = Option<String>, Query, description = "evt_<sequence>")),
+    params(("id" = String, Path), ("status" = Option<String>, Query, description = "pending, succeeded or failed", pattern = r"^(pending|succeeded|failed)?$"),
+           ("limit" = Option<i64>, Query), ("after" = Option<String>, Query, description = "evt_<sequence>", pattern = r"^evt_[0-9]{1,18}$")),
     responses((status = 200, body = [Delivery]), (status = 400, body = crate::api::ErrorBody),
               (status = 404, body = crate::api::ErrorBody)))]
 pub async fn list_deliveries(

@@ -23,32 +23,58 @@ use crate::runtime::missions::{crud, runs};
 
 /// A mission create or PATCH body (spec §6.1); see the mission object for every field.
 #[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct MissionRequest {
+    /// Required on create.
+    #[schema(min_length = 1, max_length = 200)]
     name: Option<String>,
     prompt: Option<String>,
     /// A JSON object for every brief, or (legacy) a string holding `{tasks, team?, qualityGates?,
     /// checkpoints?, delays?, data?}`.
     #[schema(value_type = Option<Object>)]
     data: Option<serde_json::Value>,
+    #[schema(min_items = 1, max_items = 200)]
     tasks: Option<Vec<TaskDef>>,
     /// `{name?, agents: AgentConfig[]}` or `AgentConfig[]`.
     #[schema(value_type = Option<Object>)]
     team: Option<serde_json::Value>,
+    #[schema(minimum = 1.0, maximum = 5.0)]
     quality_threshold: Option<f64>,
+    #[schema(format = DateTime, min_length = 1, max_length = 64)]
     deadline: Option<String>,
     /// 5-field cron (UTC) or an RFC 3339 instant.
+    #[schema(min_length = 1, max_length = 200)]
     schedule: Option<String>,
+    #[schema(format = DateTime, min_length = 1, max_length = 64)]
     end_date: Option<String>,
     quality_gates: Option<Vec<QualityGate>>,
     checkpoints: Option<Vec<Checkpoint>>,
     delays: Option<Vec<Delay>>,
 }
 
+/// The body of `execute`: `{}`, or `stream`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ExecuteRequest {
+    /// `true`: answer with the run as server-sent events (spec §6.9).
+    stream: Option<bool>,
+}
+
+/// The body of `resume`: `{}`, or `retryFailed`.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ResumeRequest {
+    /// `true`: a failed run's failed tasks run again.
+    retry_failed: Option<bool>,
+}
+
 /// List missions, optionally by status (spec §6.4).
 #[utoipa::path(get, path = "/v1/missions", tag = "missions",
-    params(("status" = Option<String>, Query), ("limit" = Option<i64>, Query), ("after" = Option<String>, Query)),
+    params(("status" = Option<String>, Query, pattern = r"^(draft|scheduled|recurring|active|paused|completed|failed|cancelled)?$"),
+           ("limit" = Option<i64>, Query), ("after" = Option<String>, Query, pattern = r"^msn_[0-7][0-9a-hjkmnp-tv-z]{25}$")),
     responses((status = 200, body = [Mission]), (status = 400, body = crate::api::ErrorBody)))]
 pub async fn list_missions(
     State(rt): State<Runtime>,
@@ -122,7 +148,7 @@ pub async fn delete_mission(
 /// Execute a mission: a new run with its own tasks (spec §6.6); with `stream: true` the run as
 /// server-sent events (§6.9).
 #[utoipa::path(post, path = "/v1/missions/{id}/execute", tag = "missions", params(("id" = String, Path)),
-    request_body(content = Object, description = "`{\"stream\": true}` to follow the run"),
+    request_body = ExecuteRequest,
     responses((status = 202, body = Run), (status = 200, description = "a text/event-stream of mission.chunk frames ending in [DONE]"),
               (status = 400, body = crate::api::ErrorBody), (status = 404, body = crate::api::ErrorBody),
               (status = 409, body = crate::api::ErrorBody, description = "the mission is active or paused")))]
@@ -144,7 +170,7 @@ pub async fn execute_mission(
 
 /// A mission's runs by number (spec §6.4); `after` is a run id.
 #[utoipa::path(get, path = "/v1/missions/{id}/runs", tag = "missions",
-    params(("id" = String, Path), ("limit" = Option<i64>, Query), ("after" = Option<String>, Query)),
+    params(("id" = String, Path), ("limit" = Option<i64>, Query), ("after" = Option<String>, Query, pattern = r"^run_[0-7][0-9a-hjkmnp-tv-z]{25}$")),
     responses((status = 200, body = [Run]), (status = 404, body = crate::api::ErrorBody)))]
 pub async fn list_runs(
     State(rt): State<Runtime>,
@@ -177,7 +203,7 @@ pub async fn get_run(
 /// Resume the latest run: a paused run's checkpoints, or a failed run (with `retryFailed`, its
 /// failed tasks retried) (spec §6.4).
 #[utoipa::path(post, path = "/v1/missions/{id}/resume", tag = "missions", params(("id" = String, Path)),
-    request_body(content = Object, description = "`{\"retryFailed\": true}` to retry the failed tasks"),
+    request_body = ResumeRequest,
     responses((status = 200, body = Run), (status = 404, body = crate::api::ErrorBody),
               (status = 409, body = crate::api::ErrorBody, description = "the latest run is not paused or failed")))]
 pub async fn resume_mission(

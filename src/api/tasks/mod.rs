@@ -20,39 +20,102 @@ use crate::runtime::tasks::model::ID_PREFIX;
 use crate::runtime::tasks::{Status, Task, actions, create};
 use crate::store::tasks::ListFilter;
 
-/// A task create or PATCH body (spec §5.1); see the task object for every field.
+/// A task create body (spec §5.1); `null` for an optional field means absent.
 #[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct TaskRequest {
-    title: Option<String>,
+    #[schema(min_length = 1, max_length = 200)]
+    title: String,
+    /// An agent name or id.
+    #[schema(min_length = 1, max_length = 256)]
+    assign_to: String,
+    /// ≤ 64 KiB of UTF-8.
     description: Option<String>,
-    assign_to: Option<String>,
+    #[schema(min_length = 1, max_length = 200)]
     group: Option<String>,
+    /// Task ids or titles of 1–200 characters.
+    #[schema(max_items = 64)]
     depends_on: Option<Vec<String>>,
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(value_type = Option<Vec<Object>>, max_items = 32)]
     expectations: Option<Vec<serde_json::Value>>,
     #[schema(value_type = Option<Vec<Object>>)]
     expected_outcomes: Option<Vec<serde_json::Value>>,
+    #[schema(minimum = -1000, maximum = 1000)]
     priority: Option<i64>,
+    #[schema(minimum = 0, maximum = 10)]
     max_retries: Option<i64>,
+    /// Milliseconds.
+    #[schema(minimum = 1000, maximum = 86400000)]
     max_duration: Option<i64>,
     #[schema(value_type = Option<Object>)]
     retry_policy: Option<serde_json::Value>,
     side_effects: Option<bool>,
+    /// RFC 3339 timestamp.
+    #[schema(format = DateTime, min_length = 1, max_length = 64)]
     deadline: Option<String>,
+    #[schema(max_length = 256)]
     user: Option<String>,
     metadata: Option<std::collections::BTreeMap<String, String>>,
-    /// Create only: start as `draft` instead of `pending`.
+    /// Start as `draft` instead of `pending`.
     draft: Option<bool>,
+}
+
+/// A task PATCH body: present fields change, `null` resets an optional field.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct TaskPatch {
+    #[schema(min_length = 1, max_length = 200, nullable = false)]
+    #[serde(default)]
+    title: Option<String>,
+    #[schema(min_length = 1, max_length = 256, nullable = false)]
+    #[serde(default)]
+    assign_to: Option<String>,
+    /// ≤ 64 KiB of UTF-8.
+    description: Option<String>,
+    #[schema(min_length = 1, max_length = 200)]
+    group: Option<String>,
+    /// Task ids or titles of 1–200 characters.
+    #[schema(max_items = 64)]
+    depends_on: Option<Vec<String>>,
+    #[schema(value_type = Option<Vec<Object>>, max_items = 32)]
+    expectations: Option<Vec<serde_json::Value>>,
+    #[schema(value_type = Option<Vec<Object>>)]
+    expected_outcomes: Option<Vec<serde_json::Value>>,
+    #[schema(minimum = -1000, maximum = 1000)]
+    priority: Option<i64>,
+    #[schema(minimum = 0, maximum = 10)]
+    max_retries: Option<i64>,
+    /// Milliseconds.
+    #[schema(minimum = 1000, maximum = 86400000)]
+    max_duration: Option<i64>,
+    #[schema(value_type = Option<Object>)]
+    retry_policy: Option<serde_json::Value>,
+    side_effects: Option<bool>,
+    /// RFC 3339 timestamp.
+    #[schema(format = DateTime, min_length = 1, max_length = 64)]
+    deadline: Option<String>,
+    #[schema(max_length = 256)]
+    user: Option<String>,
+    metadata: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// An action body: `{}`, or `stream` on `run`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct RunRequest {
+    /// `true`: answer with the task-run stream (spec §5.6).
+    stream: Option<bool>,
 }
 
 /// List tasks, filtered by status (comma list), group, agent, mission or run (spec §5.4).
 #[utoipa::path(get, path = "/v1/tasks", tag = "tasks",
-    params(("status" = Option<String>, Query, description = "comma-separated statuses"),
+    params(("status" = Option<String>, Query, description = "comma-separated statuses", pattern = r"^((draft|pending|awaiting_approval|assigned|in_progress|review|done|failed)(,(draft|pending|awaiting_approval|assigned|in_progress|review|done|failed))*)?$"),
            ("group" = Option<String>, Query), ("assignTo" = Option<String>, Query),
            ("missionId" = Option<String>, Query), ("runId" = Option<String>, Query),
-           ("limit" = Option<i64>, Query), ("after" = Option<String>, Query)),
+           ("limit" = Option<i64>, Query), ("after" = Option<String>, Query, pattern = r"^task_[0-7][0-9a-hjkmnp-tv-z]{25}$")),
     responses((status = 200, body = [Task]), (status = 400, body = crate::api::ErrorBody)))]
 pub async fn list_tasks(
     State(rt): State<Runtime>,
@@ -115,7 +178,7 @@ pub async fn get_task(
 
 /// Change a task (spec §5.4): priority, metadata and deadline while open; the rest in draft,
 /// pending or failed.
-#[utoipa::path(patch, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path)), request_body = TaskRequest,
+#[utoipa::path(patch, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path)), request_body = TaskPatch,
     responses((status = 200, body = Task), (status = 400, body = crate::api::ErrorBody),
               (status = 404, body = crate::api::ErrorBody), (status = 409, body = crate::api::ErrorBody)))]
 pub async fn update_task(
@@ -152,7 +215,7 @@ fn empty_body(body: JsonObject, known: &[&str]) -> Result<Fields, ApiError> {
 /// Run a task: `draft` or `failed` → `pending`; a task already under way is left as it is
 /// (spec §5.5). With `stream: true`, the answer follows the task to its end (spec §5.6).
 #[utoipa::path(post, path = "/v1/tasks/{id}/run", tag = "tasks", params(("id" = String, Path)),
-    request_body(content = Object, description = "`{\"stream\": true}` to follow the task"),
+    request_body = RunRequest,
     responses((status = 200, body = Task, description = "the task, or a text/event-stream of task.chunk frames ending in [DONE]"),
               (status = 404, body = crate::api::ErrorBody),
               (status = 409, body = crate::api::ErrorBody, description = "the task is done")))]
