@@ -243,21 +243,22 @@ pub async fn run_by_id<'c>(ex: impl Exec<'c>, scope: &Scope, run_id: &str) -> Re
     scoped_as(&sql, scope).bind(run_id).fetch_optional(ex).await
 }
 
-/// Runs of a mission by number, after `after_number`.
+/// Runs of a mission after run `after` (an id; runs are created in number order, so id order is
+/// number order, and the id of a run that no longer exists still places the page).
 pub async fn list_runs<'c>(
     ex: impl Exec<'c>,
     scope: &Scope,
     mission_id: &str,
-    after_number: i64,
+    after: &str,
     limit: i64,
 ) -> Result<Vec<RunRow>, sqlx::Error> {
     let sql = format!(
         "SELECT {RUN_COLUMNS} FROM mission_runs
-         WHERE project = $1 AND environment = $2 AND mission_id = $3 AND number > $4 ORDER BY number LIMIT $5"
+         WHERE project = $1 AND environment = $2 AND mission_id = $3 AND id > $4 ORDER BY id LIMIT $5"
     );
     scoped_as(&sql, scope)
         .bind(mission_id)
-        .bind(after_number)
+        .bind(after)
         .bind(limit)
         .fetch_all(ex)
         .await

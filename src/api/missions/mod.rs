@@ -180,11 +180,8 @@ pub async fn list_runs(
 ) -> Result<Response, ApiError> {
     let page = Page::from_query(&mut query, RUN_PREFIX)?;
     query.finish()?;
-    let after = match &page.after {
-        Some(run_id) => runs::number_of(&rt, &auth.scope, &id, run_id).await?,
-        None => 0,
-    };
-    let list = runs::list(&rt, &auth.scope, &id, after, page.fetch()).await?;
+    let after = page.after.clone().unwrap_or_default();
+    let list = runs::list(&rt, &auth.scope, &id, &after, page.fetch()).await?;
     Ok(page.respond(list, |r| &r.id))
 }
 

@@ -802,16 +802,16 @@ pub async fn get(rt: &Runtime, scope: &Scope, mission_id: &str, run_id: &str) ->
     Ok(Run::of(read_run(&row)?, tasks))
 }
 
-/// A page of a mission's runs by number, after run `after_number`.
+/// A page of a mission's runs by number, after run `after` (an id, `""` for the first page).
 pub async fn list(
     rt: &Runtime,
     scope: &Scope,
     mission_id: &str,
-    after_number: i64,
+    after: &str,
     fetch: i64,
 ) -> Result<Vec<Run>, ApiError> {
     crud::get(rt, scope, mission_id).await?;
-    let rows = store::missions::list_runs(&rt.db.pool, scope, mission_id, after_number, fetch).await?;
+    let rows = store::missions::list_runs(&rt.db.pool, scope, mission_id, after, fetch).await?;
     let mut conn = rt.db.pool.acquire().await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -832,12 +832,4 @@ pub async fn report(rt: &Runtime, scope: &Scope, mission_id: &str, run_id: Optio
         .await?
         .ok_or_else(|| run_not_found(run_id))?;
     Ok(Report::of(&read_run(&row)?, &run.tasks, Timestamp::now()))
-}
-
-/// A run id's number, for paging runs by `after`.
-pub async fn number_of(rt: &Runtime, scope: &Scope, mission_id: &str, run_id: &str) -> Result<i64, ApiError> {
-    let row = store::missions::get_run(&rt.db.pool, scope, mission_id, run_id)
-        .await?
-        .ok_or_else(|| ApiError::invalid_field("after", format!("no run {run_id:?} in this mission")))?;
-    Ok(row.number)
 }

@@ -217,6 +217,15 @@ async fn each_execution_is_a_numbered_run_with_its_own_tasks_and_an_abort_touche
         .get(&format!("/v1/missions/{id}/runs?after={second_id}"), &app.test_key)
         .await;
     assert_eq!(ids(&rest.json()), [third_id.as_str()]);
+    // A cursor that names no run of the mission still places the page (spec §1.5).
+    let before_all = app
+        .get(
+            &format!("/v1/missions/{id}/runs?after=run_00000000000000000000000000"),
+            &app.test_key,
+        )
+        .await;
+    assert_eq!(before_all.status, StatusCode::OK, "{}", before_all.text);
+    assert_eq!(ids(&before_all.json()), ids(&listed));
 
     // Abort while the first task's attempt is running: it is cancelled with the run.
     let gather_id = task_of(&third, "Gather")["id"].as_str().unwrap().to_string();
