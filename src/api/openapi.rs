@@ -49,9 +49,9 @@ impl Modify for SharedAnswers {
                 limit_parameter(operation);
                 shared_answers(operation, openai, public);
             }
-            // `Idempotency-Key` is read on every POST and refused when malformed (spec §1.8).
+            // Every POST reads a body (an absent one is `{}`) and refuses a bad one.
             if let Some(operation) = item.post.as_mut() {
-                add(operation, 400, "bad request: a malformed `Idempotency-Key`, …", openai);
+                add(operation, 400, "bad request: an invalid body", openai);
             }
         }
     }
