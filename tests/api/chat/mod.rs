@@ -3,6 +3,7 @@
 
 mod completions;
 mod failures;
+mod faults;
 mod parameters;
 mod sessions;
 mod streaming;
