@@ -31,6 +31,9 @@ pub enum ApiError {
     Conflict { message: String, details: Option<Value> },
     #[error("request body is too large")]
     PayloadTooLarge,
+    /// The request's headers are too many or too large (spec §1.9).
+    #[error("{0}")]
+    HeadersTooLarge(String),
     /// A rate limit, ours or the provider's; `retry_after` becomes `Retry-After`/`retry-after-ms`.
     #[error("{message}")]
     RateLimited {
@@ -105,6 +108,7 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -122,6 +126,7 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict { .. } => "conflict",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::HeadersTooLarge(_) => "headers_too_large",
             Self::RateLimited { .. } => "rate_limited",
             Self::Upstream { .. } => "upstream_error",
             Self::UpstreamTimeout => "upstream_timeout",

@@ -3,6 +3,7 @@
 mod auth;
 pub mod cors;
 mod errors;
+mod limits;
 mod metrics;
 pub mod rate_limit;
 mod request_log;
@@ -22,8 +23,9 @@ use crate::app::AppState;
 /// 2. `metrics`, so that refusals and framework answers are counted, with their final status;
 /// 3. `errors`, so that every failure below it, the auth refusal included, gets the JSON shape of
 ///    its path;
-/// 4. `auth`, so that nothing past it runs for a caller without a valid key;
-/// 5. `rate_limit`, innermost, so that only authenticated requests take a token, every one of
+/// 4. `limits`, so that oversized headers are refused before anything reads them;
+/// 5. `auth`, so that nothing past it runs for a caller without a valid key;
+/// 6. `rate_limit`, innermost, so that only authenticated requests take a token, every one of
 ///    them, with the headers on whatever the route answers;
 ///
 /// and, when origins are configured, `cors` outside them all, so that a browser's preflight
@@ -32,6 +34,7 @@ pub fn apply(router: Router<AppState>, state: &AppState) -> Router<AppState> {
     let router = router
         .layer(from_fn_with_state(state.clone(), rate_limit::limit))
         .layer(from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(from_fn(limits::check))
         .layer(from_fn(errors::normalize))
         .layer(from_fn_with_state(Arc::clone(&state.runtime.metrics), metrics::record))
         .layer(from_fn(request_log::log));

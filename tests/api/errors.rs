@@ -124,3 +124,34 @@ async fn every_response_has_a_fresh_request_id() {
     assert_ne!(a, "req_client_chosen", "a client-supplied id is never reused");
     assert_ne!(a, b);
 }
+
+#[tokio::test]
+async fn too_many_or_too_large_headers_get_a_json_431() {
+    let app = TestApp::spawn().await;
+    let with = |extra: Vec<(String, String)>, path: &str| {
+        let mut builder = axum::http::Request::get(path).header("authorization", format!("Bearer {}", app.test_key));
+        for (name, value) in extra {
+            builder = builder.header(name, value);
+        }
+        builder.body(axum::body::Body::empty()).unwrap()
+    };
+    let many: Vec<(String, String)> = (0..70).map(|i| (format!("x-extra-{i}"), "v".to_string())).collect();
+    let response = app.send(with(many, "/v1/agents")).await;
+    assert_eq!(response.status.as_u16(), 431, "{}", response.text);
+    assert_eq!(response.json()["code"], "headers_too_large");
+    let big = vec![("x-big".to_string(), "a".repeat(20_000))];
+    let response = app.send(with(big.clone(), "/v1/agents")).await;
+    assert_eq!(response.status.as_u16(), 431, "{}", response.text);
+    // On the OpenAI-compatible paths, in OpenAI's shape.
+    let response = app.send(with(big, "/v1/models")).await;
+    assert_eq!(response.status.as_u16(), 431, "{}", response.text);
+    assert_eq!(
+        response.json()["error"]["code"],
+        "headers_too_large",
+        "{}",
+        response.text
+    );
+    // Ordinary requests are unaffected.
+    let fine = vec![("x-trace".to_string(), "a".repeat(1000))];
+    assert_eq!(app.send(with(fine, "/v1/agents")).await.status.as_u16(), 200);
+}
