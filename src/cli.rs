@@ -235,7 +235,9 @@ async fn import_mission(config: Config, file: &Path, project: &str, environment:
     let shown = file.display();
     let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {shown}: {e}"))?;
     let body = match serde_json::from_str(&text) {
-        Ok(serde_json::Value::Object(map)) => map,
+        Ok(value @ serde_json::Value::Object(_)) => {
+            JsonObject::from_value(value).map_err(|e| format!("{shown}: {e}"))?
+        }
         Ok(_) => return Err(format!("{shown} must hold one JSON object: a mission create body")),
         Err(e) => return Err(format!("{shown} is not valid JSON: {e}")),
     };
@@ -255,7 +257,7 @@ async fn import_mission(config: Config, file: &Path, project: &str, environment:
         }
         let rt = Runtime::new(db.clone(), config, providers)?;
         let saved = async {
-            let input = crate::api::missions::input::read(&rt, JsonObject(body), true)?;
+            let input = crate::api::missions::input::read(&rt, body, true)?;
             crate::runtime::missions::crud::create(&rt, &scope, input).await
         };
         let mission = saved.await.map_err(|e| import_error(&e, &shown.to_string(), &scope))?;

@@ -43,6 +43,14 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
         }
         let value: Value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::bad_request(format!("malformed JSON in the request body: {e}")))?;
+        Self::from_value(value)
+    }
+}
+
+impl JsonObject {
+    /// A parsed body, held to the same rules as a request's: one object, nested at most
+    /// [`MAX_DEPTH`] levels (the import CLI reads files with it).
+    pub fn from_value(value: Value) -> Result<Self, ApiError> {
         if depth(&value) > MAX_DEPTH {
             return Err(ApiError::bad_request(format!(
                 "the request body is nested deeper than {MAX_DEPTH} levels"

@@ -165,6 +165,14 @@ async fn a_file_that_is_not_a_valid_mission_is_refused_and_nothing_is_stored() {
     assert_eq!((code, out.as_str()), (1, ""), "{err}");
     assert!(err.contains("must hold one JSON object"), "{err}");
 
+    // As deep as a request body may not be: refused the same way.
+    let deep = dir.join("deep.json");
+    let nested = format!("{}1{}", "[".repeat(70), "]".repeat(70));
+    std::fs::write(&deep, format!(r#"{{"name": "deep", "data": {{"x": {nested}}}}}"#)).unwrap();
+    let (code, out, err) = import(&app, &deep, "test").await;
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert!(err.contains("nested deeper than 64"), "{err}");
+
     let (code, out, err) = import(&app, &dir.join("missing.json"), "test").await;
     assert_eq!((code, out.as_str()), (1, ""), "{err}");
     assert!(err.contains("cannot read"), "{err}");
