@@ -642,11 +642,15 @@ async fn ticks_older_than_the_catch_up_window_are_not_replayed(database: &TestDa
     assert_eq!(shown["executionCount"], 0, "{shown:#}");
 
     let next_tick = missed_tick + MINUTE;
+    // Fired and finished: the run ends in the same commit that returns the mission to
+    // `recurring`.
     let fired = eventually_by(next_tick, Duration::from_secs(20), || async {
-        remote.get(&base, &format!("/v1/missions/{cron_id}")).await["status"] == "recurring"
-            && !remote.runs(&base, cron_id).await.is_empty()
+        let runs = remote.runs(&base, cron_id).await;
+        !runs.is_empty() && runs.iter().all(|r| r["status"] == "completed")
     })
     .await;
+    let shown = remote.get(&base, &format!("/v1/missions/{cron_id}")).await;
+    assert_eq!(shown["status"], "recurring", "{shown:#}");
     let runs = remote.runs(&base, cron_id).await;
     assert!(fired, "{runs:#?}\n{}", server.log());
     assert_eq!(runs.len(), 1, "{runs:#?}");
