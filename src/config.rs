@@ -191,6 +191,8 @@ impl Default for RateLimitConfig {
 pub struct ProjectConfig {
     /// Replaces `[rate_limit]` for the project's keys.
     pub rate_limit: Option<RateLimitConfig>,
+    /// Replaces `assessment.model` for the project's tasks.
+    pub assessment_model: Option<String>,
 }
 
 /// Mission schedules (spec §6.8).

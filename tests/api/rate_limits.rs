@@ -140,6 +140,7 @@ async fn a_project_can_have_limits_of_its_own() {
                 burst: 100,
                 max_concurrent_streams: 5,
             }),
+            ..ProjectConfig::default()
         },
     );
     let app = TestApp::spawn_limited(config).await;

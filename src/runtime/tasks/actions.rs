@@ -218,7 +218,7 @@ pub async fn reassess(rt: &Runtime, scope: &Scope, id: &str) -> Result<Task, Api
         .and_then(|r| r.attempts.last())
         .map(|a| a.model.clone())
         .unwrap_or_default();
-    let (assessment, usage) = attempt::assess(rt, &task, &model, &output, "reassess")
+    let (assessment, usage) = attempt::assess(rt, scope, &task, &model, &output, "reassess")
         .await
         .map_err(|e| ApiError::Upstream {
             message: format!("the reviewer failed: {}", e.message),

@@ -450,7 +450,7 @@ async fn review(
         if !save(rt, &claim, &task, vec![started]).await? {
             return Ok("lost");
         }
-        match assess(rt, &task, model, &answer.text, trigger).await {
+        match assess(rt, &claim.scope, &task, model, &answer.text, trigger).await {
             Ok((assessment, reviewer_usage)) => {
                 task.result_mut().usage.add(reviewer_usage);
                 Some(assessment)
@@ -567,12 +567,20 @@ fn unreachable_assessment(trigger: &str) -> Assessment {
 /// assessment (`assessment_failed`).
 pub async fn assess(
     rt: &Runtime,
+    scope: &Scope,
     task: &Task,
     model: &str,
     output: &str,
     trigger: &str,
 ) -> Result<(Assessment, Usage), TaskError> {
-    let reviewer = rt.config.assessment.model.clone().unwrap_or_else(|| model.to_string());
+    // The project's reviewer, else the server's, else the attempt's own model (spec §10.4).
+    let reviewer = rt
+        .config
+        .projects
+        .get(&scope.project)
+        .and_then(|p| p.assessment_model.clone())
+        .or_else(|| rt.config.assessment.model.clone())
+        .unwrap_or_else(|| model.to_string());
     let mut checks: Vec<Check> = Vec::new();
     let mut feedback: Vec<String> = Vec::new();
     let mut usage = Usage::default();

@@ -475,3 +475,54 @@ async fn after_enough_failed_attempts_the_fallback_agent_and_model_take_over() {
         "{sent}"
     );
 }
+
+#[tokio::test]
+async fn a_project_can_have_its_own_reviewer_model() {
+    let openai = FakeProvider::openai().await;
+    let anthropic = FakeProvider::anthropic().await;
+    let mut config = Config::default();
+    config.projects.insert(
+        "acme".into(),
+        polpo_api::config::ProjectConfig {
+            assessment_model: Some("openai:ok".into()),
+            ..polpo_api::config::ProjectConfig::default()
+        },
+    );
+    let app = TestApp::with_fakes(&openai, &anthropic, config).await;
+    let other = app.key_of("globex", polpo_api::scope::Environment::Test).await;
+    let body = json!({"title": "Notes", "assignTo": "writer",
+                      "expectations": [{"type": "llm_review", "criteria": "Complete"}]});
+    for key in [&app.test_key, &other] {
+        let response = app
+            .post("/v1/agents", key, json!({"name": "writer", "model": "mock/echo"}))
+            .await;
+        assert_eq!(response.status, axum::http::StatusCode::CREATED, "{}", response.text);
+    }
+    let ours = task(&app, body.clone()).await;
+    let theirs = app.post("/v1/tasks", &other, body).await.json();
+    // globex keeps the default: the attempt's own model reviews, and passes.
+    let passed = crate::helpers::eventually(Duration::from_secs(20), || async {
+        app.get(&format!("/v1/tasks/{}", theirs["id"].as_str().unwrap()), &other)
+            .await
+            .json()["status"]
+            == "done"
+    })
+    .await;
+    let theirs = app
+        .get(&format!("/v1/tasks/{}", theirs["id"].as_str().unwrap()), &other)
+        .await
+        .json();
+    assert!(passed, "{theirs:#}");
+    assert_eq!(theirs["result"]["assessment"]["reviewerModel"], "mock/echo");
+    // acme's reviewer is the configured model: the provider saw its review requests (its plain
+    // reply is no review, so the assessment fails after its tries).
+    let ours = until_status(&app, ours["id"].as_str().unwrap(), "failed", Duration::from_secs(20)).await;
+    assert_eq!(ours["result"]["error"]["code"], "assessment_failed", "{ours:#}");
+    let reviews: Vec<_> = openai
+        .requests()
+        .into_iter()
+        .filter(|r| r.body["response_format"]["json_schema"]["name"] == "polpo_review")
+        .collect();
+    assert!(!reviews.is_empty(), "the project's reviewer was never asked");
+    assert!(reviews.iter().all(|r| r.body["model"] == "ok"), "{reviews:#?}");
+}
