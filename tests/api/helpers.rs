@@ -458,3 +458,69 @@ pub fn concrete_path(template: &str) -> String {
         .collect::<Vec<_>>()
         .join("/")
 }
+
+/// The `data:` payloads of a task or mission stream (chat-chunk frames without `id:` or
+/// `event:` lines), read as they come.
+pub struct SseFrames {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseFrames {
+    /// Posts `{"stream": true}` to `path` and checks that a stream answers.
+    pub async fn post(base: &str, key: &str, path: &str) -> Self {
+        let response = client()
+            .post(format!("{base}{path}"))
+            .bearer_auth(key)
+            .json(&serde_json::json!({"stream": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        Self {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next payload (`None` when the stream ended), within 10 s.
+    pub async fn next(&mut self) -> Option<String> {
+        loop {
+            if let Some(at) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..at + 2).collect();
+                for line in block.lines() {
+                    assert!(!line.starts_with("id:") && !line.starts_with("event:"), "{line}");
+                    if let Some(data) = line.strip_prefix("data: ") {
+                        return Some(data.to_string());
+                    }
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.response.chunk())
+                .await
+                .expect("the stream went silent");
+            match chunk {
+                Ok(Some(bytes)) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The first frame, parsed.
+    pub async fn first(&mut self) -> Value {
+        serde_json::from_str(&self.next().await.expect("a first frame")).unwrap()
+    }
+
+    /// Every payload until the stream ends.
+    pub async fn rest(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(data) = self.next().await {
+            out.push(data);
+        }
+        out
+    }
+}

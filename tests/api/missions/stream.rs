@@ -9,70 +9,11 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::{act, agent, get_run, mission, task_of, until_run};
-use crate::helpers::{TestApp, client};
+use crate::helpers::{SseFrames, TestApp};
 
-/// The `data:` payloads of a mission stream, read as they come.
-struct Follow {
-    response: reqwest::Response,
-    buffer: String,
-}
-
-impl Follow {
-    async fn start(base: &str, key: &str, id: &str) -> Self {
-        let response = client()
-            .post(format!("{base}/v1/missions/{id}/execute"))
-            .bearer_auth(key)
-            .json(&json!({"stream": true}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        assert_eq!(
-            response.headers()["content-type"].to_str().unwrap(),
-            "text/event-stream"
-        );
-        Self {
-            response,
-            buffer: String::new(),
-        }
-    }
-
-    /// The next payload (`None` when the stream ended), within 10 s.
-    async fn next(&mut self) -> Option<String> {
-        loop {
-            if let Some(at) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..at + 2).collect();
-                for line in block.lines() {
-                    assert!(!line.starts_with("id:") && !line.starts_with("event:"), "{line}");
-                    if let Some(data) = line.strip_prefix("data: ") {
-                        return Some(data.to_string());
-                    }
-                }
-                continue;
-            }
-            let chunk = tokio::time::timeout(Duration::from_secs(10), self.response.chunk())
-                .await
-                .expect("the stream went silent");
-            match chunk {
-                Ok(Some(bytes)) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
-                _ => return None,
-            }
-        }
-    }
-
-    /// The first frame, parsed.
-    async fn first(&mut self) -> Value {
-        serde_json::from_str(&self.next().await.expect("a first frame")).unwrap()
-    }
-
-    /// Every payload until the stream ends.
-    async fn rest(&mut self) -> Vec<String> {
-        let mut out = Vec::new();
-        while let Some(data) = self.next().await {
-            out.push(data);
-        }
-        out
-    }
+/// Executes mission `id` with `stream: true` and reads its frames.
+async fn execute_streamed(base: &str, key: &str, id: &str) -> SseFrames {
+    SseFrames::post(base, key, &format!("/v1/missions/{id}/execute")).await
 }
 
 /// The JSON frames (everything but `[DONE]`).
@@ -139,7 +80,7 @@ async fn a_streamed_run_separates_parallel_outputs_and_ends_with_stop() {
     .await;
     let id = saved["id"].as_str().unwrap();
     let base = app.serve().await;
-    let mut follow = Follow::start(&base, &app.test_key, id).await;
+    let mut follow = execute_streamed(&base, &app.test_key, id).await;
     let first = follow.first().await;
     let run_id = first["id"].as_str().unwrap().to_string();
     assert!(run_id.starts_with("run_"), "{first}");
@@ -239,7 +180,7 @@ async fn the_stream_stays_open_through_holds_and_carries_their_events() {
     .await;
     let id = saved["id"].as_str().unwrap();
     let base = app.serve().await;
-    let mut follow = Follow::start(&base, &app.test_key, id).await;
+    let mut follow = execute_streamed(&base, &app.test_key, id).await;
     let run_id = follow.first().await["id"].as_str().unwrap().to_string();
     let mut seen = Vec::new();
     while !lifecycle(&parsed(&seen))
@@ -291,7 +232,7 @@ async fn a_failed_or_aborted_run_ends_the_stream_with_failed() {
     )
     .await;
     let id = doomed["id"].as_str().unwrap();
-    let mut follow = Follow::start(&base, &app.test_key, id).await;
+    let mut follow = execute_streamed(&base, &app.test_key, id).await;
     let run_id = follow.first().await["id"].as_str().unwrap().to_string();
     let frames = follow.rest().await;
     assert_finish(&frames, "failed");
@@ -308,7 +249,7 @@ async fn a_failed_or_aborted_run_ends_the_stream_with_failed() {
     )
     .await;
     let id = long["id"].as_str().unwrap();
-    let mut follow = Follow::start(&base, &app.test_key, id).await;
+    let mut follow = execute_streamed(&base, &app.test_key, id).await;
     let run_id = follow.first().await["id"].as_str().unwrap().to_string();
     let mut seen = Vec::new();
     while contents(&parsed(&seen)).is_empty() {
@@ -343,7 +284,7 @@ async fn a_client_leaving_mid_run_stops_nothing() {
     .await;
     let id = saved["id"].as_str().unwrap();
     let base = app.serve().await;
-    let mut follow = Follow::start(&base, &app.test_key, id).await;
+    let mut follow = execute_streamed(&base, &app.test_key, id).await;
     let run_id = follow.first().await["id"].as_str().unwrap().to_string();
     let mut seen = Vec::new();
     while contents(&parsed(&seen)).is_empty() {

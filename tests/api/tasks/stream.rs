@@ -7,65 +7,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::{agent, task, until_status};
-use crate::helpers::{TestApp, client};
+use crate::helpers::{SseFrames, TestApp, client};
 
-/// The `data:` payloads of a task stream, read as they come.
-struct Follow {
-    response: reqwest::Response,
-    buffer: String,
-}
-
-impl Follow {
-    async fn start(base: &str, key: &str, id: &str) -> Self {
-        let response = client()
-            .post(format!("{base}/v1/tasks/{id}/run"))
-            .bearer_auth(key)
-            .json(&json!({"stream": true}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        assert_eq!(
-            response.headers()["content-type"].to_str().unwrap(),
-            "text/event-stream"
-        );
-        Self {
-            response,
-            buffer: String::new(),
-        }
-    }
-
-    /// The next payload (`None` when the stream ended), within 10 s.
-    async fn next(&mut self) -> Option<String> {
-        loop {
-            if let Some(at) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..at + 2).collect();
-                for line in block.lines() {
-                    assert!(!line.starts_with("id:") && !line.starts_with("event:"), "{line}");
-                    if let Some(data) = line.strip_prefix("data: ") {
-                        return Some(data.to_string());
-                    }
-                }
-                continue;
-            }
-            let chunk = tokio::time::timeout(Duration::from_secs(10), self.response.chunk())
-                .await
-                .expect("the stream went silent");
-            match chunk {
-                Ok(Some(bytes)) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
-                _ => return None,
-            }
-        }
-    }
-
-    /// Every payload until the stream ends.
-    async fn rest(&mut self) -> Vec<String> {
-        let mut out = Vec::new();
-        while let Some(data) = self.next().await {
-            out.push(data);
-        }
-        out
-    }
+/// Runs task `id` with `stream: true` and reads its frames.
+async fn run_streamed(base: &str, key: &str, id: &str) -> SseFrames {
+    SseFrames::post(base, key, &format!("/v1/tasks/{id}/run")).await
 }
 
 fn text_of(frames: &[String]) -> String {
@@ -98,7 +44,7 @@ async fn a_streamed_run_carries_the_text_the_lifecycle_and_the_finish() {
     .await;
     let id = draft["id"].as_str().unwrap();
     let base = app.serve().await;
-    let mut follow = Follow::start(&base, &app.test_key, id).await;
+    let mut follow = run_streamed(&base, &app.test_key, id).await;
     let first: Value = serde_json::from_str(&follow.next().await.unwrap()).unwrap();
     assert_eq!(first["object"], "task.chunk");
     assert_eq!(first["id"], id);
@@ -157,13 +103,13 @@ async fn a_second_client_joins_mid_run_on_another_instance_and_leaving_stops_not
     } else {
         base.clone()
     };
-    let mut first = Follow::start(&base, &app.test_key, id).await;
+    let mut first = run_streamed(&base, &app.test_key, id).await;
     // Wait for some text, then join.
     let mut seen = Vec::new();
     while text_of(&seen).is_empty() {
         seen.push(first.next().await.expect("text before the end"));
     }
-    let mut second = Follow::start(&other_base, &app.test_key, id).await;
+    let mut second = run_streamed(&other_base, &app.test_key, id).await;
     let joined: Value = serde_json::from_str(&second.next().await.unwrap()).unwrap();
     assert_eq!(joined["polpo"]["data"]["task"]["status"], "in_progress");
     // The first client leaves; the task goes on.
@@ -200,7 +146,7 @@ async fn a_revoked_key_or_a_shutdown_ends_the_stream_with_one_error_frame_and_th
         .await
         .unwrap();
     let id = first["id"].as_str().unwrap();
-    let mut follow = Follow::start(&base, &other.plaintext, id).await;
+    let mut follow = run_streamed(&base, &other.plaintext, id).await;
     follow.next().await.expect("the snapshot");
     polpo_api::auth::admin::revoke_key(&app.db, &other.id).await.unwrap();
     let started = std::time::Instant::now();
@@ -223,7 +169,7 @@ async fn a_revoked_key_or_a_shutdown_ends_the_stream_with_one_error_frame_and_th
     body["title"] = json!("Longer");
     let second = task(&app, body).await;
     let id = second["id"].as_str().unwrap();
-    let mut follow = Follow::start(&base, &app.test_key, id).await;
+    let mut follow = run_streamed(&base, &app.test_key, id).await;
     follow.next().await.expect("the snapshot");
     app.state.runtime.shutdown.cancel();
     let rest = follow.rest().await;
