@@ -135,6 +135,31 @@ where
     response
 }
 
+/// One frame of a task or mission stream: the chat-chunk envelope with its own `object` (spec
+/// §5.6, §6.9), and the `polpo` member when given.
+pub fn chunk_frame(
+    object: &str,
+    id: &str,
+    delta: serde_json::Value,
+    finish: Option<&str>,
+    polpo: Option<serde_json::Value>,
+) -> Result<axum::response::sse::Event, std::convert::Infallible> {
+    let mut frame = serde_json::json!({
+        "id": id, "object": object, "created": crate::clock::now_ms() / 1000,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    });
+    if let Some(polpo) = polpo {
+        frame["polpo"] = polpo;
+    }
+    Ok(axum::response::sse::Event::default().data(frame.to_string()))
+}
+
+/// The one OpenAI-shaped error frame that ends a task or mission stream (spec §3.9).
+pub fn error_frame(error: &crate::error::ApiError) -> Result<axum::response::sse::Event, std::convert::Infallible> {
+    let body = serde_json::json!({"error": error.report().openai_error()});
+    Ok(axum::response::sse::Event::default().data(body.to_string()))
+}
+
 /// Keeps a stream slot of the key (spec §1.7) for as long as `frames` is open.
 pub fn holding<S>(
     frames: S,

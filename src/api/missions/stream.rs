@@ -24,18 +24,7 @@ use crate::runtime::missions::runs;
 const ALIASES: &[&str] = &["task:completed", "agent:completed", "assessment:completed"];
 
 fn chunk(id: &str, delta: Value, finish: Option<&str>, polpo: Option<Value>) -> Result<SseEvent, Infallible> {
-    let mut frame = json!({
-        "id": id, "object": "mission.chunk", "created": crate::clock::now_ms() / 1000,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    });
-    if let Some(polpo) = polpo {
-        frame["polpo"] = polpo;
-    }
-    Ok(SseEvent::default().data(frame.to_string()))
-}
-
-fn error_frame(error: &ApiError) -> Result<SseEvent, Infallible> {
-    Ok(SseEvent::default().data(json!({"error": error.report().openai_error()}).to_string()))
+    crate::api::chunk_frame("mission.chunk", id, delta, finish, polpo)
 }
 
 /// One task's text, tagged with its id.
@@ -99,11 +88,11 @@ pub async fn follow(state: AppState, auth: AuthContext, mission_id: String) -> R
             tokio::select! {
                 biased;
                 () = rt.shutdown.cancelled() => {
-                    yield error_frame(&ApiError::Unavailable("the server is shutting down".into()));
+                    yield crate::api::error_frame(&ApiError::Unavailable("the server is shutting down".into()));
                     return;
                 }
                 () = &mut revoked => {
-                    yield error_frame(&ApiError::InvalidApiKey);
+                    yield crate::api::error_frame(&ApiError::InvalidApiKey);
                     return;
                 }
                 Some((task_id, content)) = text.next() => {
@@ -149,7 +138,7 @@ pub async fn follow(state: AppState, auth: AuthContext, mission_id: String) -> R
                             if let ApiError::Internal(cause) = &error {
                                 tracing::error!(run_id = %run_id, cause = %cause, "mission stream failed");
                             }
-                            yield error_frame(&error);
+                            yield crate::api::error_frame(&error);
                             return;
                         }
                     };

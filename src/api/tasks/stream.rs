@@ -21,14 +21,7 @@ const FAMILIES: &[&str] = &["task:", "agent:", "assessment:", "approval:"];
 const ALIASES: &[&str] = &["task:completed", "agent:completed", "assessment:completed"];
 
 fn chunk(id: &str, delta: Value, finish: Option<&str>, polpo: Option<Value>) -> Result<SseEvent, Infallible> {
-    let mut frame = json!({
-        "id": id, "object": "task.chunk", "created": crate::clock::now_ms() / 1000,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    });
-    if let Some(polpo) = polpo {
-        frame["polpo"] = polpo;
-    }
-    Ok(SseEvent::default().data(frame.to_string()))
+    crate::api::chunk_frame("task.chunk", id, delta, finish, polpo)
 }
 
 fn finish_of(task: &Task) -> Option<&'static str> {
@@ -69,12 +62,11 @@ pub async fn follow(state: AppState, auth: AuthContext, id: String) -> Result<Re
             tokio::select! {
                 biased;
                 () = rt.shutdown.cancelled() => {
-                    let error = ApiError::Unavailable("the server is shutting down".into());
-                    yield Ok(SseEvent::default().data(json!({"error": error.report().openai_error()}).to_string()));
+                    yield crate::api::error_frame(&ApiError::Unavailable("the server is shutting down".into()));
                     return;
                 }
                 () = &mut revoked => {
-                    yield Ok(SseEvent::default().data(json!({"error": ApiError::InvalidApiKey.report().openai_error()}).to_string()));
+                    yield crate::api::error_frame(&ApiError::InvalidApiKey);
                     return;
                 }
                 text = follower.text.recv() => match text {
@@ -119,7 +111,7 @@ pub async fn follow(state: AppState, auth: AuthContext, id: String) -> Result<Re
                             if let ApiError::Internal(cause) = &error {
                                 tracing::error!(task_id = %id, cause = %cause, "task stream failed");
                             }
-                            yield Ok(SseEvent::default().data(json!({"error": error.report().openai_error()}).to_string()));
+                            yield crate::api::error_frame(&error);
                             return;
                         }
                     };
