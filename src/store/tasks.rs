@@ -85,24 +85,16 @@ pub async fn insert<'c>(
     Ok(())
 }
 
-/// The tasks of a mission run, in definition order.
-pub async fn of_run<'c>(ex: impl Exec<'c>, scope: &Scope, run_id: &str) -> Result<Vec<TaskRow>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM tasks WHERE project = $1 AND environment = $2 AND run_id = $3 ORDER BY run_node"
-    );
-    scoped_as(&sql, scope).bind(run_id).fetch_all(ex).await
-}
-
-/// The tasks of a mission run, in definition order, held (Postgres `FOR UPDATE`) until the
-/// transaction ends: a runner's claim skips them meanwhile, so that what the run decides about
-/// them (hold, kill) cannot race a claim.
-pub async fn lock_of_run<'c>(
+/// The tasks of a mission run, in definition order. With `hold` (the backend), they are held
+/// (Postgres `FOR UPDATE`) until the transaction ends: a runner's claim skips them meanwhile, so
+/// that what the run decides about them (hold, kill) cannot race a claim.
+pub async fn of_run<'c>(
     ex: impl Exec<'c>,
-    backend: Backend,
     scope: &Scope,
     run_id: &str,
+    hold: Option<Backend>,
 ) -> Result<Vec<TaskRow>, sqlx::Error> {
-    let lock = if backend == Backend::Postgres {
+    let lock = if hold == Some(Backend::Postgres) {
         " FOR UPDATE"
     } else {
         ""

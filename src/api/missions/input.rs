@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::api::agents::read_config;
 use crate::api::input::{Field, Fields, JsonObject};
-use crate::api::tasks::input::{DESCRIPTION_BYTES, retry_policy};
+use crate::api::tasks::input::{DESCRIPTION_BYTES, retry_policy, structured};
 use crate::clock::{Timestamp, parse_rfc3339};
 use crate::error::ApiError;
 use crate::runtime::Runtime;
@@ -245,30 +245,14 @@ fn task_def(f: &mut Fields, i: usize, value: Value) -> Option<TaskDef> {
     let depends_on = t.string_list("dependsOn", 64, |item| {
         (item.is_empty() || item.chars().count() > 200).then(|| "must be a task title of 1 to 200 characters".into())
     });
-    let expectations = match expectations {
-        None | Some(Value::Null) => Vec::new(),
-        Some(value) => match read_expectations_at(&format!("{prefix}.expectations"), &value) {
-            Ok(items) => items,
-            Err(problems) => {
-                for (path, problem) in problems {
-                    t.error(path, problem);
-                }
-                Vec::new()
-            }
-        },
-    };
-    let expected_outcomes = match outcomes {
-        None | Some(Value::Null) => Vec::new(),
-        Some(value) => match read_outcomes_at(&format!("{prefix}.expectedOutcomes"), &value) {
-            Ok(items) => items,
-            Err(problems) => {
-                for (path, problem) in problems {
-                    t.error(path, problem);
-                }
-                Vec::new()
-            }
-        },
-    };
+    let expectations_at = format!("{prefix}.expectations");
+    let expectations = structured(expectations, &mut t, |v| read_expectations_at(&expectations_at, v))
+        .into_option()
+        .unwrap_or_default();
+    let outcomes_at = format!("{prefix}.expectedOutcomes");
+    let expected_outcomes = structured(outcomes, &mut t, |v| read_outcomes_at(&outcomes_at, v))
+        .into_option()
+        .unwrap_or_default();
     let max_retries = t.integer("maxRetries", 0, 10);
     let priority = t.integer("priority", -1000, 1000);
     let side_effects = t.boolean("sideEffects");

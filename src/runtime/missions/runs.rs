@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::events::{Change, Event};
 use crate::ids;
 use crate::runtime::tasks::model::ID_PREFIX as TASK_PREFIX;
-use crate::runtime::tasks::{Status, Task, actions};
+use crate::runtime::tasks::{Status, Task, actions, store_rows};
 use crate::runtime::{Runtime, agents};
 use crate::scope::Scope;
 use crate::store::{self, missions::RunRow};
@@ -48,12 +48,21 @@ fn read_run(row: &RunRow) -> Result<StoredRun, ApiError> {
     Ok(store::read_json(&row.body, "mission run document")?)
 }
 
-async fn run_tasks(conn: &mut sqlx::AnyConnection, scope: &Scope, run_id: &str) -> Result<Vec<Task>, ApiError> {
-    store::tasks::of_run(conn, scope, run_id)
+async fn tasks_of(
+    conn: &mut sqlx::AnyConnection,
+    scope: &Scope,
+    run_id: &str,
+    hold: Option<store::Backend>,
+) -> Result<Vec<Task>, ApiError> {
+    store::tasks::of_run(conn, scope, run_id, hold)
         .await?
         .iter()
-        .map(|r| Ok(store::read_json(&r.body, "task document")?))
+        .map(|r| Ok(store_rows::from_body(&r.body)?))
         .collect()
+}
+
+async fn run_tasks(conn: &mut sqlx::AnyConnection, scope: &Scope, run_id: &str) -> Result<Vec<Task>, ApiError> {
+    tasks_of(conn, scope, run_id, None).await
 }
 
 /// A plan checked against the project's agents before a change opened, and the definitions it
@@ -63,14 +72,10 @@ pub struct Prepared {
     pub from: Plan,
 }
 
-/// The run's tasks, held until the change ends (see `store::tasks::lock_of_run`).
+/// The run's tasks, held until the change ends (see `store::tasks::of_run`).
 async fn locked_tasks(change: &mut Change, scope: &Scope, run_id: &str) -> Result<Vec<Task>, ApiError> {
     let backend = change.backend();
-    store::tasks::lock_of_run(change.conn(), backend, scope, run_id)
-        .await?
-        .iter()
-        .map(|r| Ok(store::read_json(&r.body, "task document")?))
-        .collect()
+    tasks_of(change.conn(), scope, run_id, Some(backend)).await
 }
 
 /// Checks, before any change opens, that the definitions still resolve against the project's
@@ -199,7 +204,7 @@ pub async fn start_in(
         task.max_duration = def.max_duration;
         task.retry_policy = def.retry_policy.clone();
         task.side_effects = def.side_effects;
-        let row = crate::runtime::tasks::store_rows::row(&task)?;
+        let row = store_rows::row(&task)?;
         let node = i64::try_from(node).unwrap_or(i64::MAX);
         store::tasks::insert(change.conn(), scope, &row, at, Some(node)).await?;
         store::tasks::set_dependencies(change.conn(), scope, &task.id, &task.depends_on).await?;
