@@ -27,6 +27,7 @@ pub struct Config {
     pub assessment: AssessmentConfig,
     pub schedule: ScheduleConfig,
     pub rate_limit: RateLimitConfig,
+    pub idempotency: IdempotencyConfig,
     /// Per-project settings, by slug.
     pub projects: BTreeMap<String, ProjectConfig>,
     pub metrics: MetricsConfig,
@@ -128,6 +129,23 @@ impl Default for SessionsConfig {
     fn default() -> Self {
         Self {
             empty_retention: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Idempotency keys (spec §1.8).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencyConfig {
+    /// How long a key's record is kept from its first request; then the key is new again.
+    #[serde(deserialize_with = "de_duration")]
+    pub ttl: Duration,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(86_400),
         }
     }
 }
@@ -472,6 +490,7 @@ mod tests {
         assert_eq!(file.server.shutdown_timeout, built_in.server.shutdown_timeout);
         assert_eq!(file.database.max_connections, built_in.database.max_connections);
         assert_eq!(file.auth.cache_ttl, built_in.auth.cache_ttl);
+        assert_eq!(file.idempotency.ttl, built_in.idempotency.ttl);
         assert_eq!(file.log.format, built_in.log.format);
     }
 

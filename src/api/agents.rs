@@ -307,7 +307,7 @@ pub async fn create_agent(
     body: JsonObject,
 ) -> Result<(StatusCode, Json<Agent>), ApiError> {
     let changes = read_changes(&rt, body, true)?;
-    let agent = agents::create(&rt.db, &auth.scope, changes).await?;
+    let agent = agents::create(&rt, &auth.scope, changes).await?;
     Ok((StatusCode::CREATED, Json(agent)))
 }
 

@@ -2,7 +2,7 @@
 //! events, commit, then wake the hub. A [`Change`] does the last three steps itself, in that
 //! order, so a forgotten wake or an event committed apart from its change cannot be written.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sqlx::{AnyConnection, Transaction};
 
@@ -11,6 +11,40 @@ use super::catalogue::entries;
 use super::hub::Hub;
 use crate::scope::Scope;
 use crate::store::{self, Backend, Db};
+
+tokio::task_local! {
+    static HOLD: Hold;
+}
+
+/// Where a request keeps its last change uncommitted until its answer is written into the same
+/// transaction (an idempotency record, spec §1.8). Inside [`Hold::around`], [`Change::commit`]
+/// parks the change here instead of committing it, and a change that begins while another is
+/// parked commits the parked one first: at most one change is open, the last one stays here, and
+/// every earlier one is committed in order. Work spawned from inside is not affected.
+#[derive(Clone, Default)]
+pub struct Hold(Arc<Mutex<Option<Change>>>);
+
+impl Hold {
+    /// Runs `work` with its commits held here.
+    pub async fn around<F: Future>(&self, work: F) -> F::Output {
+        HOLD.scope(self.clone(), work).await
+    }
+
+    /// The parked change, if any: committing it (outside [`Hold::around`]) commits for real, and
+    /// dropping it rolls it back.
+    pub fn take(&self) -> Option<Change> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    fn park(&self, change: Change) -> Option<Change> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).replace(change)
+    }
+}
+
+/// The change parked by the current request, if it runs inside [`Hold::around`].
+fn parked() -> Option<Change> {
+    HOLD.try_with(Hold::take).ok().flatten()
+}
 
 /// An open change of one scope. Dropping it without [`Change::commit`] rolls everything back.
 pub struct Change {
@@ -33,6 +67,9 @@ impl Change {
     /// A change whose scope is learnt from what it reads first (the task runner claims a task
     /// of any scope); [`Change::set_scope`] must be called before events are committed.
     pub async fn begin_unscoped(db: &Db, hub: &Arc<Hub>) -> Result<Self, sqlx::Error> {
+        if let Some(earlier) = parked() {
+            earlier.finish().await?;
+        }
         Ok(Self {
             tx: db.pool.begin().await?,
             hub: Arc::clone(hub),
@@ -67,8 +104,19 @@ impl Change {
         self.events.push(event);
     }
 
-    /// Appends the events, commits, then wakes this instance's feeds.
-    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+    /// Appends the events, commits, then wakes this instance's feeds; inside [`Hold::around`],
+    /// parks the change there instead.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match HOLD.try_with(Hold::clone) {
+            Ok(hold) => match hold.park(self) {
+                Some(earlier) => earlier.finish().await,
+                None => Ok(()),
+            },
+            Err(_) => self.finish().await,
+        }
+    }
+
+    async fn finish(mut self) -> Result<(), sqlx::Error> {
         if let Some(scope) = &self.scope {
             append(&mut self.tx, scope, self.at, &self.events).await?;
         } else if !self.events.is_empty() {

@@ -9,4 +9,4 @@ pub mod live;
 pub mod webhooks;
 
 pub use catalogue::{Event, UsageCounts};
-pub use change::Change;
+pub use change::{Change, Hold};

@@ -18,14 +18,34 @@ pub fn shape_for(path: &str) -> ErrorShape {
     }
 }
 
+/// Marks an error answer whose body is already in its final shape (a stored answer replayed
+/// byte for byte, spec §1.8): it passes through unchanged.
+#[derive(Debug, Clone, Copy)]
+pub struct Shaped;
+
 pub async fn normalize(req: Request, next: Next) -> Response {
     let shape = shape_for(req.uri().path());
     let response = next.run(req).await;
+    if response.extensions().get::<Shaped>().is_some() {
+        return response;
+    }
     if response.status().is_client_error() || response.status().is_server_error() {
         normalize_error(response, shape)
     } else {
         response
     }
+}
+
+/// The answer `normalize` would give for `path`, marked [`Shaped`]; for a layer inside it that
+/// must see the final body.
+pub fn shaped(response: Response, path: &str) -> Response {
+    let mut response = if response.status().is_client_error() || response.status().is_server_error() {
+        normalize_error(response, shape_for(path))
+    } else {
+        response
+    };
+    response.extensions_mut().insert(Shaped);
+    response
 }
 
 /// Gives every error a JSON body of the right shape: ours are re-rendered for the OpenAI path;

@@ -3,6 +3,7 @@
 mod auth;
 pub mod cors;
 mod errors;
+mod idempotency;
 mod limits;
 mod metrics;
 pub mod rate_limit;
@@ -25,13 +26,16 @@ use crate::app::AppState;
 ///    its path;
 /// 4. `limits`, so that oversized headers are refused before anything reads them;
 /// 5. `auth`, so that nothing past it runs for a caller without a valid key;
-/// 6. `rate_limit`, innermost, so that only authenticated requests take a token, every one of
-///    them, with the headers on whatever the route answers;
+/// 6. `rate_limit`, so that only authenticated requests take a token, every one of them, with
+///    the headers on whatever the route answers, a replay included;
+/// 7. `idempotency`, innermost, so that it sees the key's scope and the route's own answer, and
+///    never records a refusal of the layers above;
 ///
 /// and, when origins are configured, `cors` outside them all, so that a browser's preflight
 /// is answered without a key and every answer carries the CORS headers.
 pub fn apply(router: Router<AppState>, state: &AppState) -> Router<AppState> {
     let router = router
+        .layer(from_fn_with_state(state.clone(), idempotency::replay_or_record))
         .layer(from_fn_with_state(state.clone(), rate_limit::limit))
         .layer(from_fn_with_state(state.clone(), auth::authenticate))
         .layer(from_fn(limits::check))

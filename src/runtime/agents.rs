@@ -241,20 +241,22 @@ async fn resolve_reports_to(db: &Db, scope: &Scope, agent: &mut Agent) -> Result
     }
 }
 
-pub async fn create(db: &Db, scope: &Scope, changes: AgentChanges) -> Result<Agent, ApiError> {
-    let now = clock::now_ms();
+pub async fn create(rt: &super::Runtime, scope: &Scope, changes: AgentChanges) -> Result<Agent, ApiError> {
     let (Field::Value(name), Field::Value(model)) = (changes.name.clone(), changes.model.clone()) else {
         return Err(ApiError::bad_request("name and model are required"));
     };
+    let now = clock::now_ms();
     let mut agent = Agent::blank(ids::new_id(ID_PREFIX), name, model, now);
     agent.apply(changes);
-    resolve_reports_to(db, scope, &mut agent).await?;
-    store::agents::insert(&db.pool, scope, &agent.to_row()?, now)
+    resolve_reports_to(&rt.db, scope, &mut agent).await?;
+    let mut change = rt.change(scope).await?;
+    store::agents::insert(change.conn(), scope, &agent.to_row()?, now)
         .await
         .on_unique(store::agents::NAME_CONSTRAINT, || ApiError::Conflict {
             message: format!("an agent named {:?} already exists", agent.name),
             details: None,
         })?;
+    change.commit().await?;
     Ok(agent)
 }
 

@@ -37,8 +37,9 @@ impl Runtime {
     }
 }
 
-/// Deletes events and webhook deliveries past `events.retention` (spec §7.3 rule 4), and chat
-/// sessions that stayed empty past `sessions.empty_retention`.
+/// Deletes events and webhook deliveries past `events.retention` (spec §7.3 rule 4), idempotency
+/// records past `idempotency.ttl` (§1.8), and chat sessions that stayed empty past
+/// `sessions.empty_retention`.
 async fn purge(rt: Runtime) {
     let mut every = tokio::time::interval(PURGE_EVERY);
     loop {
@@ -54,6 +55,10 @@ async fn purge(rt: Runtime) {
         }
         if let Err(e) = store::webhooks::purge_deliveries(&rt.db.pool, cutoff).await {
             tracing::warn!(error = %e, "webhook delivery purge failed");
+        }
+        let kept = crate::clock::duration_ms(rt.config.idempotency.ttl);
+        if let Err(e) = store::idempotency::purge(&rt.db.pool, crate::clock::now_ms().saturating_sub(kept)).await {
+            tracing::warn!(error = %e, "idempotency record purge failed");
         }
         // A session whose first call failed before the provider answered stays empty; it is
         // kept for a while so that the client can retry in it (spec §3.6 rule 5).

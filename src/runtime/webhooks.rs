@@ -150,9 +150,9 @@ fn not_found(id: &str) -> ApiError {
 /// insert run in one transaction under the project's lock, so concurrent creations cannot pass
 /// the limit together.
 pub async fn create(rt: &Runtime, scope: &Scope, checked: Checked) -> Result<Webhook, ApiError> {
-    let mut tx = rt.db.pool.begin().await?;
-    store::projects::lock(&mut *tx, &scope.project).await?;
-    if store::webhooks::count(&mut *tx, scope).await? >= MAX_WEBHOOKS {
+    let mut change = rt.change(scope).await?;
+    store::projects::lock(change.conn(), &scope.project).await?;
+    if store::webhooks::count(change.conn(), scope).await? >= MAX_WEBHOOKS {
         return Err(ApiError::conflict(format!(
             "this project and environment already have {MAX_WEBHOOKS} webhooks"
         )));
@@ -165,12 +165,12 @@ pub async fn create(rt: &Runtime, scope: &Scope, checked: Checked) -> Result<Web
         description: checked.description,
         secret: webhooks::generate_secret().map_err(ApiError::internal)?,
         // Only events committed after creation are delivered.
-        cursor: store::events::latest(&mut *tx, scope).await?,
+        cursor: store::events::latest(change.conn(), scope).await?,
         created_at: now,
         updated_at: now,
     };
-    store::webhooks::insert(&mut *tx, scope, &row).await?;
-    tx.commit().await?;
+    store::webhooks::insert(change.conn(), scope, &row).await?;
+    change.commit().await?;
     Webhook::from_row(row, true)
 }
 

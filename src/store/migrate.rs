@@ -49,6 +49,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0006_rate_limits.sql"),
         postgres: include_str!("../../migrations/postgres/0006_rate_limits.sql"),
     },
+    Migration {
+        version: 7,
+        name: "idempotency",
+        sqlite: include_str!("../../migrations/sqlite/0007_idempotency.sql"),
+        postgres: include_str!("../../migrations/postgres/0007_idempotency.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the migration lock among Postgres advisory locks.

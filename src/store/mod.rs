@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod chat;
 pub mod events;
+pub mod idempotency;
 pub mod keys;
 pub mod memory;
 pub mod migrate;

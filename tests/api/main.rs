@@ -11,6 +11,7 @@ mod events;
 mod fakes;
 mod fakes_selftest;
 mod helpers;
+mod idempotency;
 mod isolation;
 mod layers;
 mod memory;

@@ -54,7 +54,7 @@ async fn a_chat_turn_runs_on_the_runtime_alone() {
     store::projects::insert(&db.pool, &scope.project, polpo_api::clock::now_ms())
         .await
         .unwrap();
-    agents::create(&rt.db, &scope, agent_named("worker", "mock/echo"))
+    agents::create(&rt, &scope, agent_named("worker", "mock/echo"))
         .await
         .unwrap();
 
