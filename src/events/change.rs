@@ -25,6 +25,11 @@ tokio::task_local! {
 pub struct Hold(Arc<Mutex<Option<Change>>>);
 
 impl Hold {
+    /// The hold the current request runs in, to hand to work it spawns and waits for.
+    pub fn current() -> Option<Self> {
+        HOLD.try_with(Self::clone).ok()
+    }
+
     /// Runs `work` with its commits held here.
     pub async fn around<F: Future>(&self, work: F) -> F::Output {
         HOLD.scope(self.clone(), work).await

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use crate::clock;
 use crate::config::ProviderKind;
 use crate::error::ApiError;
+use crate::events::Hold;
 use crate::ids;
 use crate::providers::split_model;
 use crate::providers::types::{ChatMessage, ChatRequest, Chunk, FinishReason, ModelClient, Params, Role, Usage};
@@ -268,6 +269,7 @@ pub async fn start(
         client: target.client,
         request: provider_request,
         new_messages: new,
+        hold: if request.stream { None } else { Hold::current() },
     };
     rt.spawn(drive.run(tx, interrupt));
     match rx.recv().await {

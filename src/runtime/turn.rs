@@ -14,7 +14,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use super::Runtime;
 use super::chat::TurnEvent;
 use crate::error::ApiError;
-use crate::events::{Event, UsageCounts};
+use crate::events::{Event, Hold, UsageCounts};
 use crate::ids;
 use crate::metrics;
 use crate::providers::types::{
@@ -128,6 +128,9 @@ pub(super) struct Drive {
     pub(super) client: Arc<dyn ModelClient>,
     pub(super) request: ChatRequest,
     pub(super) new_messages: Vec<ChatMessage>,
+    /// The hold of the request that waits for this (unstreamed) answer: the reply of a finished
+    /// turn is committed by that request, with its idempotency record (spec §1.8).
+    pub(super) hold: Option<Hold>,
 }
 
 impl Drive {
@@ -194,7 +197,10 @@ impl Drive {
         // Dropping the stream closes the upstream request.
         drop(upstream);
         let (finish, usage, estimated) = self.settle(&outcome, &reply);
-        if let Err(e) = self.store_reply(&reply, &finish, usage, estimated).await {
+        let hold = matches!(outcome, Outcome::Finished)
+            .then_some(self.hold.as_ref())
+            .flatten();
+        if let Err(e) = self.store_reply(&reply, &finish, usage, estimated, hold).await {
             tracing::error!(session_id = %self.session_id, error = ?e, "could not store the chat reply");
         }
         let event = match outcome {
@@ -364,8 +370,16 @@ impl Drive {
         Ok(())
     }
 
-    /// Stores the reply and announces it; nothing when the session was deleted meanwhile.
-    async fn store_reply(&self, reply: &Reply, finish: &str, usage: Usage, estimated: bool) -> Result<(), ApiError> {
+    /// Stores the reply and announces it; nothing when the session was deleted meanwhile. Inside
+    /// `hold`, the change is left to the waiting request to commit.
+    async fn store_reply(
+        &self,
+        reply: &Reply,
+        finish: &str,
+        usage: Usage,
+        estimated: bool,
+        hold: Option<&Hold>,
+    ) -> Result<(), ApiError> {
         let mut change = self.rt.change(&self.scope).await?;
         let now = change.at();
         if !store::chat::touch_session(change.conn(), &self.scope, &self.session_id, 1, now).await? {
@@ -413,7 +427,10 @@ impl Drive {
             stream: self.stream,
             user: self.user.clone(),
         });
-        change.commit().await?;
+        match hold {
+            Some(hold) => hold.around(change.commit()).await?,
+            None => change.commit().await?,
+        }
         Ok(())
     }
 }
