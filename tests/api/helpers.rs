@@ -315,8 +315,10 @@ where
 pub struct ServerProcess {
     pub child: Child,
     pub base_url: String,
-    pub stdout_lines: Vec<String>,
     pub log_path: PathBuf,
+    /// Lines of stdout as its reader thread reads them; closed when the process's stdout is.
+    stdout: std::sync::mpsc::Receiver<String>,
+    printed: Vec<String>,
 }
 
 impl ServerProcess {
@@ -371,14 +373,46 @@ impl ServerProcess {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        // Stdout is written before the listening line, so the key (if any) is already there.
-        std::thread::sleep(Duration::from_millis(10));
-        let stdout_lines = rx.try_iter().collect();
         Self {
             child,
             base_url: format!("http://{addr}"),
-            stdout_lines,
             log_path,
+            stdout: rx,
+            printed: Vec::new(),
+        }
+    }
+
+    /// The sandbox key a first start prints on stdout, waited for at most 10 s.
+    pub fn key(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.printed.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(line) => self.printed.push(line),
+                Err(_) => panic!("no sandbox key on stdout within 10 s:\n{}", self.log()),
+            }
+        }
+        self.printed[0].clone()
+    }
+
+    /// The first line printed so far, without waiting.
+    pub fn printed_key(&mut self) -> Option<String> {
+        self.printed.extend(self.stdout.try_iter());
+        self.printed.first().cloned()
+    }
+
+    /// Everything the process printed on stdout, read to its end: only once it has exited.
+    pub fn printed_at_exit(&mut self) -> Vec<String> {
+        assert!(
+            matches!(self.child.try_wait(), Ok(Some(_))),
+            "the process is still running"
+        );
+        loop {
+            match self.stdout.recv_timeout(Duration::from_secs(10)) {
+                Ok(line) => self.printed.push(line),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return self.printed.clone(),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("stdout stayed open after exit"),
+            }
         }
     }
 

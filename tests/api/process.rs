@@ -9,8 +9,7 @@ async fn a_fresh_start_prints_a_usable_sandbox_key_once() {
     // The README's run command: no DATABASE_URL, nothing installed, SQLite in the working directory.
     let dir = TempDir::new();
     let mut server = ServerProcess::start(&dir.0, &[]);
-    let key = server.stdout_lines.last().cloned().expect("a key on stdout");
-    assert_eq!(server.stdout_lines.len(), 1, "stdout carries only the key");
+    let key = server.key();
     assert!(key.starts_with("sk_test_") && key.len() == 40, "{key}");
     assert!(dir.0.join("polpo.db").exists());
 
@@ -40,9 +39,9 @@ async fn a_fresh_start_prints_a_usable_sandbox_key_once() {
         server.terminate(Duration::from_secs(10)).map(|s| s.code()),
         Some(Some(0))
     );
+    assert_eq!(server.printed_at_exit(), vec![key.clone()], "stdout carries only the key");
     // The next start finds the project and prints nothing.
-    let server = ServerProcess::start(&dir.0, &[]);
-    assert!(server.stdout_lines.is_empty(), "{:?}", server.stdout_lines);
+    let mut server = ServerProcess::start(&dir.0, &[]);
     let response = http
         .get(format!("{}/v1/agents/helper", server.base_url))
         .bearer_auth(&key)
@@ -50,6 +49,11 @@ async fn a_fresh_start_prints_a_usable_sandbox_key_once() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    assert_eq!(
+        server.terminate(Duration::from_secs(10)).map(|s| s.code()),
+        Some(Some(0))
+    );
+    assert!(server.printed_at_exit().is_empty());
 }
 
 #[tokio::test]
@@ -133,7 +137,7 @@ async fn no_plaintext_key_in_the_database_or_the_logs() {
     let dir = &database.dir.0;
     let url = database.url.as_str();
     let mut server = ServerProcess::start(dir, &[("DATABASE_URL", url)]);
-    let first_key = server.stdout_lines.last().cloned().unwrap();
+    let first_key = server.key();
     cli(dir, Some(url), &["projects", "create", "acme"]);
     let (_, out, _) = cli(
         dir,
@@ -227,6 +231,18 @@ async fn post_json(base: &str, path: &str, key: &str, body: serde_json::Value) -
         .unwrap()
 }
 
+/// The sandbox key one of two first-starting instances printed, waited for at most 10 s.
+fn key_of_either(a: &mut ServerProcess, b: &mut ServerProcess) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(key) = a.printed_key().or_else(|| b.printed_key()) {
+            return key;
+        }
+        assert!(std::time::Instant::now() < deadline, "neither instance printed a key");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Two `serve` processes on one migrated Postgres database; `None` on SQLite.
 fn two_instances(database: &TestDatabase) -> Option<(ServerProcess, ServerProcess)> {
     if !database.is_postgres() {
@@ -244,10 +260,11 @@ fn two_instances(database: &TestDatabase) -> Option<(ServerProcess, ServerProces
 async fn two_instances_share_one_postgres() {
     let database = TestDatabase::new().await;
     // SQLite is single-instance by design; that refusal is covered by the fresh-start test.
-    let Some((a, b)) = two_instances(&database) else { return };
+    let Some((mut a, mut b)) = two_instances(&database) else {
+        return;
+    };
     let (dir, url) = (&database.dir.0, database.url.as_str());
-    let printed: Vec<&String> = a.stdout_lines.iter().chain(&b.stdout_lines).collect();
-    assert_eq!(printed.len(), 1, "exactly one instance creates the sandbox key");
+    key_of_either(&mut a, &mut b);
     cli(dir, Some(url), &["projects", "create", "acme"]);
     let (_, out, _) = cli(
         dir,
@@ -304,8 +321,10 @@ async fn two_instances_share_one_postgres() {
         200
     );
     assert_eq!(cli(dir, Some(url), &["keys", "revoke", &key_id]).0, 0);
+    let revoked = std::time::Instant::now();
     for server in [&a, &b] {
-        let refused = eventually(Duration::from_secs(6), || async {
+        let left = Duration::from_secs(5).saturating_sub(revoked.elapsed());
+        let refused = eventually(left, || async {
             http.get(format!("{}/v1/agents", server.base_url))
                 .bearer_auth(&key)
                 .send()
@@ -315,7 +334,11 @@ async fn two_instances_share_one_postgres() {
                 == 401
         })
         .await;
-        assert!(refused, "{} still accepts the revoked key", server.base_url);
+        assert!(
+            refused,
+            "{} still accepted the key 5 s after its revocation",
+            server.base_url
+        );
     }
 }
 
@@ -356,8 +379,10 @@ async fn events_cross_instances_on_one_postgres() {
     use crate::events::SseReader;
     let database = TestDatabase::new().await;
     // One SQLite file serves one instance; there is no other instance to hear from.
-    let Some((a, b)) = two_instances(&database) else { return };
-    let key = a.stdout_lines.iter().chain(&b.stdout_lines).next().unwrap().clone();
+    let Some((mut a, mut b)) = two_instances(&database) else {
+        return;
+    };
+    let key = key_of_either(&mut a, &mut b);
     let chat = |base: String| {
         let key = key.clone();
         async move {
@@ -402,7 +427,7 @@ async fn sigterm_with_a_hundred_open_event_streams_exits_in_time() {
             ("POLPO_CONFIG", config.to_str().unwrap()),
         ],
     );
-    let key = server.stdout_lines.last().cloned().unwrap();
+    let key = server.key();
     let mut streams = Vec::new();
     for _ in 0..100 {
         streams.push(crate::events::SseReader::open(&server.base_url, &key, "/v1/events", None).await);
@@ -461,7 +486,7 @@ async fn sigterm_during_fifty_chat_streams_stores_every_partial_reply() {
             ("OPENAI_API_KEY", "sk-upstream-openai-secret"),
         ],
     );
-    let key = server.stdout_lines.last().cloned().expect("a sandbox key on stdout");
+    let key = server.key();
     let created = post_json(
         &server.base_url,
         "/v1/agents",
@@ -518,8 +543,10 @@ async fn sigterm_during_fifty_chat_streams_stores_every_partial_reply() {
     .await;
     assert!(all_talking, "not every stream received content");
 
-    let status = tokio::task::block_in_place(|| server.terminate(Duration::from_secs(20)))
-        .expect("exited within 20 s (deadline 2 s, then at most 5 s to save)");
+    // The deadline (2 s), half a second for streams to write their error frame, at most 5 s for
+    // turns to save, and half a second to exit.
+    let status =
+        tokio::task::block_in_place(|| server.terminate(Duration::from_secs(8))).expect("exited within 8 s of SIGTERM");
     assert_eq!(status.code(), Some(0), "{}", server.log());
     assert!(server.log().contains("shutdown deadline reached"), "{}", server.log());
 

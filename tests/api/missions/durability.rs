@@ -44,7 +44,7 @@ fn start(database: &TestDatabase) -> ServerProcess {
 async fn a_run_survives_kill_nine_and_completes_with_each_task_created_once() {
     let database = TestDatabase::new().await;
     let mut server = start(&database);
-    let key = server.stdout_lines.last().cloned().expect("a sandbox key on stdout");
+    let key = server.key();
     let base = server.base_url.clone();
     call(
         &base,

@@ -228,7 +228,7 @@ const SERVER_TOML: &str = "[workers]\nlease_duration = \"2s\"\nheartbeat_interva
 async fn every_minute_fires_exactly_once_per_minute_across_instances_and_a_kill_nine() {
     let database = TestDatabase::new().await;
     let mut first = start_server(&database, SERVER_TOML).await;
-    let remote = Remote::new(&first.stdout_lines.last().cloned().expect("a sandbox key on stdout"));
+    let remote = Remote::new(&first.key());
     let second = if database.is_postgres() {
         Some(start_server(&database, SERVER_TOML).await)
     } else {
@@ -412,7 +412,7 @@ async fn a_one_shot_instant_fires_once_and_the_mission_shows_the_outcome() {
 async fn a_tick_missed_within_the_catch_up_window_fires_once_on_start() {
     let database = TestDatabase::new().await;
     let mut server = start_server(&database, "").await;
-    let remote = Remote::new(&server.stdout_lines.last().cloned().expect("a sandbox key on stdout"));
+    let remote = Remote::new(&server.key());
     let base = server.base_url.clone();
     remote
         .post(&base, "/v1/agents", json!({"name": "echo", "model": "mock/echo"}))
@@ -596,7 +596,7 @@ async fn unscheduling_returns_the_mission_to_draft(app: &TestApp) {
 /// cron boundary, started 3 s after both: neither is replayed; the one-shot mission, with
 /// nothing left to fire, is `draft`; the cron fires again at its next boundary.
 async fn ticks_older_than_the_catch_up_window_are_not_replayed(database: &TestDatabase, mut server: ServerProcess) {
-    let remote = Remote::new(&server.stdout_lines.last().cloned().expect("a sandbox key on stdout"));
+    let remote = Remote::new(&server.key());
     let base = server.base_url.clone();
     remote
         .post(&base, "/v1/agents", json!({"name": "echo", "model": "mock/echo"}))

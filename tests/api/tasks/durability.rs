@@ -200,7 +200,7 @@ async fn kill_nine_while_twenty_tasks_run_loses_nothing_and_runs_nothing_twice()
         openai.base_url
     );
     let mut server = start_server(&database, &toml);
-    let remote = Remote::new(&server.stdout_lines.last().cloned().expect("a sandbox key on stdout"));
+    let remote = Remote::new(&server.key());
     let base = server.base_url.clone();
     remote
         .post(&base, "/v1/agents", json!({"name": "quick", "model": "openai:ok"}))
@@ -423,7 +423,7 @@ async fn shutdown_releases_running_tasks_at_once() {
         openai.base_url
     );
     let mut server = start_server(&database, &toml);
-    let remote = Remote::new(&server.stdout_lines.last().cloned().expect("a sandbox key on stdout"));
+    let remote = Remote::new(&server.key());
     let base = server.base_url.clone();
     remote
         .post(
