@@ -150,9 +150,15 @@ impl Claim {
     }
 
     /// Stores the answer with the request's last change, or releases the key when the answer
-    /// is not one to store.
+    /// is not one to store. Dropped half way (the client left), the claim is released: a no-op
+    /// once the answer is stored.
     async fn settle(mut self, hold: Hold, response: Response, path: &str) -> Response {
+        let response = self.store(hold, response, path).await;
         self.settled = true;
+        response
+    }
+
+    async fn store(&self, hold: Hold, response: Response, path: &str) -> Response {
         let held = hold.take();
         let status = response.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
