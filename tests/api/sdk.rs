@@ -41,7 +41,7 @@ fn node() -> String {
 /// `tests/python/test_openai_sdk.py` has this many tests; all must run and pass.
 const PYTHON_CASES: usize = 15;
 /// `tests/node/openai_sdk.test.mjs` has this many `test(...)` cases; all must run and pass.
-const NODE_CASES: usize = 14;
+const NODE_CASES: usize = 15;
 const NODE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node");
 
 /// The fakes, the app on them with the agents the SDK scripts name, and the app's base URL.

@@ -165,6 +165,27 @@ test('withResponse() gives x-session-id, which continues the session', async () 
   );
 });
 
+test('the same Idempotency-Key twice at once: the SDK retries the 409 and both calls get one answer', async () => {
+  // About a second of reply: whichever call comes second finds the key in flight, is told to
+  // retry (x-should-retry: true, Retry-After: 1) and the SDK's retry gets the stored answer.
+  const sdk = client({ maxRetries: 3 });
+  const words = Array.from({ length: 20 }, (_, i) => `word${i}`).join(' ');
+  const body = { model: 'mock/slow-echo', messages: [{ role: 'user', content: words }] };
+  const options = { headers: { 'Idempotency-Key': `node-${Date.now()}` } };
+  const [a, b] = await Promise.all([
+    sdk.chat.completions.create(body, options).withResponse(),
+    sdk.chat.completions.create(body, options).withResponse(),
+  ]);
+  assert.deepEqual(a.data, b.data);
+  assert.equal(a.data.choices[0].message.content, words);
+  const replayed = [a, b].map((r) => r.response.headers.get('idempotent-replayed'));
+  assert.deepEqual(replayed.sort(), ['true', null].sort());
+  const session = a.response.headers.get('x-session-id');
+  assert.equal(b.response.headers.get('x-session-id'), session);
+  const messages = await getJson(`/v1/chat/sessions/${session}/messages`);
+  assert.deepEqual(messages.map((m) => m.role), ['user', 'assistant'], 'the turn ran once');
+});
+
 test('a bad key is an AuthenticationError with code invalid_api_key', async () => {
   const key = KEY.slice(0, -1) + (KEY.at(-1) === 'a' ? 'b' : 'a');
   const error = await rejection(
