@@ -149,7 +149,7 @@ pub async fn delete_mission(
 /// server-sent events (§6.9).
 #[utoipa::path(post, path = "/v1/missions/{id}/execute", tag = "missions", params(("id" = String, Path)),
     request_body = ExecuteRequest,
-    responses((status = 202, body = Run), (status = 200, description = "a text/event-stream of mission.chunk frames ending in [DONE]"),
+    responses((status = 202, body = Run), (status = 200, description = "a text/event-stream of mission.chunk frames ending in [DONE]", body = String, content_type = "text/event-stream"),
               (status = 400, body = crate::api::ErrorBody), (status = 404, body = crate::api::ErrorBody),
               (status = 409, body = crate::api::ErrorBody, description = "the mission is active or paused")))]
 pub async fn execute_mission(

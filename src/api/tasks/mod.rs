@@ -56,6 +56,7 @@ pub struct TaskRequest {
     deadline: Option<String>,
     #[schema(max_length = 256)]
     user: Option<String>,
+    #[schema(schema_with = crate::api::openapi::metadata_schema)]
     metadata: Option<std::collections::BTreeMap<String, String>>,
     /// Start as `draft` instead of `pending`.
     draft: Option<bool>,
@@ -98,6 +99,7 @@ pub struct TaskPatch {
     deadline: Option<String>,
     #[schema(max_length = 256)]
     user: Option<String>,
+    #[schema(schema_with = crate::api::openapi::metadata_schema)]
     metadata: Option<std::collections::BTreeMap<String, String>>,
 }
 
@@ -216,7 +218,8 @@ fn empty_body(body: JsonObject, known: &[&str]) -> Result<Fields, ApiError> {
 /// (spec §5.5). With `stream: true`, the answer follows the task to its end (spec §5.6).
 #[utoipa::path(post, path = "/v1/tasks/{id}/run", tag = "tasks", params(("id" = String, Path)),
     request_body = RunRequest,
-    responses((status = 200, body = Task, description = "the task, or a text/event-stream of task.chunk frames ending in [DONE]"),
+    responses((status = 200, description = "the task, or with `stream: true` a text/event-stream of task.chunk frames ending in [DONE]",
+               content((Task = "application/json"), (String = "text/event-stream"))),
               (status = 404, body = crate::api::ErrorBody),
               (status = 409, body = crate::api::ErrorBody, description = "the task is done")))]
 pub async fn run_task(
