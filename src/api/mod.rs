@@ -180,6 +180,7 @@ pub static OPENAPI: LazyLock<String> = LazyLock::new(|| {
     let (_, mut doc) = routes().split_for_parts();
     openapi::SharedAnswers.modify(&mut doc);
     let mut doc = serde_json::to_value(&doc).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}));
+    openapi::refine(&mut doc);
     openapi::add_links(&mut doc);
     doc.to_string()
 });

@@ -152,26 +152,38 @@ const FOLLOWS: &[Follow] = &[
         &[("path.idOrName", "$response.body#/id")],
         None,
     ),
+    // The bodies below are whole requests: the agent's first task, a one-message chat with it,
+    // and a one-task plan for it, named after the agent's id so that each is new.
     (
         "create_agent",
         "201",
         &["create_task"],
         &[],
-        Some(|| serde_json::json!({"assignTo": "$response.body#/name"})),
+        Some(|| serde_json::json!({"title": "$response.body#/id", "assignTo": "$response.body#/name"})),
     ),
     (
         "create_agent",
         "201",
         &["create_chat_completion"],
         &[],
-        Some(|| serde_json::json!({"agent": "$response.body#/name"})),
+        Some(|| {
+            serde_json::json!({
+                "agent": "$response.body#/name",
+                "messages": [{"role": "user", "content": "Hello"}],
+            })
+        }),
     ),
     (
         "create_agent",
         "201",
         &["create_mission"],
         &[],
-        Some(|| serde_json::json!({"tasks": [{"title": "First", "assignTo": "$response.body#/name"}]})),
+        Some(|| {
+            serde_json::json!({
+                "name": "$response.body#/id",
+                "tasks": [{"title": "First", "assignTo": "$response.body#/name"}],
+            })
+        }),
     ),
     (
         "create_chat_completion",
@@ -248,6 +260,24 @@ const FOLLOWS: &[Follow] = &[
     ),
 ];
 
+/// What the derived schemas cannot say: one body type serves create and PATCH of a mission,
+/// but a create needs `name` and `tasks`; and each kind of expectation takes only its own
+/// members.
+pub fn refine(doc: &mut serde_json::Value) {
+    if let Some(schema) = doc.pointer_mut("/paths/~1v1~1missions/post/requestBody/content/application~1json/schema") {
+        *schema = serde_json::json!({
+            "allOf": [schema.take()],
+            "required": ["name", "tasks"],
+            "properties": {"name": {"type": "string"}, "tasks": {"type": "array"}},
+        });
+    }
+    if let Some(serde_json::Value::Array(kinds)) = doc.pointer_mut("/components/schemas/ExpectationInput/oneOf") {
+        for kind in kinds {
+            kind["additionalProperties"] = false.into();
+        }
+    }
+}
+
 /// Adds the links of [`FOLLOWS`] to the producers' responses, so that a client (or a stateful
 /// fuzzer) knows which operation takes what a create returned. Written into the JSON document:
 /// utoipa 5 serialises its link object with snake_case names, which OpenAPI does not define.
@@ -287,6 +317,8 @@ pub fn add_links(doc: &mut serde_json::Value) {
                 }
                 if let Some(body) = body {
                     link["requestBody"] = body();
+                    // The body is the whole request, not fields to merge into a generated one.
+                    link["x-schemathesis"] = serde_json::json!({"merge_body": false});
                 }
                 links[*target] = link;
             }

@@ -46,7 +46,9 @@ pub struct Agent {
 
 /// The identity block of spec §2.1; every member optional.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", default)]
+// Unknown members are refused on input (spec §0.4 rule 3); saying so here puts
+// `additionalProperties: false` in the document too.
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Identity {
     #[schema(max_length = 1000)]
     pub display_name: Option<String>,

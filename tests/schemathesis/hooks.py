@@ -1,11 +1,19 @@
 """Adapts the served document to what this run's server holds and offers, which no document can
-know. A `model` names a provider the server offers (here the models `GET /v1/models` lists); a
-webhook's host must resolve to a public address (here the run allows private networks and sends
-every webhook to one loopback URL); an agent's `reportsTo` names another agent that exists, so it
-and its `identity.timezone` an IANA zone the document does not list, so both are left out of
-generated agents. Until the server checks `Idempotency-Key` (spec §1.8) it ignores the header,
-so the run does not send it. Everything else is generated from the
-document as served."""
+know, before anything is generated from it:
+
+- a `model` (and a task's `retryPolicy.escalateModel`) names a model the server offers: here
+  the ones `GET /v1/models` lists;
+- a webhook's host must resolve to a public address: the run allows private networks and
+  sends every webhook to one loopback URL;
+- an agent's `reportsTo` and a task's `retryPolicy.fallbackAgent` name another agent that
+  exists: they are left out of generated bodies (the links of the document carry real names);
+- `identity.timezone` is an IANA zone name, a list the document does not repeat: a few of them;
+- until the server checks `Idempotency-Key` (spec §1.8) it ignores the header, so the run does
+  not send it;
+- JSON Schema counts `441.0` as an integer where the spec's integer is a number written without
+  a fraction (§0.3): generated bodies write whole numbers without one.
+
+Everything else is generated from the document as served."""
 
 import os
 
@@ -23,7 +31,14 @@ def before_load_schema(context, raw_schema):
         properties.pop("reportsTo", None)
         if MODELS:
             properties["model"] = {"type": "string", "enum": MODELS}
-    schemas["Identity"]["properties"].pop("timezone", None)
+    schemas["Identity"]["properties"]["timezone"] = {
+        "type": ["string", "null"],
+        "enum": ["UTC", "Europe/Rome", "America/New_York", None],
+    }
+    policy = schemas["RetryPolicyInput"]["properties"]
+    policy.pop("fallbackAgent", None)
+    if MODELS:
+        policy["escalateModel"] = {"type": ["string", "null"], "enum": [*MODELS, None]}
     if WEBHOOK_URL:
         schemas["WebhookRequest"]["properties"]["url"] = {"type": "string", "enum": [WEBHOOK_URL]}
     for item in raw_schema["paths"].values():
@@ -32,3 +47,18 @@ def before_load_schema(context, raw_schema):
                 operation["parameters"] = [
                     p for p in operation["parameters"] if p.get("name") != "Idempotency-Key"
                 ]
+
+
+def whole_numbers(value):
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [whole_numbers(v) for v in value]
+    return value
+
+
+@schemathesis.hook
+def map_body(context, body):
+    return whole_numbers(body)

@@ -17,7 +17,7 @@ use crate::auth::AuthContext;
 use crate::error::ApiError;
 use crate::runtime::Runtime;
 use crate::runtime::missions::model::{
-    Checkpoint, Delay, ID_PREFIX, Mission, QualityGate, RUN_PREFIX, Report, Run, STATUSES, TaskDef,
+    Checkpoint, Delay, ID_PREFIX, Mission, QualityGate, RUN_PREFIX, Report, Run, STATUSES,
 };
 use crate::runtime::missions::{crud, runs};
 
@@ -26,7 +26,7 @@ use crate::runtime::missions::{crud, runs};
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct MissionRequest {
-    /// Required on create.
+    /// Required on create; must not end in ` #<digits>`.
     #[schema(min_length = 1, max_length = 200)]
     name: Option<String>,
     prompt: Option<String>,
@@ -35,7 +35,7 @@ pub struct MissionRequest {
     #[schema(value_type = Option<Object>)]
     data: Option<serde_json::Value>,
     #[schema(min_items = 1, max_items = 200)]
-    tasks: Option<Vec<TaskDef>>,
+    tasks: Option<Vec<crate::api::tasks::shapes::TaskDefInput>>,
     /// `{name?, agents: AgentConfig[]}` or `AgentConfig[]`.
     #[schema(value_type = Option<Object>)]
     team: Option<serde_json::Value>,

@@ -2,6 +2,7 @@
 //! rules are in `runtime::tasks`.
 
 pub mod input;
+pub mod shapes;
 mod stream;
 
 use axum::Json;
@@ -37,10 +38,10 @@ pub struct TaskRequest {
     /// Task ids or titles of 1–200 characters.
     #[schema(max_items = 64)]
     depends_on: Option<Vec<String>>,
-    #[schema(value_type = Option<Vec<Object>>, max_items = 32)]
-    expectations: Option<Vec<serde_json::Value>>,
-    #[schema(value_type = Option<Vec<Object>>)]
-    expected_outcomes: Option<Vec<serde_json::Value>>,
+    #[schema(max_items = 32)]
+    expectations: Option<Vec<shapes::ExpectationInput>>,
+    #[schema(max_items = 32)]
+    expected_outcomes: Option<Vec<shapes::ExpectedOutcomeInput>>,
     #[schema(minimum = -1000, maximum = 1000)]
     priority: Option<i64>,
     #[schema(minimum = 0, maximum = 10)]
@@ -48,8 +49,7 @@ pub struct TaskRequest {
     /// Milliseconds.
     #[schema(minimum = 1000, maximum = 86400000)]
     max_duration: Option<i64>,
-    #[schema(value_type = Option<Object>)]
-    retry_policy: Option<serde_json::Value>,
+    retry_policy: Option<shapes::RetryPolicyInput>,
     side_effects: Option<bool>,
     /// RFC 3339 timestamp.
     #[schema(format = DateTime, min_length = 1, max_length = 64)]
@@ -80,10 +80,10 @@ pub struct TaskPatch {
     /// Task ids or titles of 1–200 characters.
     #[schema(max_items = 64)]
     depends_on: Option<Vec<String>>,
-    #[schema(value_type = Option<Vec<Object>>, max_items = 32)]
-    expectations: Option<Vec<serde_json::Value>>,
-    #[schema(value_type = Option<Vec<Object>>)]
-    expected_outcomes: Option<Vec<serde_json::Value>>,
+    #[schema(max_items = 32)]
+    expectations: Option<Vec<shapes::ExpectationInput>>,
+    #[schema(max_items = 32)]
+    expected_outcomes: Option<Vec<shapes::ExpectedOutcomeInput>>,
     #[schema(minimum = -1000, maximum = 1000)]
     priority: Option<i64>,
     #[schema(minimum = 0, maximum = 10)]
@@ -91,8 +91,7 @@ pub struct TaskPatch {
     /// Milliseconds.
     #[schema(minimum = 1000, maximum = 86400000)]
     max_duration: Option<i64>,
-    #[schema(value_type = Option<Object>)]
-    retry_policy: Option<serde_json::Value>,
+    retry_policy: Option<shapes::RetryPolicyInput>,
     side_effects: Option<bool>,
     /// RFC 3339 timestamp.
     #[schema(format = DateTime, min_length = 1, max_length = 64)]
