@@ -60,8 +60,11 @@ pub struct Identity {
     pub email: Option<String>,
     #[schema(max_length = 1000)]
     pub bio: Option<String>,
-    /// An IANA time zone name, such as `Europe/Rome`.
-    #[schema(max_length = 1000)]
+    /// An IANA time zone name, such as `Europe/Rome`: its shape is checked, not looked up.
+    #[schema(
+        max_length = 1000,
+        pattern = r"^(UTC|GMT|(Africa|America|Antarctica|Arctic|Asia|Atlantic|Australia|Europe|Indian|Pacific|Etc)(/[A-Za-z0-9_+-]+)+)$"
+    )]
     pub timezone: Option<String>,
     #[schema(max_length = 1000)]
     pub tone: Option<String>,

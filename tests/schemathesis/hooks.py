@@ -7,7 +7,6 @@ know, before anything is generated from it:
   sends every webhook to one loopback URL;
 - an agent's `reportsTo` and a task's `retryPolicy.fallbackAgent` name another agent that
   exists: they are left out of generated bodies (the links of the document carry real names);
-- `identity.timezone` is an IANA zone name, a list the document does not repeat: a few of them;
 - until the server checks `Idempotency-Key` (spec §1.8) it ignores the header, so the run does
   not send it;
 - JSON Schema counts `441.0` as an integer where the spec's integer is a number written without
@@ -31,10 +30,6 @@ def before_load_schema(context, raw_schema):
         properties.pop("reportsTo", None)
         if MODELS:
             properties["model"] = {"type": "string", "enum": MODELS}
-    schemas["Identity"]["properties"]["timezone"] = {
-        "type": ["string", "null"],
-        "enum": ["UTC", "Europe/Rome", "America/New_York", None],
-    }
     policy = schemas["RetryPolicyInput"]["properties"]
     policy.pop("fallbackAgent", None)
     if MODELS:
