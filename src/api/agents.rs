@@ -72,9 +72,9 @@ pub struct AgentRequest {
     #[schema(max_length = 200)]
     role: Option<String>,
     system_prompt: Option<String>,
-    #[schema(max_items = 128)]
+    #[schema(schema_with = allowed_tools)]
     allowed_tools: Option<Vec<String>>,
-    #[schema(max_items = 64)]
+    #[schema(schema_with = skills)]
     skills: Option<Vec<String>>,
     #[schema(minimum = 1, maximum = 1000)]
     max_turns: Option<i64>,
@@ -88,6 +88,7 @@ pub struct AgentRequest {
     temperature: Option<f64>,
     #[schema(minimum = 1, maximum = 2147483647)]
     max_tokens: Option<i64>,
+    #[schema(schema_with = crate::api::openapi::metadata_schema)]
     metadata: Option<BTreeMap<String, String>>,
 }
 
@@ -111,9 +112,9 @@ pub struct AgentPatch {
     #[schema(max_length = 200)]
     role: Option<String>,
     system_prompt: Option<String>,
-    #[schema(max_items = 128)]
+    #[schema(schema_with = allowed_tools)]
     allowed_tools: Option<Vec<String>>,
-    #[schema(max_items = 64)]
+    #[schema(schema_with = skills)]
     skills: Option<Vec<String>>,
     #[schema(minimum = 1, maximum = 1000)]
     max_turns: Option<i64>,
@@ -127,7 +128,33 @@ pub struct AgentPatch {
     temperature: Option<f64>,
     #[schema(minimum = 1, maximum = 2147483647)]
     max_tokens: Option<i64>,
+    #[schema(schema_with = crate::api::openapi::metadata_schema)]
     metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Up to 128 tool names of 1–128 characters of `[A-Za-z0-9_.:*-]` (spec §2.1).
+fn allowed_tools() -> utoipa::openapi::Array {
+    string_list(128, Some(r"^[A-Za-z0-9_.:*-]{1,128}$"))
+}
+
+/// Up to 64 skill names of 1–128 characters (spec §2.1).
+fn skills() -> utoipa::openapi::Array {
+    string_list(64, None)
+}
+
+fn string_list(max_items: usize, pattern: Option<&str>) -> utoipa::openapi::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(128))
+                .pattern(pattern),
+        )
+        .max_items(Some(max_items))
+        .build()
 }
 
 fn name_problem(name: &str) -> Option<String> {

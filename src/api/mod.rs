@@ -179,7 +179,10 @@ where
 pub static OPENAPI: LazyLock<String> = LazyLock::new(|| {
     let (_, mut doc) = routes().split_for_parts();
     openapi::SharedAnswers.modify(&mut doc);
-    doc.to_json().unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    let mut doc = serde_json::to_value(&doc).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}));
+    openapi::refine(&mut doc);
+    openapi::add_links(&mut doc);
+    doc.to_string()
 });
 
 /// The routes that answer without a key (spec §1.1); everything else is denied by default.

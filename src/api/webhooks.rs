@@ -19,11 +19,25 @@ pub struct WebhookRequest {
     /// `https` URL of a public host.
     #[schema(min_length = 1, max_length = 2048, pattern = r"^https://")]
     url: String,
-    /// Event patterns, as the event stream's `filter`.
-    #[schema(min_items = 1, max_items = 32)]
+    #[schema(schema_with = event_patterns)]
     events: Vec<String>,
     #[schema(max_length = 500)]
     description: Option<String>,
+}
+
+/// 1–32 event patterns, as the event stream's `filter` (spec §7.1): `*` is a wildcard.
+fn event_patterns() -> utoipa::openapi::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[a-z0-9:_*-]{1,100}$")),
+        )
+        .min_items(Some(1))
+        .max_items(Some(32))
+        .description(Some("Event patterns, as the event stream's `filter`."))
+        .build()
 }
 
 /// List webhooks (spec §8.1).

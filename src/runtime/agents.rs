@@ -46,18 +46,55 @@ pub struct Agent {
 
 /// The identity block of spec §2.1; every member optional.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", default)]
+// Unknown members are refused on input (spec §0.4 rule 3); saying so here puts
+// `additionalProperties: false` in the document too.
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Identity {
+    #[schema(max_length = 1000)]
     pub display_name: Option<String>,
+    #[schema(max_length = 1000)]
     pub title: Option<String>,
+    #[schema(max_length = 1000)]
     pub company: Option<String>,
+    #[schema(max_length = 1000)]
     pub email: Option<String>,
+    #[schema(max_length = 1000)]
     pub bio: Option<String>,
+    /// An IANA time zone name, such as `Europe/Rome`: its shape is checked, not looked up.
+    #[schema(
+        max_length = 1000,
+        pattern = r"^(UTC|GMT|(Africa|America|Antarctica|Arctic|Asia|Atlantic|Australia|Europe|Indian|Pacific|Etc)(/[A-Za-z0-9_+-]+)+)$"
+    )]
     pub timezone: Option<String>,
+    #[schema(max_length = 1000)]
     pub tone: Option<String>,
+    #[schema(max_length = 1000)]
     pub personality: Option<String>,
+    /// At most 32 of at most 1000 characters; `null` in a request removes them.
+    #[schema(value_type = Option<Vec<String>>, max_items = 32)]
     pub responsibilities: Vec<String>,
+    /// At most 16, keys of 1–1000 characters, values of at most 1000; `null` in a request
+    /// removes them.
+    #[schema(schema_with = socials_schema)]
     pub socials: BTreeMap<String, String>,
+}
+
+fn socials_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, SchemaType, Type};
+    let text = |min| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(min)
+            .max_length(Some(1000))
+    };
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .max_properties(Some(16))
+        .property_names(Some(text(Some(1))))
+        .additional_properties(Some(AdditionalProperties::RefOr(
+            Schema::Object(text(None).build()).into(),
+        )))
+        .build()
 }
 
 /// Members of `identity` as sent in a request: each absent, `null` (remove) or a value.

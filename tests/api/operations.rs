@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use polpo_api::config::Config;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, concrete_path, documented_operations};
 
@@ -207,4 +207,102 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
         );
         assert!(doc["paths"][template][method.to_lowercase()]["responses"].is_object());
     }
+}
+
+/// Every operation of the document by its `operationId`, with its path and method.
+fn operations_by_id(doc: &Value) -> std::collections::HashMap<String, (String, String, Value)> {
+    let mut out = std::collections::HashMap::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            if let Some(id) = operation["operationId"].as_str() {
+                out.insert(id.to_string(), (path.clone(), method.clone(), operation.clone()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_link_names_an_operation_and_its_parameters_and_a_client_can_follow_one() {
+    let app = TestApp::spawn().await;
+    let doc = app.call("GET", "/v1/openapi.json", None, None).await.json();
+    let operations = operations_by_id(&doc);
+    let mut links = 0;
+    for (producer, (_, _, operation)) in &operations {
+        for (status, response) in operation["responses"].as_object().unwrap() {
+            for (name, link) in response["links"].as_object().into_iter().flatten() {
+                links += 1;
+                let target = link["operationId"].as_str().unwrap();
+                let (_, _, target_op) = operations
+                    .get(target)
+                    .unwrap_or_else(|| panic!("{producer} {status} {name}: no operation {target}"));
+                for parameter in link["parameters"].as_object().into_iter().flatten().map(|p| p.0) {
+                    let (place, name) = parameter.split_once('.').unwrap();
+                    assert!(
+                        target_op["parameters"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|p| p["in"] == place && p["name"] == name),
+                        "{producer} → {target}: no {place} parameter {name}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(links >= 30, "{links} links");
+
+    // A client follows `create_agent` → `get_agent` as the link says.
+    let created = app
+        .post(
+            "/v1/agents",
+            &app.test_key,
+            json!({"name": "linked", "model": "mock/echo"}),
+        )
+        .await
+        .json();
+    let link = &operations["create_agent"].2["responses"]["201"]["links"]["get_agent"];
+    let pointer = link["parameters"]["path.idOrName"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("$response.body#")
+        .unwrap();
+    let value = created.pointer(pointer).unwrap().as_str().unwrap();
+    let template = &operations["get_agent"].0;
+    let response = app.get(&template.replace("{idOrName}", value), &app.test_key).await;
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(response.json()["name"], "linked");
+}
+
+#[tokio::test]
+async fn every_post_documents_an_optional_idempotency_key_and_accepts_one() {
+    let app = TestApp::spawn().await;
+    let doc = app.call("GET", "/v1/openapi.json", None, None).await.json();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let Some(post) = item.get("post") else { continue };
+        let header = post["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == "Idempotency-Key"))
+            .unwrap_or_else(|| panic!("POST {path} without Idempotency-Key"));
+        assert_eq!(header["in"], "header");
+        assert_eq!(header["required"], false);
+        assert_eq!(header["schema"]["maxLength"], 255);
+    }
+    // `metadata` is bounded as spec §1.9 says, wherever a request takes it.
+    let metadata = &doc["components"]["schemas"]["AgentRequest"]["properties"]["metadata"];
+    assert_eq!(metadata["maxProperties"], 16);
+    assert_eq!(metadata["propertyNames"]["maxLength"], 64);
+    assert_eq!(metadata["additionalProperties"]["maxLength"], 512);
+    let request = axum::http::Request::builder()
+        .method("POST")
+        .uri("/v1/agents")
+        .header("authorization", format!("Bearer {}", app.test_key))
+        .header("content-type", "application/json")
+        .header("idempotency-key", "create-keyed-1")
+        .body(axum::body::Body::from(
+            json!({"name": "keyed", "model": "mock/echo"}).to_string(),
+        ))
+        .unwrap();
+    let response = app.send(request).await;
+    assert_eq!(response.status, StatusCode::CREATED);
 }

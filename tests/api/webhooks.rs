@@ -314,6 +314,58 @@ async fn a_failing_delivery_holds_back_later_ones() {
     );
 }
 
+/// The give-up period runs from the event's time, not from the first attempt (spec §8.3): an
+/// event held back behind a failing delivery for most of the period gets one attempt, where a
+/// fresh one is retried.
+#[tokio::test]
+async fn the_give_up_clock_starts_at_the_event() {
+    let receiver = Receiver::start(vec![500; 10]).await;
+    let mut config = loopback_config();
+    // Waits of 1.2–1.8 s; a delivery is given up when its next try would be 2 s past its event.
+    config.webhooks.retry_base = Duration::from_millis(1500);
+    config.webhooks.give_up_after = Duration::from_secs(2);
+    let app = TestApp::spawn_with(config).await;
+    let webhook = app
+        .post(
+            "/v1/webhooks",
+            &app.test_key,
+            json!({"url": receiver.url, "events": ["session:created"]}),
+        )
+        .await
+        .json();
+    let id = webhook["id"].as_str().unwrap().to_string();
+    chat(&app).await;
+    chat(&app).await;
+    let deliveries = || async {
+        app.get(&format!("/v1/webhooks/{id}/deliveries"), &app.test_key)
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let settled = eventually(Duration::from_secs(15), || async {
+        let rows = deliveries().await;
+        rows.len() == 2 && rows.iter().all(|d| d["status"] == "failed")
+    })
+    .await;
+    assert!(settled, "{:?}", deliveries().await);
+    let rows = deliveries().await;
+    // The first event was tried at once: 1.8 s at most to its retry, within the period; the
+    // retry failed with 2 s past the event.
+    assert_eq!(rows[0]["attempts"], 2, "{rows:?}");
+    // The second waited behind it for 1.2 s or more, so no retry fits before 2 s past its
+    // event: it is given up on its first failure, not retried for 2 s from that attempt.
+    assert_eq!(rows[1]["attempts"], 1, "{rows:?}");
+    let sent: Vec<String> = receiver
+        .requests()
+        .iter()
+        .map(|r| r.0["polpo-delivery"].to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert_eq!(sent[2], rows[1]["eventId"].as_str().unwrap());
+}
+
 #[tokio::test]
 async fn a_restart_between_attempts_loses_nothing() {
     let receiver = Receiver::start(vec![500]).await;

@@ -17,7 +17,7 @@ use crate::auth::AuthContext;
 use crate::error::ApiError;
 use crate::runtime::Runtime;
 use crate::runtime::missions::model::{
-    Checkpoint, Delay, ID_PREFIX, Mission, QualityGate, RUN_PREFIX, Report, Run, STATUSES, TaskDef,
+    Checkpoint, Delay, ID_PREFIX, Mission, QualityGate, RUN_PREFIX, Report, Run, STATUSES,
 };
 use crate::runtime::missions::{crud, runs};
 
@@ -26,7 +26,7 @@ use crate::runtime::missions::{crud, runs};
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct MissionRequest {
-    /// Required on create.
+    /// Required on create; must not end in ` #<digits>`.
     #[schema(min_length = 1, max_length = 200)]
     name: Option<String>,
     prompt: Option<String>,
@@ -35,7 +35,7 @@ pub struct MissionRequest {
     #[schema(value_type = Option<Object>)]
     data: Option<serde_json::Value>,
     #[schema(min_items = 1, max_items = 200)]
-    tasks: Option<Vec<TaskDef>>,
+    tasks: Option<Vec<crate::api::tasks::shapes::TaskDefInput>>,
     /// `{name?, agents: AgentConfig[]}` or `AgentConfig[]`.
     #[schema(value_type = Option<Object>)]
     team: Option<serde_json::Value>,
@@ -149,7 +149,7 @@ pub async fn delete_mission(
 /// server-sent events (§6.9).
 #[utoipa::path(post, path = "/v1/missions/{id}/execute", tag = "missions", params(("id" = String, Path)),
     request_body = ExecuteRequest,
-    responses((status = 202, body = Run), (status = 200, description = "a text/event-stream of mission.chunk frames ending in [DONE]"),
+    responses((status = 202, body = Run), (status = 200, description = "a text/event-stream of mission.chunk frames ending in [DONE]", body = String, content_type = "text/event-stream"),
               (status = 400, body = crate::api::ErrorBody), (status = 404, body = crate::api::ErrorBody),
               (status = 409, body = crate::api::ErrorBody, description = "the mission is active or paused")))]
 pub async fn execute_mission(

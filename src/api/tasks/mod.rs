@@ -2,6 +2,7 @@
 //! rules are in `runtime::tasks`.
 
 pub mod input;
+pub mod shapes;
 mod stream;
 
 use axum::Json;
@@ -37,10 +38,10 @@ pub struct TaskRequest {
     /// Task ids or titles of 1–200 characters.
     #[schema(max_items = 64)]
     depends_on: Option<Vec<String>>,
-    #[schema(value_type = Option<Vec<Object>>, max_items = 32)]
-    expectations: Option<Vec<serde_json::Value>>,
-    #[schema(value_type = Option<Vec<Object>>)]
-    expected_outcomes: Option<Vec<serde_json::Value>>,
+    #[schema(max_items = 32)]
+    expectations: Option<Vec<shapes::ExpectationInput>>,
+    #[schema(max_items = 32)]
+    expected_outcomes: Option<Vec<shapes::ExpectedOutcomeInput>>,
     #[schema(minimum = -1000, maximum = 1000)]
     priority: Option<i64>,
     #[schema(minimum = 0, maximum = 10)]
@@ -48,14 +49,14 @@ pub struct TaskRequest {
     /// Milliseconds.
     #[schema(minimum = 1000, maximum = 86400000)]
     max_duration: Option<i64>,
-    #[schema(value_type = Option<Object>)]
-    retry_policy: Option<serde_json::Value>,
+    retry_policy: Option<shapes::RetryPolicyInput>,
     side_effects: Option<bool>,
     /// RFC 3339 timestamp.
     #[schema(format = DateTime, min_length = 1, max_length = 64)]
     deadline: Option<String>,
     #[schema(max_length = 256)]
     user: Option<String>,
+    #[schema(schema_with = crate::api::openapi::metadata_schema)]
     metadata: Option<std::collections::BTreeMap<String, String>>,
     /// Start as `draft` instead of `pending`.
     draft: Option<bool>,
@@ -79,10 +80,10 @@ pub struct TaskPatch {
     /// Task ids or titles of 1–200 characters.
     #[schema(max_items = 64)]
     depends_on: Option<Vec<String>>,
-    #[schema(value_type = Option<Vec<Object>>, max_items = 32)]
-    expectations: Option<Vec<serde_json::Value>>,
-    #[schema(value_type = Option<Vec<Object>>)]
-    expected_outcomes: Option<Vec<serde_json::Value>>,
+    #[schema(max_items = 32)]
+    expectations: Option<Vec<shapes::ExpectationInput>>,
+    #[schema(max_items = 32)]
+    expected_outcomes: Option<Vec<shapes::ExpectedOutcomeInput>>,
     #[schema(minimum = -1000, maximum = 1000)]
     priority: Option<i64>,
     #[schema(minimum = 0, maximum = 10)]
@@ -90,14 +91,14 @@ pub struct TaskPatch {
     /// Milliseconds.
     #[schema(minimum = 1000, maximum = 86400000)]
     max_duration: Option<i64>,
-    #[schema(value_type = Option<Object>)]
-    retry_policy: Option<serde_json::Value>,
+    retry_policy: Option<shapes::RetryPolicyInput>,
     side_effects: Option<bool>,
     /// RFC 3339 timestamp.
     #[schema(format = DateTime, min_length = 1, max_length = 64)]
     deadline: Option<String>,
     #[schema(max_length = 256)]
     user: Option<String>,
+    #[schema(schema_with = crate::api::openapi::metadata_schema)]
     metadata: Option<std::collections::BTreeMap<String, String>>,
 }
 
@@ -216,7 +217,8 @@ fn empty_body(body: JsonObject, known: &[&str]) -> Result<Fields, ApiError> {
 /// (spec §5.5). With `stream: true`, the answer follows the task to its end (spec §5.6).
 #[utoipa::path(post, path = "/v1/tasks/{id}/run", tag = "tasks", params(("id" = String, Path)),
     request_body = RunRequest,
-    responses((status = 200, body = Task, description = "the task, or a text/event-stream of task.chunk frames ending in [DONE]"),
+    responses((status = 200, description = "the task, or with `stream: true` a text/event-stream of task.chunk frames ending in [DONE]",
+               content((Task = "application/json"), (String = "text/event-stream"))),
               (status = 404, body = crate::api::ErrorBody),
               (status = 409, body = crate::api::ErrorBody, description = "the task is done")))]
 pub async fn run_task(
