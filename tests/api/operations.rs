@@ -305,4 +305,5 @@ async fn every_post_documents_an_optional_idempotency_key_and_accepts_one() {
         .unwrap();
     let response = app.send(request).await;
     assert_eq!(response.status, StatusCode::CREATED);
+    assert_eq!(response.header("idempotent-replayed"), None);
 }

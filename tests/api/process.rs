@@ -39,7 +39,11 @@ async fn a_fresh_start_prints_a_usable_sandbox_key_once() {
         server.terminate(Duration::from_secs(10)).map(|s| s.code()),
         Some(Some(0))
     );
-    assert_eq!(server.printed_at_exit(), vec![key.clone()], "stdout carries only the key");
+    assert_eq!(
+        server.printed_at_exit(),
+        vec![key.clone()],
+        "stdout carries only the key"
+    );
     // The next start finds the project and prints nothing.
     let mut server = ServerProcess::start(&dir.0, &[]);
     let response = http

@@ -7,8 +7,9 @@ know, before anything is generated from it:
   sends every webhook to one loopback URL;
 - an agent's `reportsTo` and a task's `retryPolicy.fallbackAgent` name another agent that
   exists: they are left out of generated bodies (the links of the document carry real names);
-- until the server checks `Idempotency-Key` (spec §1.8) it ignores the header, so the run does
-  not send it;
+- an `Idempotency-Key` (spec §1.8) ties every request that repeats it to the first one, and
+  generated values repeat across unrelated requests: the run does not send it (its rules are
+  tested in tests/api/idempotency.rs);
 - JSON Schema counts `441.0` as an integer where the spec's integer is a number written without
   a fraction (§0.3): generated bodies write whole numbers without one.
 
