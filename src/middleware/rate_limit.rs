@@ -29,6 +29,10 @@ use crate::store::{self, Backend};
 /// Unused leased tokens are dropped after this long, so that a quiet instance cannot spend old
 /// tokens in a later second.
 const LEASE_LIFE: Duration = Duration::from_secs(1);
+/// The longest wait for the shared bucket. Past it the request is admitted, as when the bucket
+/// cannot be read: with the database down, the request then waits for a connection once (in its
+/// handler), not twice.
+const LEASE_WAIT: Duration = Duration::from_secs(1);
 /// A published stream count stops counting this long after it was last written.
 const STREAMS_LIFE: Duration = Duration::from_secs(120);
 /// How often an instance writes its stream counts again.
@@ -113,7 +117,7 @@ impl Limiter {
         // A batch of a quarter of the burst: few round trips, and little left unused when
         // several instances serve the key.
         let want = i64::from(limits.burst.div_ceil(4).max(1));
-        let leased = async {
+        let leased = tokio::time::timeout(LEASE_WAIT, async {
             let mut conn = rt.db.pool.acquire().await?;
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             let out = store::rate_limits::lease(
@@ -127,8 +131,9 @@ impl Limiter {
             .await?;
             tx.commit().await?;
             Ok::<_, sqlx::Error>(out)
-        }
-        .await;
+        })
+        .await
+        .unwrap_or(Err(sqlx::Error::PoolTimedOut));
         let (taken, shared) = match leased {
             Ok(leased) => leased,
             Err(e) => {
