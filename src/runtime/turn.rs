@@ -173,6 +173,12 @@ impl Drive {
             sent.elapsed(),
         );
         if let Err(e) = self.store_new_messages().await {
+            // With the database unreachable, storing the session alone would wait for it again
+            // and fail the same way: the answer is the 503 now, not one wait later.
+            if matches!(e, ApiError::Unavailable(_)) {
+                let _ = tx.send(TurnEvent::Failed(e)).await;
+                return;
+            }
             return self.fail_early(&tx, e).await;
         }
         let mut reply = Reply::default();
