@@ -78,6 +78,8 @@ impl Drop for OwnPostgres {
 #[derive(Debug, Clone)]
 struct Answer {
     what: String,
+    /// A streamed chat completion (OpenAI error shape, error frames), not a REST call.
+    chat: bool,
     sent: Duration,
     took: Duration,
     status: u16,
@@ -85,8 +87,9 @@ struct Answer {
     body: String,
 }
 
-/// Clients creating and reading agents as fast as the server answers, until told to stop.
-/// Returns every answer and the names of the agents whose creation was answered `201`.
+/// Clients creating and reading agents, and clients streaming chat completions, as fast as the
+/// server answers, until told to stop. Keeps every answer and the names of the agents whose
+/// creation was answered `201`.
 struct Load {
     answers: Arc<Mutex<Vec<Answer>>>,
     created: Arc<Mutex<Vec<String>>>,
@@ -95,7 +98,7 @@ struct Load {
 }
 
 impl Load {
-    fn start(base: &str, key: &str, clients: usize, t0: Instant) -> Self {
+    fn start(base: &str, key: &str, (rest, chat): (usize, usize), t0: Instant) -> Self {
         let answers = Arc::new(Mutex::new(Vec::new()));
         let created = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -104,35 +107,54 @@ impl Load {
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap();
-        let clients = (0..clients)
+        let mut clients: Vec<tokio::task::JoinHandle<()>> = (0..chat)
             .map(|i| {
-                let (answers, created, stop) = (answers.clone(), created.clone(), stop.clone());
+                let (answers, stop) = (answers.clone(), stop.clone());
                 let (http, base, key) = (http.clone(), base.to_string(), key.to_string());
                 tokio::spawn(async move {
-                    let (mut n, mut last) = (0, None);
+                    let mut n = 0;
                     while !stop.load(Ordering::Relaxed) {
                         n += 1;
-                        let name = format!("load-{i}-{n}");
-                        let create = http
-                            .post(format!("{base}/v1/agents"))
+                        let turn = http
+                            .post(format!("{base}/v1/chat/completions"))
                             .bearer_auth(&key)
-                            .json(&json!({"name": name, "model": "mock/echo"}));
-                        let answer = send(create, format!("POST agent {name}"), t0).await;
-                        if answer.status == 201 {
-                            created.lock().unwrap().push(name.clone());
-                            last = Some(name);
-                        }
-                        answers.lock().unwrap().push(answer);
-                        // Reads the newest agent this client created (a refused create made none).
-                        if let Some(name) = &last {
-                            let read = http.get(format!("{base}/v1/agents/{name}")).bearer_auth(&key);
-                            let answer = send(read, format!("GET agent {name}"), t0).await;
-                            answers.lock().unwrap().push(answer);
-                        }
+                            .json(&json!({
+                                "model": "mock/echo", "stream": true,
+                                "messages": [{"role": "user", "content": format!("chat {i} turn {n}")}],
+                            }));
+                        let answer = send(turn, format!("chat stream {i}-{n}"), t0).await;
+                        answers.lock().unwrap().push(Answer { chat: true, ..answer });
                     }
                 })
             })
             .collect();
+        clients.extend((0..rest).map(|i| {
+            let (answers, created, stop) = (answers.clone(), created.clone(), stop.clone());
+            let (http, base, key) = (http.clone(), base.to_string(), key.to_string());
+            tokio::spawn(async move {
+                let (mut n, mut last) = (0, None);
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let name = format!("load-{i}-{n}");
+                    let create = http
+                        .post(format!("{base}/v1/agents"))
+                        .bearer_auth(&key)
+                        .json(&json!({"name": name, "model": "mock/echo"}));
+                    let answer = send(create, format!("POST agent {name}"), t0).await;
+                    if answer.status == 201 {
+                        created.lock().unwrap().push(name.clone());
+                        last = Some(name);
+                    }
+                    answers.lock().unwrap().push(answer);
+                    // Reads the newest agent this client created (a refused create made none).
+                    if let Some(name) = &last {
+                        let read = http.get(format!("{base}/v1/agents/{name}")).bearer_auth(&key);
+                        let answer = send(read, format!("GET agent {name}"), t0).await;
+                        answers.lock().unwrap().push(answer);
+                    }
+                }
+            })
+        }));
         Self {
             answers,
             created,
@@ -170,6 +192,7 @@ async fn send(request: reqwest::RequestBuilder, what: String, t0: Instant) -> An
             let body = response.text().await.unwrap_or_default();
             Answer {
                 what,
+                chat: false,
                 sent,
                 took: started.elapsed(),
                 status,
@@ -179,6 +202,7 @@ async fn send(request: reqwest::RequestBuilder, what: String, t0: Instant) -> An
         }
         Err(e) => Answer {
             what,
+            chat: false,
             sent,
             took: started.elapsed(),
             status: 0,
@@ -202,8 +226,50 @@ fn describe<'a>(answers: impl IntoIterator<Item = &'a Answer>) -> String {
         .join("\n")
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// A `2xx`; for a chat stream, one that ended with `[DONE]`.
+    Served,
+    /// `503 unavailable` with `Retry-After: 1` in the path's error shape (spec §1.6, §3.11), or a
+    /// chat stream that ended with an `unavailable` error frame.
+    Unavailable,
+    /// Anything else: a `500`, a hang, a cut connection, a wrong shape.
+    Wrong,
+}
+
+fn verdict(answer: &Answer) -> Verdict {
+    let body: Value = serde_json::from_str(&answer.body).unwrap_or(Value::Null);
+    let refused = answer.status == 503 && answer.retry_after.as_deref() == Some("1");
+    if !answer.chat {
+        return match answer.status {
+            200..=299 => Verdict::Served,
+            503 if refused && body["code"] == "unavailable" && body["error"] == "service unavailable" => {
+                Verdict::Unavailable
+            }
+            _ => Verdict::Wrong,
+        };
+    }
+    if answer.status == 503 {
+        return if refused && body["error"]["code"] == "unavailable" && body["error"]["type"] == "api_error" {
+            Verdict::Unavailable
+        } else {
+            Verdict::Wrong
+        };
+    }
+    let frames = complete_frames(&answer.body);
+    let last: Value = frames
+        .last()
+        .and_then(|f| serde_json::from_str(f).ok())
+        .unwrap_or(Value::Null);
+    match (answer.status, frames.last().map(String::as_str)) {
+        (200, Some("[DONE]")) => Verdict::Served,
+        (200, Some(_)) if last["error"]["code"] == "unavailable" => Verdict::Unavailable,
+        _ => Verdict::Wrong,
+    }
+}
+
 fn success(answer: &Answer) -> bool {
-    (200..300).contains(&answer.status)
+    verdict(answer) == Verdict::Served
 }
 
 /// The pool's longest wait for a connection, as the test configures it (`database.acquire_timeout`).
@@ -260,7 +326,7 @@ async fn postgres_stopped_under_load_answers_503_at_once_and_recovers_by_itself(
     .await;
     assert_eq!(created.status(), 201);
     let mut events = SseReader::open(&base, &key, "/v1/events", None).await;
-    let load = Load::start(&base, &key, 6, t0);
+    let load = Load::start(&base, &key, (5, 2), t0);
     let warmed = eventually(Duration::from_secs(15), || async {
         load.answers().iter().filter(|a| success(a)).count() >= 30
     })
@@ -332,16 +398,15 @@ async fn postgres_stopped_under_load_answers_503_at_once_and_recovers_by_itself(
         .unwrap()
         - up;
 
-    // Never anything but a success or `503 unavailable`: a dropped connection is not a 500,
-    // and no request is left without an answer.
-    let wrong: Vec<&Answer> = answers.iter().filter(|a| !success(a) && a.status != 503).collect();
-    assert!(wrong.is_empty(), "answers other than 2xx or 503:\n{}", describe(wrong));
-    for answer in answers.iter().filter(|a| a.status == 503) {
-        let body: Value = serde_json::from_str(&answer.body).unwrap_or_else(|_| panic!("{}", describe([answer])));
-        assert_eq!(body["code"], "unavailable", "{}", describe([answer]));
-        assert_eq!(body["error"], "service unavailable", "{}", describe([answer]));
-        assert_eq!(answer.retry_after.as_deref(), Some("1"), "{}", describe([answer]));
-    }
+    // Never anything but a success or `503 unavailable` (for a chat stream already answering,
+    // its error frame): a dropped connection is not a 500, and no request is left unanswered.
+    let wrong: Vec<&Answer> = answers.iter().filter(|a| verdict(a) == Verdict::Wrong).collect();
+    assert!(
+        wrong.is_empty(),
+        "answers neither a success nor unavailable in the documented shape:\n{}",
+        describe(wrong)
+    );
+    let unavailable = |a: &&Answer| verdict(a) == Verdict::Unavailable;
     // Requests sent while Postgres was stopping, stopped or starting are answered within the
     // bound: one wait for a connection, and the margin.
     let during: Vec<&Answer> = answers.iter().filter(|a| a.sent >= stopping && a.sent < up).collect();
@@ -358,11 +423,11 @@ async fn postgres_stopped_under_load_answers_503_at_once_and_recovers_by_itself(
     );
     let refused_while_down = answers
         .iter()
-        .filter(|a| a.status == 503 && a.sent >= down && a.sent + a.took <= restarting)
+        .filter(|a| unavailable(a) && a.sent >= down && a.sent + a.took <= restarting)
         .count();
     assert!(
         refused_while_down > 0,
-        "no request was answered 503 while Postgres was down"
+        "no request was answered unavailable while Postgres was down"
     );
     let succeeded_while_down = answers
         .iter()
@@ -431,15 +496,18 @@ async fn postgres_stopped_under_load_answers_503_at_once_and_recovers_by_itself(
         .expect("the server exited after SIGTERM");
     assert_eq!(status.code(), Some(0));
 
-    println!("fault: database outage under load (Postgres, 6 clients creating and reading agents)");
+    println!(
+        "fault: database outage under load (Postgres; 5 clients creating and reading agents, 2 streaming chat completions)"
+    );
     println!(
         "  injected: Postgres fast shutdown at {stopping:.1?} (down at {down:.1?}), started again at {restarting:.1?} (up at {up:.1?})"
     );
     println!(
-        "  observed: {} answers in all, none but 2xx or 503; {} sent while Postgres was stopping, down or starting: {} answered 503 unavailable ({refused_while_down} of them with Postgres down), {} 2xx, slowest {slowest:.1?} (bound {:?})",
+        "  observed: {} answers in all ({} chat streams), each a success or unavailable; {} sent while Postgres was stopping, down or starting: {} answered unavailable ({refused_while_down} of them with Postgres down), {} served, slowest {slowest:.1?} (bound {:?})",
         answers.len(),
+        answers.iter().filter(|a| a.chat).count(),
         during.len(),
-        during.iter().filter(|a| a.status == 503).count(),
+        during.iter().filter(|a| unavailable(a)).count(),
         during.iter().filter(|a| success(a)).count(),
         ACQUIRE_TIMEOUT + MARGIN
     );
