@@ -200,23 +200,27 @@ impl Drive {
         // Dropping the stream closes the upstream request.
         drop(upstream);
         let (finish, usage, estimated) = self.settle(&outcome, &reply);
-        if let Err(e) = self.store_reply(&reply, &finish, usage, estimated).await {
+        let stored = self.store_reply(&reply, &finish, usage, estimated).await;
+        if let Err(e) = &stored {
             tracing::error!(session_id = %self.session_id, error = ?e, "could not store the chat reply");
         }
-        let event = match outcome {
-            Outcome::Finished => TurnEvent::Completed {
+        let event = match (outcome, stored) {
+            // A reply the database could not keep is not a finished turn: the client is told
+            // the server is unavailable instead of `[DONE]` (or `200`), and can retry.
+            (Outcome::Finished, Err(e @ ApiError::Unavailable(_))) => TurnEvent::Failed(e),
+            (Outcome::Finished, _) => TurnEvent::Completed {
                 finish: reply.finish.unwrap_or(FinishReason::Stop),
                 usage,
             },
-            Outcome::Failed(error) => {
+            (Outcome::Failed(error), _) => {
                 let report = error.report();
                 tracing::warn!(session_id = %self.session_id, code = report.code, cause = report.log_cause.as_deref(),
                     "provider failed mid-stream");
                 TurnEvent::Failed(error)
             }
-            Outcome::Shutdown => TurnEvent::Failed(ApiError::Unavailable("shutdown deadline reached".into())),
-            Outcome::Interrupted(error) => TurnEvent::Failed(error),
-            Outcome::ClientLeft => return,
+            (Outcome::Shutdown, _) => TurnEvent::Failed(ApiError::Unavailable("shutdown deadline reached".into())),
+            (Outcome::Interrupted(error), _) => TurnEvent::Failed(error),
+            (Outcome::ClientLeft, _) => return,
         };
         let _ = tx.send(event).await;
     }
