@@ -84,6 +84,8 @@ struct Answer {
     took: Duration,
     status: u16,
     retry_after: Option<String>,
+    /// `x-session-id` of a chat answer.
+    session: Option<String>,
     body: String,
 }
 
@@ -189,6 +191,11 @@ async fn send(request: reqwest::RequestBuilder, what: String, t0: Instant) -> An
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
+            let session = response
+                .headers()
+                .get("x-session-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             let body = response.text().await.unwrap_or_default();
             Answer {
                 what,
@@ -197,6 +204,7 @@ async fn send(request: reqwest::RequestBuilder, what: String, t0: Instant) -> An
                 took: started.elapsed(),
                 status,
                 retry_after,
+                session,
                 body,
             }
         }
@@ -207,6 +215,7 @@ async fn send(request: reqwest::RequestBuilder, what: String, t0: Instant) -> An
             took: started.elapsed(),
             status: 0,
             retry_after: None,
+            session: None,
             body: e.to_string(),
         },
     }
@@ -450,6 +459,34 @@ async fn postgres_stopped_under_load_answers_503_at_once_and_recovers_by_itself(
         }
     }
     assert!(missing.is_empty(), "agents answered 201 and then lost: {missing:?}");
+    // Nor any chat turn that ended with [DONE]: its session holds the question and the reply.
+    let turns: Vec<&String> = answers
+        .iter()
+        .filter(|a| a.chat && success(a))
+        .filter_map(|a| a.session.as_ref())
+        .collect();
+    for session in &turns {
+        let response = http
+            .get(format!("{base}/v1/chat/sessions/{session}"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status != 200 || body["messageCount"] != 2 {
+            missing.push((format!("session {session}: {body}"), status));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "chat turns answered in full and then lost: {missing:?}"
+    );
+    assert_eq!(
+        turns.len(),
+        answers.iter().filter(|a| a.chat && success(a)).count(),
+        "a served chat turn without its session id"
+    );
 
     // The task held when the database went away is finished, and the event stream open
     // across the outage tells of it.
@@ -515,8 +552,9 @@ async fn postgres_stopped_under_load_answers_503_at_once_and_recovers_by_itself(
         "  observed: /ready 200 {ready_after:.1?} after Postgres was up; the load served again after {recovered_after:.1?}"
     );
     println!(
-        "  observed: {} agents answered 201, all present; the task running when Postgres stopped done {task_done_after:.1?} after it was up, its events on the stream open across the outage: {}",
+        "  observed: {} agents answered 201 and {} chat turns answered in full, all present; the task running when Postgres stopped done {task_done_after:.1?} after it was up, its events on the stream open across the outage: {}",
         created.len(),
+        turns.len(),
         told.join(", ")
     );
     println!(
