@@ -371,9 +371,17 @@ impl ServerProcess {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        // Stdout is written before the listening line, so the key (if any) is already there.
-        std::thread::sleep(Duration::from_millis(10));
-        let stdout_lines = rx.try_iter().collect();
+        // The key (if any) is written before the listening line, but the thread reading stdout
+        // may not have passed it on yet: a first start says in its log that it printed one.
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let mut stdout_lines: Vec<String> = Vec::new();
+        if log.contains("first start:") {
+            let line = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the sandbox key the log announces on stdout");
+            stdout_lines.push(line);
+        }
+        stdout_lines.extend(rx.try_iter());
         Self {
             child,
             base_url: format!("http://{addr}"),
