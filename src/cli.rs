@@ -165,9 +165,14 @@ fn init_logging(config: &Config) {
 }
 
 async fn connect(config: &Config) -> Result<Db, String> {
-    Db::connect(config.database.url.as_deref(), config.database.max_connections)
-        .await
-        .map_err(|e| format!("cannot open the database: {e}"))
+    let database = &config.database;
+    Db::connect_with(
+        database.url.as_deref(),
+        database.max_connections,
+        database.acquire_timeout,
+    )
+    .await
+    .map_err(|e| format!("cannot open the database: {e}"))
 }
 
 async fn admin(config: &Config, command: Command) -> Result<(), String> {

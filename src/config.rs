@@ -52,6 +52,10 @@ pub struct DatabaseConfig {
     /// `None` means the embedded SQLite file `polpo.db` in the working directory.
     pub url: Option<String>,
     pub max_connections: u32,
+    /// Postgres: how long a request waits for a connection before it is answered
+    /// `503 unavailable`. Short, so that a database outage is answered at once, not after a hang.
+    #[serde(deserialize_with = "de_duration")]
+    pub acquire_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -319,6 +323,7 @@ impl Default for DatabaseConfig {
         Self {
             url: None,
             max_connections: 10,
+            acquire_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -489,6 +494,7 @@ mod tests {
         assert_eq!(file.server.body_limit, built_in.server.body_limit);
         assert_eq!(file.server.shutdown_timeout, built_in.server.shutdown_timeout);
         assert_eq!(file.database.max_connections, built_in.database.max_connections);
+        assert_eq!(file.database.acquire_timeout, built_in.database.acquire_timeout);
         assert_eq!(file.auth.cache_ttl, built_in.auth.cache_ttl);
         assert_eq!(file.idempotency.ttl, built_in.idempotency.ttl);
         assert_eq!(file.log.format, built_in.log.format);

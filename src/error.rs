@@ -184,12 +184,26 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        match err {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                Self::Unavailable(format!("database: {err}"))
-            }
-            other => Self::Internal(format!("database: {other}")),
+        if database_unreachable(&err) {
+            Self::Unavailable(format!("database: {err}"))
+        } else {
+            Self::Internal(format!("database: {err}"))
         }
+    }
+}
+
+/// Whether the error says the database cannot be reached (spec §1.6 `unavailable`) rather than
+/// that a statement failed: no connection in time, a dropped socket, or the server ending the
+/// session as it stops or starts.
+fn database_unreachable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        // SQLSTATE class 08 (connection exception) and 57P01-57P03 (admin shutdown, crash
+        // shutdown, cannot connect now): a stopped or restarting Postgres ends a session with these.
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")),
+        _ => false,
     }
 }
 
@@ -303,6 +317,56 @@ mod tests {
             json!({"error": {"message": "Agent \"writer\" not found", "type": "invalid_request_error",
                              "code": "not_found", "param": "agent"}})
         );
+    }
+
+    /// A database error with only a SQLSTATE, as a driver reports one.
+    #[derive(Debug)]
+    struct Sqlstate(&'static str);
+
+    impl std::fmt::Display for Sqlstate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Sqlstate {}
+
+    impl sqlx::error::DatabaseError for Sqlstate {
+        fn message(&self) -> &str {
+            "database error"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    #[test]
+    fn a_lost_database_is_unavailable_and_a_failed_statement_is_internal() {
+        let status = |e: sqlx::Error| ApiError::from(e).status();
+        let coded = |code| sqlx::Error::Database(Box::new(Sqlstate(code)));
+        // A stopping server ends the session; one starting refuses it; a socket breaks.
+        for code in ["57P01", "57P02", "57P03", "08006", "08001"] {
+            assert_eq!(status(coded(code)), StatusCode::SERVICE_UNAVAILABLE, "{code}");
+        }
+        assert_eq!(status(sqlx::Error::PoolTimedOut), StatusCode::SERVICE_UNAVAILABLE);
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(status(sqlx::Error::Io(reset)), StatusCode::SERVICE_UNAVAILABLE);
+        // Syntax error, and a statement cancelled by its own timeout.
+        for code in ["42601", "57014"] {
+            assert_eq!(status(coded(code)), StatusCode::INTERNAL_SERVER_ERROR, "{code}");
+        }
     }
 
     #[test]

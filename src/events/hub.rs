@@ -260,7 +260,10 @@ impl Hub {
                 .await
             {
                 tracing::warn!(error = %e, "event listener cannot LISTEN; retrying");
-                continue;
+                tokio::select! {
+                    () = self.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
             }
             self.wake_all();
             loop {

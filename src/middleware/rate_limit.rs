@@ -29,6 +29,11 @@ use crate::store::{self, Backend};
 /// Unused leased tokens are dropped after this long, so that a quiet instance cannot spend old
 /// tokens in a later second.
 const LEASE_LIFE: Duration = Duration::from_secs(1);
+/// The longest wait for the shared bucket or the stream counts. Past it the request is
+/// admitted, as when they cannot be read; after such a failure the limiter leaves the database
+/// alone for as long again. With the database down, a request thus meets the outage once in the
+/// limiter (at most this long) and once in its handler, not at every step.
+const LEASE_WAIT: Duration = Duration::from_secs(1);
 /// A published stream count stops counting this long after it was last written.
 const STREAMS_LIFE: Duration = Duration::from_secs(120);
 /// How often an instance writes its stream counts again.
@@ -52,6 +57,8 @@ pub struct Limiter {
     buckets: Mutex<HashMap<String, Bucket>>,
     streams: Arc<Mutex<HashMap<String, i64>>>,
     renewing: AtomicBool,
+    /// Until when the database is not asked, after a look at it failed.
+    quiet_until: Mutex<Option<Instant>>,
 }
 
 /// What a request left in its key's bucket, for the headers.
@@ -76,7 +83,24 @@ impl Limiter {
             buckets: Mutex::default(),
             streams: Arc::default(),
             renewing: AtomicBool::new(false),
+            quiet_until: Mutex::default(),
         }
+    }
+
+    /// One look at the database for the limits, bounded by `LEASE_WAIT`; skipped (as failed)
+    /// shortly after one that failed.
+    async fn ask<T>(&self, query: impl Future<Output = Result<T, sqlx::Error>>) -> Result<T, sqlx::Error> {
+        let quiet = *self.quiet_until.lock().unwrap_or_else(|p| p.into_inner());
+        if quiet.is_some_and(|until| Instant::now() < until) {
+            return Err(sqlx::Error::PoolTimedOut);
+        }
+        let result = tokio::time::timeout(LEASE_WAIT, query)
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolTimedOut));
+        if result.is_err() {
+            *self.quiet_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + LEASE_WAIT);
+        }
+        result
     }
 
     fn limits(&self, auth: &AuthContext) -> RateLimitConfig {
@@ -113,22 +137,23 @@ impl Limiter {
         // A batch of a quarter of the burst: few round trips, and little left unused when
         // several instances serve the key.
         let want = i64::from(limits.burst.div_ceil(4).max(1));
-        let leased = async {
-            let mut conn = rt.db.pool.acquire().await?;
-            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            let out = store::rate_limits::lease(
-                &mut tx,
-                &auth.key_id,
-                want,
-                burst,
-                rate / 1000.0,
-                crate::clock::now_ms(),
-            )
-            .await?;
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(out)
-        }
-        .await;
+        let leased = self
+            .ask(async {
+                let mut conn = rt.db.pool.acquire().await?;
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                let out = store::rate_limits::lease(
+                    &mut tx,
+                    &auth.key_id,
+                    want,
+                    burst,
+                    rate / 1000.0,
+                    crate::clock::now_ms(),
+                )
+                .await?;
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(out)
+            })
+            .await;
         let (taken, shared) = match leased {
             Ok(leased) => leased,
             Err(e) => {
@@ -165,7 +190,15 @@ impl Limiter {
         let elsewhere = if self.backend == Backend::Postgres {
             self.start_renewing(rt);
             let now = crate::clock::now_ms();
-            match store::rate_limits::streams_elsewhere(&rt.db.pool, &auth.key_id, &self.instance, now).await {
+            let counted = self
+                .ask(store::rate_limits::streams_elsewhere(
+                    &rt.db.pool,
+                    &auth.key_id,
+                    &self.instance,
+                    now,
+                ))
+                .await;
+            match counted {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::warn!(error = %e, "stream counts unreadable; counting this instance only");
@@ -201,7 +234,16 @@ impl Limiter {
             return;
         }
         let expires = crate::clock::now_ms() + crate::clock::duration_ms(STREAMS_LIFE);
-        if let Err(e) = store::rate_limits::set_streams(&rt.db.pool, key_id, &self.instance, open, expires).await {
+        let written = self
+            .ask(store::rate_limits::set_streams(
+                &rt.db.pool,
+                key_id,
+                &self.instance,
+                open,
+                expires,
+            ))
+            .await;
+        if let Err(e) = written {
             tracing::warn!(error = %e, "could not publish a stream count");
         }
     }

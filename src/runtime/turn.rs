@@ -176,6 +176,12 @@ impl Drive {
             sent.elapsed(),
         );
         if let Err(e) = self.store_new_messages().await {
+            // With the database unreachable, storing the session alone would wait for it again
+            // and fail the same way: the answer is the 503 now, not one wait later.
+            if matches!(e, ApiError::Unavailable(_)) {
+                let _ = tx.send(TurnEvent::Failed(e)).await;
+                return;
+            }
             return self.fail_early(&tx, e).await;
         }
         let mut reply = Reply::default();
@@ -200,23 +206,27 @@ impl Drive {
         let hold = matches!(outcome, Outcome::Finished)
             .then_some(self.hold.as_ref())
             .flatten();
-        if let Err(e) = self.store_reply(&reply, &finish, usage, estimated, hold).await {
+        let stored = self.store_reply(&reply, &finish, usage, estimated, hold).await;
+        if let Err(e) = &stored {
             tracing::error!(session_id = %self.session_id, error = ?e, "could not store the chat reply");
         }
-        let event = match outcome {
-            Outcome::Finished => TurnEvent::Completed {
+        let event = match (outcome, stored) {
+            // A reply the database could not keep is not a finished turn: the client is told
+            // the server is unavailable instead of `[DONE]` (or `200`), and can retry.
+            (Outcome::Finished, Err(e @ ApiError::Unavailable(_))) => TurnEvent::Failed(e),
+            (Outcome::Finished, _) => TurnEvent::Completed {
                 finish: reply.finish.unwrap_or(FinishReason::Stop),
                 usage,
             },
-            Outcome::Failed(error) => {
+            (Outcome::Failed(error), _) => {
                 let report = error.report();
                 tracing::warn!(session_id = %self.session_id, code = report.code, cause = report.log_cause.as_deref(),
                     "provider failed mid-stream");
                 TurnEvent::Failed(error)
             }
-            Outcome::Shutdown => TurnEvent::Failed(ApiError::Unavailable("shutdown deadline reached".into())),
-            Outcome::Interrupted(error) => TurnEvent::Failed(error),
-            Outcome::ClientLeft => return,
+            (Outcome::Shutdown, _) => TurnEvent::Failed(ApiError::Unavailable("shutdown deadline reached".into())),
+            (Outcome::Interrupted(error), _) => TurnEvent::Failed(error),
+            (Outcome::ClientLeft, _) => return,
         };
         let _ = tx.send(event).await;
     }

@@ -54,9 +54,26 @@ pub enum StoreError {
     Migration(String),
 }
 
+/// How long a Postgres request waits for a connection unless `database.acquire_timeout` says
+/// otherwise. A stopped server is retried for this long, then answered `503`.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// SQLite's one connection is a queue of writers, not a server that can go away: a wait for it
+/// is load, so it is long enough that load never turns into `503`.
+const SQLITE_QUEUE_WAIT: Duration = Duration::from_secs(10);
+
 impl Db {
     /// Connects to `url` (`None`: the embedded SQLite file). Nothing is migrated here.
     pub async fn connect(url: Option<&str>, max_connections: u32) -> Result<Self, StoreError> {
+        Self::connect_with(url, max_connections, DEFAULT_ACQUIRE_TIMEOUT).await
+    }
+
+    /// As [`Db::connect`], with the longest wait for a Postgres connection.
+    pub async fn connect_with(
+        url: Option<&str>,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let url = url.unwrap_or(DEFAULT_SQLITE_URL);
         let backend = backend_of(url).ok_or(StoreError::UnsupportedUrl)?;
@@ -80,9 +97,13 @@ impl Db {
         } else {
             max_connections.max(1)
         };
+        let acquire_timeout = match backend {
+            Backend::Sqlite => SQLITE_QUEUE_WAIT,
+            Backend::Postgres => acquire_timeout,
+        };
         let mut pool = AnyPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10));
+            .acquire_timeout(acquire_timeout);
         if backend == Backend::Sqlite {
             pool = pool.after_connect(|conn, _meta| {
                 Box::pin(async move {

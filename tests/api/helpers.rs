@@ -558,3 +558,72 @@ impl SseFrames {
         out
     }
 }
+
+/// Whether `TEST_DATABASE_URL` names a Postgres server (the suite's other backend).
+pub fn postgres_under_test() -> bool {
+    std::env::var("TEST_DATABASE_URL").is_ok_and(|url| url.starts_with("postgres"))
+}
+
+/// `POST {base}{path}` with a JSON body and a key, as a client of a running server would.
+pub async fn post_json(base: &str, path: &str, key: &str, body: Value) -> reqwest::Response {
+    client()
+        .post(format!("{base}{path}"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The `data:` payloads of the complete frames of an SSE text (a frame cut by the closing
+/// connection is left out).
+pub fn complete_frames(text: &str) -> Vec<String> {
+    let mut blocks: Vec<&str> = text.split("\n\n").collect();
+    // The piece after the last separator is either empty or an unfinished frame.
+    blocks.pop();
+    blocks
+        .iter()
+        .flat_map(|block| block.lines())
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// What one chat streaming client saw: the session it was given and every byte of its stream,
+/// read in the background until the stream ends or the connection closes.
+pub struct WatchedStream {
+    pub session: String,
+    pub text: std::sync::Arc<std::sync::Mutex<String>>,
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+impl WatchedStream {
+    /// Starts reading an answered `200` chat stream.
+    pub fn watch(mut response: reqwest::Response) -> Self {
+        assert_eq!(response.status(), 200);
+        let session = response.headers()["x-session-id"].to_str().unwrap().to_string();
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = text.clone();
+        let done = tokio::spawn(async move {
+            // A connection closed by the stopping server ends the loop like a finished body.
+            while let Ok(Some(bytes)) = response.chunk().await {
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&bytes));
+            }
+        });
+        Self { session, text, done }
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+
+    /// The assistant text of the complete chunks received so far.
+    pub fn content(&self) -> String {
+        complete_frames(&self.received())
+            .iter()
+            .filter_map(|f| serde_json::from_str::<Value>(f).ok())
+            .filter_map(|f| f["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+            .collect()
+    }
+}

@@ -10,6 +10,7 @@ mod errors;
 mod events;
 mod fakes;
 mod fakes_selftest;
+mod faults;
 mod helpers;
 mod idempotency;
 mod isolation;

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::helpers::{ServerProcess, TempDir, TestDatabase, cli, client, eventually};
+use crate::helpers::{
+    ServerProcess, TempDir, TestDatabase, WatchedStream, cli, client, complete_frames, eventually, post_json,
+};
 
 #[tokio::test]
 async fn a_fresh_start_prints_a_usable_sandbox_key_once() {
@@ -224,17 +226,6 @@ async fn dump_database(database: &TestDatabase) -> String {
     out
 }
 
-/// `POST {base}{path}` with a JSON body and a key, as a client of a running server would.
-async fn post_json(base: &str, path: &str, key: &str, body: serde_json::Value) -> reqwest::Response {
-    client()
-        .post(format!("{base}{path}"))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
-
 /// The sandbox key one of two first-starting instances printed, waited for at most 10 s.
 fn key_of_either(a: &mut ServerProcess, b: &mut ServerProcess) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -446,27 +437,6 @@ async fn sigterm_with_a_hundred_open_event_streams_exits_in_time() {
     }
 }
 
-/// What one streaming client saw: the session it was given and every byte of its stream.
-struct Watched {
-    session: String,
-    text: std::sync::Arc<std::sync::Mutex<String>>,
-    done: tokio::task::JoinHandle<()>,
-}
-
-/// The `data:` payloads of the complete frames of an SSE text (a frame cut by the closing
-/// connection is left out).
-fn complete_frames(text: &str) -> Vec<String> {
-    let mut blocks: Vec<&str> = text.split("\n\n").collect();
-    // The piece after the last separator is either empty or an unfinished frame.
-    blocks.pop();
-    blocks
-        .iter()
-        .flat_map(|block| block.lines())
-        .filter_map(|line| line.strip_prefix("data: "))
-        .map(str::to_string)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_fifty_chat_streams_stores_every_partial_reply() {
     const STREAMS: usize = 50;
@@ -517,32 +487,9 @@ async fn sigterm_during_fifty_chat_streams_stores_every_partial_reply() {
             .send()
     }))
     .await;
-    let mut watched = Vec::new();
-    for response in opened {
-        let mut response = response.unwrap();
-        assert_eq!(response.status(), 200);
-        let session = response.headers()["x-session-id"].to_str().unwrap().to_string();
-        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = text.clone();
-        let done = tokio::spawn(async move {
-            // A connection closed by the stopping server ends the loop like a finished body.
-            while let Ok(Some(bytes)) = response.chunk().await {
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&bytes));
-            }
-        });
-        watched.push(Watched { session, text, done });
-    }
-    let content_of = |text: &str| -> String {
-        complete_frames(text)
-            .iter()
-            .filter_map(|f| serde_json::from_str::<serde_json::Value>(f).ok())
-            .filter_map(|f| f["choices"][0]["delta"]["content"].as_str().map(str::to_string))
-            .collect()
-    };
+    let mut watched: Vec<WatchedStream> = opened.into_iter().map(|r| WatchedStream::watch(r.unwrap())).collect();
     let all_talking = eventually(Duration::from_secs(30), || async {
-        watched
-            .iter()
-            .all(|w| content_of(&w.text.lock().unwrap()).contains("tick"))
+        watched.iter().all(|w| w.content().contains("tick"))
     })
     .await;
     assert!(all_talking, "not every stream received content");
@@ -560,7 +507,7 @@ async fn sigterm_during_fifty_chat_streams_stores_every_partial_reply() {
             .await
             .expect("a client stream stayed open after the server exited")
             .unwrap();
-        let text = w.text.lock().unwrap().clone();
+        let text = w.received();
         let frames = complete_frames(&text);
         assert!(!frames.iter().any(|f| f == "[DONE]"), "a stream finished: {text}");
         for frame in &frames {
@@ -588,7 +535,7 @@ async fn sigterm_during_fifty_chat_streams_stores_every_partial_reply() {
             .unwrap_or_else(|| panic!("no reply stored for session {}", w.session));
         assert_eq!(finish.as_deref(), Some("interrupted"));
         let stored: String = serde_json::from_str(content).unwrap();
-        let received = content_of(&w.text.lock().unwrap());
+        let received = w.content();
         assert!(received.contains("tick"));
         // The reply is stored as the server had it; a frame may have been lost with the
         // connection, never invented.
