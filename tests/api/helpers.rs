@@ -589,6 +589,34 @@ pub fn complete_frames(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// `count` chat streams of agent `talker` opened together on a running server, each watched in
+/// the background; returns once every one has received some text (within 30 s). A stream stays
+/// open until the server ends it, so the client's own timeout is two minutes.
+pub async fn talking_streams(base: &str, key: &str, count: usize) -> Vec<WatchedStream> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    // Opened together: each answer starts only once the provider's first word arrives.
+    let opened = futures_util::future::join_all((0..count).map(|i| {
+        http.post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&serde_json::json!({
+                "model": "talker", "stream": true,
+                "messages": [{"role": "user", "content": format!("client {i}, keep talking")}],
+            }))
+            .send()
+    }))
+    .await;
+    let streams: Vec<WatchedStream> = opened.into_iter().map(|r| WatchedStream::watch(r.unwrap())).collect();
+    let talking = eventually(Duration::from_secs(30), || async {
+        streams.iter().all(|s| s.content().contains("tick"))
+    })
+    .await;
+    assert!(talking, "not every stream received content");
+    streams
+}
+
 /// What one chat streaming client saw: the session it was given and every byte of its stream,
 /// read in the background until the stream ends or the connection closes.
 pub struct WatchedStream {

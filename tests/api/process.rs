@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::helpers::{
-    ServerProcess, TempDir, TestDatabase, WatchedStream, cli, client, complete_frames, eventually, post_json,
+    ServerProcess, TempDir, TestDatabase, cli, client, complete_frames, eventually, post_json, talking_streams,
 };
 
 #[tokio::test]
@@ -470,29 +470,7 @@ async fn sigterm_during_fifty_chat_streams_stores_every_partial_reply() {
     .await;
     assert_eq!(created.status(), 201);
 
-    // A stream stays open until the server stops: the shared client's 10 s limit could end it
-    // first on a loaded machine.
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap();
-    // Opened together: each answer starts only once the provider's first word arrives.
-    let opened = futures_util::future::join_all((0..STREAMS).map(|i| {
-        http.post(format!("{}/v1/chat/completions", server.base_url))
-            .bearer_auth(&key)
-            .json(&serde_json::json!({
-                "model": "talker", "stream": true,
-                "messages": [{"role": "user", "content": format!("client {i}, keep talking")}],
-            }))
-            .send()
-    }))
-    .await;
-    let mut watched: Vec<WatchedStream> = opened.into_iter().map(|r| WatchedStream::watch(r.unwrap())).collect();
-    let all_talking = eventually(Duration::from_secs(30), || async {
-        watched.iter().all(|w| w.content().contains("tick"))
-    })
-    .await;
-    assert!(all_talking, "not every stream received content");
+    let mut watched = talking_streams(&server.base_url, &key, STREAMS).await;
 
     // The deadline (2 s), half a second for streams to write their error frame, at most 5 s for
     // turns to save, and half a second to exit.

@@ -73,6 +73,19 @@ fn verify(secret: &str, headers: &HeaderMap, body: &str) {
     assert!((0..300).contains(&age), "timestamp is not fresh");
 }
 
+/// Creates a webhook of `receiver` for `events`; returns it as created (its secret included).
+async fn subscribe(app: &TestApp, receiver: &Receiver, events: Value) -> Value {
+    let created = app
+        .post(
+            "/v1/webhooks",
+            &app.test_key,
+            json!({"url": receiver.url, "events": events}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    created.json()
+}
+
 async fn chat(app: &TestApp) {
     let response = app
         .post(
@@ -192,14 +205,7 @@ async fn deliveries_are_signed_retried_and_recorded() {
     let app = TestApp::spawn_with(loopback_config()).await;
     // Events before the webhook exists are not delivered.
     chat(&app).await;
-    let webhook = app
-        .post(
-            "/v1/webhooks",
-            &app.test_key,
-            json!({"url": receiver.url, "events": ["completion:*"]}),
-        )
-        .await
-        .json();
+    let webhook = subscribe(&app, &receiver, json!(["completion:*"])).await;
     let (id, secret) = (
         webhook["id"].as_str().unwrap().to_string(),
         webhook["secret"].as_str().unwrap().to_string(),
@@ -285,12 +291,7 @@ async fn deliveries_are_signed_retried_and_recorded() {
 async fn a_failing_delivery_holds_back_later_ones() {
     let receiver = Receiver::start(vec![500, 500]).await;
     let app = TestApp::spawn_with(loopback_config()).await;
-    app.post(
-        "/v1/webhooks",
-        &app.test_key,
-        json!({"url": receiver.url, "events": ["session:created"]}),
-    )
-    .await;
+    subscribe(&app, &receiver, json!(["session:created"])).await;
     chat(&app).await;
     chat(&app).await;
     let both = eventually(Duration::from_secs(15), || async {
@@ -325,14 +326,7 @@ async fn the_give_up_clock_starts_at_the_event() {
     config.webhooks.retry_base = Duration::from_millis(1500);
     config.webhooks.give_up_after = Duration::from_secs(2);
     let app = TestApp::spawn_with(config).await;
-    let webhook = app
-        .post(
-            "/v1/webhooks",
-            &app.test_key,
-            json!({"url": receiver.url, "events": ["session:created"]}),
-        )
-        .await
-        .json();
+    let webhook = subscribe(&app, &receiver, json!(["session:created"])).await;
     let id = webhook["id"].as_str().unwrap().to_string();
     chat(&app).await;
     chat(&app).await;
@@ -372,14 +366,7 @@ async fn a_restart_between_attempts_loses_nothing() {
     let mut config = loopback_config();
     config.webhooks.retry_base = Duration::from_secs(1);
     let app = TestApp::spawn_with(config.clone()).await;
-    let webhook = app
-        .post(
-            "/v1/webhooks",
-            &app.test_key,
-            json!({"url": receiver.url, "events": ["session:created"]}),
-        )
-        .await
-        .json();
+    let webhook = subscribe(&app, &receiver, json!(["session:created"])).await;
     let id = webhook["id"].as_str().unwrap().to_string();
     chat(&app).await;
     assert!(eventually(Duration::from_secs(10), || async { receiver.requests().len() == 1 }).await);

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::fakes::{FakeProvider, OK_TEXT};
-use crate::helpers::{ServerProcess, TestDatabase, WatchedStream, complete_frames, eventually, post_json};
+use crate::helpers::{ServerProcess, TestDatabase, complete_frames, eventually, post_json, talking_streams};
 
 /// The shutdown deadline the SIGTERM test configures (`server.shutdown_timeout`).
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,26 +48,11 @@ async fn sigterm_under_load_finishes_requests_ends_streams_and_exits_zero() {
     }
 
     // Streams stay open until the server ends them; plain answers are awaited in full.
+    let mut streams = talking_streams(&base, &key, STREAMS).await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap();
-    let opened = futures_util::future::join_all((0..STREAMS).map(|i| {
-        http.post(format!("{base}/v1/chat/completions"))
-            .bearer_auth(&key)
-            .json(&json!({
-                "model": "talker", "stream": true,
-                "messages": [{"role": "user", "content": format!("stream {i}, keep talking")}],
-            }))
-            .send()
-    }))
-    .await;
-    let mut streams: Vec<WatchedStream> = opened.into_iter().map(|r| WatchedStream::watch(r.unwrap())).collect();
-    let talking = eventually(Duration::from_secs(30), || async {
-        streams.iter().all(|s| s.content().contains("tick"))
-    })
-    .await;
-    assert!(talking, "not every stream received content");
     let plain: Vec<tokio::task::JoinHandle<(u16, Value)>> = (0..PLAIN)
         .map(|i| {
             let request = http
