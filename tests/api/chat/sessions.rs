@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use polpo_api::config::Config;
 use serde_json::{Value, json};
 
-use super::{setup, user};
+use super::{data_frames, setup, stream, user};
 use crate::helpers::eventually;
 
 #[tokio::test]
@@ -294,4 +294,57 @@ async fn message_count(app: &crate::helpers::TestApp, session: &str) -> i64 {
     let response = app.get(&format!("/v1/chat/sessions/{session}"), &app.test_key).await;
     assert_eq!(response.status, StatusCode::OK, "{}", response.text);
     response.json()["messageCount"].as_i64().unwrap()
+}
+
+/// Spec §3.6 step 5: a completion's reply is committed before its answer ends, so whoever reads
+/// the session next sees it, on any instance. On Postgres the reader is a second instance on the
+/// same database; SQLite serves one instance, whose reader is then its own router.
+#[tokio::test]
+async fn a_reply_is_readable_from_another_instance_as_soon_as_its_answer_has_ended() {
+    let s = setup().await;
+    let key = &s.app.test_key;
+    let reader = if s.app._database.is_postgres() {
+        polpo_api::app::router(s.app.another_instance(Config::default()).await)
+    } else {
+        s.app.router.clone()
+    };
+    let messages_of = |session: String| {
+        let reader = reader.clone();
+        let request = axum::http::Request::get(format!("/v1/chat/sessions/{session}/messages"))
+            .header("authorization", format!("Bearer {key}"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        async move {
+            use tower::ServiceExt;
+            let response = reader.oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+            serde_json::from_slice::<Value>(&bytes).unwrap()
+        }
+    };
+    for round in 0..5 {
+        let text = format!("plain answer {round}");
+        let plain = s
+            .chat(json!({"model": "mock/echo", "messages": user(&text)}), None)
+            .await;
+        assert_eq!(plain.status, StatusCode::OK, "{}", plain.text);
+        let messages = messages_of(plain.header("x-session-id").unwrap().to_string()).await;
+        assert_eq!(messages[1]["role"], "assistant", "{messages}");
+        assert_eq!(messages[1]["content"], text.as_str());
+    }
+    let base = s.app.serve().await;
+    for round in 0..5 {
+        let text = format!("streamed answer {round}");
+        let (status, headers, body) = stream(
+            &base,
+            key,
+            json!({"model": "mock/echo", "stream": true, "messages": user(&text)}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(data_frames(&body).last().map(String::as_str), Some("[DONE]"));
+        let messages = messages_of(headers["x-session-id"].to_str().unwrap().to_string()).await;
+        assert_eq!(messages[1]["role"], "assistant", "{messages}");
+        assert_eq!(messages[1]["content"], text.as_str());
+    }
 }
