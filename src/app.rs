@@ -68,7 +68,10 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, router(state))
+    // One router for every connection: serving a `Router` itself would rebuild every route for
+    // each new connection (axum turns it into routes per connection), which an open stream then
+    // holds as long as it lasts.
+    axum::serve(listener, router(state).into_make_service())
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }
