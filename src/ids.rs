@@ -1,5 +1,5 @@
 //! Prefixed, time-ordered identifiers (`agt_…`, `key_…`, `req_…`; spec §1.4), and the random
-//! base62 text of keys and secrets.
+//! base62 text of keys and secrets, and the lowercase hex of digests.
 //!
 //! The suffix is a ULID in lowercase Crockford base32, generated monotonically within this
 //! process so that id order equals creation order even inside one millisecond.
@@ -56,6 +56,17 @@ pub fn is_well_formed(prefix: &str, value: &str) -> bool {
     suffix.len() == 26
         && suffix.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
         && Ulid::from_string(&suffix.to_ascii_uppercase()).is_ok()
+}
+
+/// Lowercase hex of `bytes`: how key hashes, signatures and request fingerprints are written.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -76,13 +76,7 @@ fn encode_checksum(body: &str) -> String {
 
 /// Lowercase hex SHA-256 of the whole key: the only form in which a key is stored.
 pub fn hash(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    let mut out = String::with_capacity(64);
-    for byte in digest {
-        out.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-        out.push(char::from(b"0123456789abcdef"[usize::from(byte & 0xf)]));
-    }
-    out
+    crate::ids::hex(&Sha256::digest(token.as_bytes()))
 }
 
 /// The first characters of a key, safe to show and store for display.

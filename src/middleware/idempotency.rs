@@ -99,7 +99,7 @@ fn fingerprint(method: &Method, uri: &axum::http::Uri, body: &Bytes) -> String {
     hash.update(target);
     hash.update(b"\n");
     hash.update(Sha256::digest(body));
-    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::ids::hex(&hash.finalize())
 }
 
 /// This request's hold on its key. Dropped before it is settled (the client left), it releases

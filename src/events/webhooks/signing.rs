@@ -3,7 +3,7 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::ids::random_base62;
+use crate::ids::{hex, random_base62};
 
 /// `whsec_` + 32 base62 characters.
 pub fn generate_secret() -> Result<String, getrandom::Error> {
@@ -22,8 +22,7 @@ pub fn sign(secret: &str, t: i64, body: &str) -> String {
     mac.update(b".");
     mac.update(body.as_bytes());
     let digest = mac.finalize().into_bytes();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("t={t},v1={hex}")
+    format!("t={t},v1={}", hex(&digest))
 }
 
 #[cfg(test)]
