@@ -184,26 +184,11 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        if database_unreachable(&err) {
+        if crate::store::unreachable(&err) {
             Self::Unavailable(format!("database: {err}"))
         } else {
             Self::Internal(format!("database: {err}"))
         }
-    }
-}
-
-/// Whether the error says the database cannot be reached (spec §1.6 `unavailable`) rather than
-/// that a statement failed: no connection in time, a dropped socket, or the server ending the
-/// session as it stops or starts.
-fn database_unreachable(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
-        // SQLSTATE class 08 (connection exception) and 57P01-57P03 (admin shutdown, crash
-        // shutdown, cannot connect now): a stopped or restarting Postgres ends a session with these.
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")),
-        _ => false,
     }
 }
 

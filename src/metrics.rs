@@ -63,6 +63,16 @@ pub const MISSION_RUNS_LIVE: Desc = Desc {
     help: "Mission runs that are active or paused, in the database, read at scrape time.",
     kind: Kind::Gauge,
 };
+pub const GROUP_COMMITS: Desc = Desc {
+    name: "polpo_group_commits_total",
+    help: "Transactions of the group-commit writer (chat turns' messages and events).",
+    kind: Kind::Counter,
+};
+pub const GROUP_COMMIT_CHANGES: Desc = Desc {
+    name: "polpo_group_commit_changes_total",
+    help: "Changes the group-commit writer committed; divided by its transactions, the mean batch.",
+    kind: Kind::Counter,
+};
 pub const WEBHOOK_DELIVERIES: Desc = Desc {
     name: "polpo_webhook_deliveries_total",
     help: "Webhook delivery attempts, by outcome.",

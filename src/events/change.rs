@@ -130,39 +130,46 @@ impl Change {
             ));
         }
         self.tx.commit().await?;
-        if let Some(scope) = &self.scope
-            && !self.events.is_empty()
-        {
-            self.hub.wake(scope);
-            if self.backend == Backend::Postgres {
-                self.hub.announce(scope);
-            }
-        }
-        // Only task changes and released holds can make work for the runner; chat turns and
-        // the rest do not wake it. A run's task changing status can move its run on.
-        let mut runnable = false;
-        let mut missions = false;
-        for event in &self.events {
-            match event {
-                Event::TaskCreated { .. } => runnable = true,
-                Event::TaskTransition { task, .. } => {
-                    runnable = true;
-                    missions |= !task["runId"].is_null();
-                }
-                Event::QualityGatePassed { .. }
-                | Event::CheckpointResumed { .. }
-                | Event::DelayExpired { .. }
-                | Event::MissionResumed { .. } => runnable = true,
-                _ => {}
-            }
-        }
-        if runnable {
-            self.hub.runnable.notify_one();
-        }
-        if missions {
-            self.hub.missions.notify_one();
+        if let Some(scope) = &self.scope {
+            committed(&self.hub, self.backend, scope, &self.events);
         }
         Ok(())
+    }
+}
+
+/// After a commit of `events` in `scope`: wakes this instance's feeds, tells the other
+/// instances, and wakes the task runner or the mission driver when the events can make work for
+/// them (chat turns and the rest do not wake them).
+pub(super) fn committed(hub: &Hub, backend: Backend, scope: &Scope, events: &[Event]) {
+    if events.is_empty() {
+        return;
+    }
+    hub.wake(scope);
+    if backend == Backend::Postgres {
+        hub.announce(scope);
+    }
+    // A run's task changing status can move its run on.
+    let mut runnable = false;
+    let mut missions = false;
+    for event in events {
+        match event {
+            Event::TaskCreated { .. } => runnable = true,
+            Event::TaskTransition { task, .. } => {
+                runnable = true;
+                missions |= !task["runId"].is_null();
+            }
+            Event::QualityGatePassed { .. }
+            | Event::CheckpointResumed { .. }
+            | Event::DelayExpired { .. }
+            | Event::MissionResumed { .. } => runnable = true,
+            _ => {}
+        }
+    }
+    if runnable {
+        hub.runnable.notify_one();
+    }
+    if missions {
+        hub.missions.notify_one();
     }
 }
 
@@ -171,8 +178,8 @@ impl Change {
 /// Other instances learn of the commit from a NOTIFY sent after it (see `Hub::announce`), never
 /// from inside the transaction: a NOTIFY there would hold the counter row through Postgres's
 /// commit-time notification lock.
-async fn append(
-    tx: &mut Transaction<'static, sqlx::Any>,
+pub(super) async fn append(
+    conn: &mut AnyConnection,
     scope: &Scope,
     at_ms: i64,
     events: &[Event],
@@ -182,10 +189,10 @@ async fn append(
         return Ok(());
     }
     let count = i64::try_from(entries.len()).unwrap_or(i64::MAX);
-    let last = store::events::reserve(&mut **tx, scope, count).await?;
+    let last = store::events::reserve(&mut *conn, scope, count).await?;
     let rows: Vec<(String, String)> = entries
         .into_iter()
         .map(|(name, payload)| (name, payload.to_string()))
         .collect();
-    store::events::insert_many(&mut **tx, scope, last - count + 1, &rows, at_ms).await
+    store::events::insert_many(conn, scope, last - count + 1, &rows, at_ms).await
 }

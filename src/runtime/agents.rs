@@ -222,6 +222,27 @@ pub async fn find(db: &Db, scope: &Scope, id_or_name: &str) -> Result<Option<Age
     row.as_ref().map(Agent::from_row).transpose()
 }
 
+/// An agent and what its prompt needs besides: the project's memory and its own (empty when
+/// unset), read together.
+pub struct WithMemories {
+    pub agent: Agent,
+    pub project_memory: String,
+    pub agent_memory: String,
+}
+
+/// [`find`], with both memories, in one read.
+pub async fn find_with_memories(db: &Db, scope: &Scope, id_or_name: &str) -> Result<Option<WithMemories>, ApiError> {
+    let by_name = !id_or_name.starts_with(ID_PREFIX);
+    let Some(row) = store::agents::get_with_memories(&db.pool, scope, id_or_name, by_name).await? else {
+        return Ok(None);
+    };
+    Ok(Some(WithMemories {
+        agent: Agent::from_row(&row.agent)?,
+        project_memory: row.project_memory.unwrap_or_default(),
+        agent_memory: row.agent_memory.unwrap_or_default(),
+    }))
+}
+
 pub async fn get(db: &Db, scope: &Scope, id_or_name: &str) -> Result<Agent, ApiError> {
     find(db, scope, id_or_name).await?.ok_or_else(|| not_found(id_or_name))
 }

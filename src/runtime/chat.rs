@@ -15,7 +15,7 @@ use crate::ids;
 use crate::providers::split_model;
 use crate::providers::types::{ChatMessage, ChatRequest, Chunk, FinishReason, ModelClient, Params, Role, Usage};
 use crate::runtime::Runtime;
-use crate::runtime::agents::{self, Agent};
+use crate::runtime::agents;
 use crate::runtime::prompt;
 use crate::runtime::sessions::{self, SESSION_PREFIX};
 use crate::runtime::turn::Drive;
@@ -38,7 +38,8 @@ pub struct CompletionRequest {
 
 /// Who answers (spec §3.4).
 struct Target {
-    agent: Option<Agent>,
+    /// The agent with both memories, read with it.
+    agent: Option<agents::WithMemories>,
     /// The model string as written in the agent or the request, e.g. `anthropic:claude-sonnet-4-5`.
     model: String,
     client: Arc<dyn ModelClient>,
@@ -55,7 +56,7 @@ fn model_error(problem: String) -> ApiError {
     }
 }
 
-fn provider_target(rt: &Runtime, agent: Option<Agent>, model: &str) -> Result<Target, ApiError> {
+fn provider_target(rt: &Runtime, agent: Option<agents::WithMemories>, model: &str) -> Result<Target, ApiError> {
     let (provider, parsed) = rt.providers.check_model(model).map_err(model_error)?;
     let client = rt
         .clients
@@ -73,7 +74,7 @@ fn provider_target(rt: &Runtime, agent: Option<Agent>, model: &str) -> Result<Ta
 
 async fn resolve_target(rt: &Runtime, scope: &Scope, request: &CompletionRequest) -> Result<Target, ApiError> {
     if let Some(name) = &request.agent {
-        let agent = agents::find(&rt.db, scope, name)
+        let found = agents::find_with_memories(&rt.db, scope, name)
             .await?
             .ok_or_else(|| ApiError::NotFound {
                 message: format!("Agent {name:?} not found"),
@@ -82,9 +83,9 @@ async fn resolve_target(rt: &Runtime, scope: &Scope, request: &CompletionRequest
         // A provider-form model overrides the agent's model for this call; anything else is ignored.
         let model = match &request.model {
             Some(m) if split_model(m).is_some() => m.clone(),
-            _ => agent.model.clone(),
+            _ => found.agent.model.clone(),
         };
-        return provider_target(rt, Some(agent), &model);
+        return provider_target(rt, Some(found), &model);
     }
     let Some(model) = &request.model else {
         return Err(ApiError::BadRequest {
@@ -96,10 +97,10 @@ async fn resolve_target(rt: &Runtime, scope: &Scope, request: &CompletionRequest
     if split_model(model).is_some() {
         return provider_target(rt, None, model);
     }
-    match agents::find(&rt.db, scope, model).await? {
-        Some(agent) => {
-            let model = agent.model.clone();
-            provider_target(rt, Some(agent), &model)
+    match agents::find_with_memories(&rt.db, scope, model).await? {
+        Some(found) => {
+            let model = found.agent.model.clone();
+            provider_target(rt, Some(found), &model)
         }
         None => Err(ApiError::NotFound {
             message: format!("Agent {model:?} not found"),
@@ -179,7 +180,7 @@ pub async fn start(
         }
         .into());
     }
-    let agent_name = target.agent.as_ref().map(|a| a.name.clone());
+    let agent_name = target.agent.as_ref().map(|a| a.agent.name.clone());
 
     let existing = match session_header.filter(|h| *h != "new") {
         Some(id) => {
@@ -249,12 +250,7 @@ pub async fn start(
         session_id: Some(session_id.clone()),
     };
 
-    let provider_request = compose_request(rt, scope, &target, &request, &transcript, &new)
-        .await
-        .map_err(|error| StartError {
-            error,
-            session_id: new_session.is_none().then(|| session_id.clone()),
-        })?;
+    let provider_request = compose_request(&target, &request, &transcript, &new);
     let (tx, mut rx) = mpsc::channel(64);
     let drive = Drive {
         rt: rt.clone(),
@@ -300,26 +296,20 @@ fn new_session_row(agent: Option<String>, request: &CompletionRequest) -> Result
 }
 
 /// What the provider receives (spec §3.5).
-async fn compose_request(
-    rt: &Runtime,
-    scope: &Scope,
+fn compose_request(
     target: &Target,
     request: &CompletionRequest,
     transcript: &[ChatMessage],
     new: &[ChatMessage],
-) -> Result<ChatRequest, ApiError> {
+) -> ChatRequest {
     let system: Vec<&ChatMessage> = request.messages.iter().filter(|m| m.role == Role::System).collect();
     let mut params = request.params.clone();
     let mut messages = Vec::with_capacity(transcript.len() + new.len() + 1);
     match &target.agent {
-        Some(agent) => {
+        Some(found) => {
+            let agent = &found.agent;
             let caller = system.iter().map(|m| m.text_content()).collect::<Vec<_>>().join("\n\n");
-            let (project_memory, agent_memory) = store::memory::get_pair(&rt.db.pool, scope, &agent.id).await?;
-            let (project_memory, agent_memory) = (
-                project_memory.map(|m| m.content).unwrap_or_default(),
-                agent_memory.map(|m| m.content).unwrap_or_default(),
-            );
-            let text = prompt::compose(agent, &project_memory, &agent_memory, &caller);
+            let text = prompt::compose(agent, &found.project_memory, &found.agent_memory, &caller);
             messages.push(ChatMessage::text(Role::System, text));
             params.temperature = params.temperature.or(agent.temperature);
             params.max_tokens = params.max_tokens.or(agent.max_tokens);
@@ -330,9 +320,9 @@ async fn compose_request(
     }
     messages.extend(transcript.iter().cloned());
     messages.extend(new.iter().cloned());
-    Ok(ChatRequest {
+    ChatRequest {
         model: target.provider_model.clone(),
         messages,
         params,
-    })
+    }
 }

@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::events::Change;
+use crate::events::group::GroupCommit;
 use crate::events::hub::Hub;
 use crate::metrics::Metrics;
 use crate::providers::{Clients, Providers};
@@ -21,6 +22,8 @@ pub struct Runtime {
     pub db: Db,
     /// Live fan-out of the event log.
     pub hub: Arc<Hub>,
+    /// The write path for small, frequent changes (chat turns), committed many per transaction.
+    pub group: Arc<GroupCommit>,
     pub providers: Arc<Providers>,
     /// One client per usable provider.
     pub clients: Clients,
@@ -53,12 +56,20 @@ impl Runtime {
             shutdown.clone(),
             tasks.clone(),
         );
+        let hub = Arc::new(hub);
+        let metrics = Arc::new(Metrics::default());
         Ok(Self {
-            hub: Arc::new(hub),
+            group: Arc::new(GroupCommit::new(
+                db.clone(),
+                Arc::clone(&hub),
+                Arc::clone(&metrics),
+                tasks.clone(),
+            )),
+            hub,
             db,
             providers: Arc::new(providers),
             clients,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             config: Arc::new(config),
             shutdown,
             hard_stop: CancellationToken::new(),

@@ -7,13 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
+use sqlx::AnyConnection;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::Runtime;
 use super::chat::TurnEvent;
 use crate::error::ApiError;
+use crate::events::group::GroupWrite;
 use crate::events::{Event, Hold, UsageCounts};
 use crate::ids;
 use crate::metrics;
@@ -326,58 +329,35 @@ impl Drive {
         if self.new_session.is_none() && messages.is_empty() {
             return Ok(());
         }
-        let count = i64::try_from(messages.len()).unwrap_or(i64::MAX);
-        let mut change = self.rt.change(&self.scope).await?;
-        let now = change.at();
-        // The session row is written first: it orders concurrent turns on SQLite and notices a
-        // session deleted meanwhile.
-        match &self.new_session {
-            Some(row) => {
-                let row = store::chat::SessionRow {
-                    message_count: count,
-                    updated_at: now,
-                    ..row.clone()
-                };
-                store::chat::insert_session(change.conn(), &self.scope, &row).await?;
-                change.emit(Event::SessionCreated {
-                    session_id: row.id.clone(),
-                    agent: row.agent.clone(),
-                    title: row.title.clone(),
-                    user: row.user.clone(),
-                });
-            }
-            None => {
-                if !store::chat::touch_session(change.conn(), &self.scope, &self.session_id, count, now).await? {
-                    return Err(sessions::not_found(&self.session_id));
-                }
-            }
+        let write = StoreMessages {
+            scope: self.scope.clone(),
+            session_id: self.session_id.clone(),
+            new_session: self.new_session.clone(),
+            messages: messages
+                .iter()
+                .map(|message| store::chat::MessageRow {
+                    id: ids::new_id(MESSAGE_PREFIX),
+                    session_id: self.session_id.clone(),
+                    role: message.role.as_str().to_string(),
+                    content: message.content.clone().unwrap_or(Value::Null).to_string(),
+                    tool_calls: tool_calls_json(message.tool_calls.iter().map(|c| StoredToolCall {
+                        id: c.id.clone(),
+                        name: c.name.clone(),
+                        arguments: c.arguments.clone(),
+                    })),
+                    tool_call_id: message.tool_call_id.clone(),
+                    model: None,
+                    finish_reason: None,
+                    usage: None,
+                    created_at: 0,
+                })
+                .collect(),
+        };
+        if self.rt.group.write(Box::new(write)).await? {
+            Ok(())
+        } else {
+            Err(sessions::not_found(&self.session_id))
         }
-        for message in messages {
-            let row = store::chat::MessageRow {
-                id: ids::new_id(MESSAGE_PREFIX),
-                session_id: self.session_id.clone(),
-                role: message.role.as_str().to_string(),
-                content: message.content.clone().unwrap_or(Value::Null).to_string(),
-                tool_calls: tool_calls_json(message.tool_calls.iter().map(|c| StoredToolCall {
-                    id: c.id.clone(),
-                    name: c.name.clone(),
-                    arguments: c.arguments.clone(),
-                })),
-                tool_call_id: message.tool_call_id.clone(),
-                model: None,
-                finish_reason: None,
-                usage: None,
-                created_at: now,
-            };
-            store::chat::insert_message(change.conn(), &self.scope, &row).await?;
-            change.emit(Event::MessageAdded {
-                session_id: self.session_id.clone(),
-                message_id: row.id,
-                role: row.role,
-            });
-        }
-        change.commit().await?;
-        Ok(())
     }
 
     /// Stores the reply and announces it; nothing when the session was deleted meanwhile. Inside
@@ -390,11 +370,6 @@ impl Drive {
         estimated: bool,
         hold: Option<&Hold>,
     ) -> Result<(), ApiError> {
-        let mut change = self.rt.change(&self.scope).await?;
-        let now = change.at();
-        if !store::chat::touch_session(change.conn(), &self.scope, &self.session_id, 1, now).await? {
-            return Ok(());
-        }
         let stored_usage = StoredUsage {
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
@@ -406,42 +381,153 @@ impl Drive {
         } else {
             json!(reply.text)
         };
-        let row = store::chat::MessageRow {
-            id: ids::new_id(MESSAGE_PREFIX),
-            session_id: self.session_id.clone(),
-            role: "assistant".into(),
-            content: content.to_string(),
-            tool_calls: tool_calls_json(reply.tool_calls.values().cloned()),
-            tool_call_id: None,
-            model: Some(self.model.clone()),
-            finish_reason: Some(finish.to_string()),
-            usage: Some(serde_json::to_string(&stored_usage).map_err(ApiError::internal)?),
-            created_at: now,
-        };
-        store::chat::insert_message(change.conn(), &self.scope, &row).await?;
-        change.emit(Event::MessageAdded {
-            session_id: self.session_id.clone(),
-            message_id: row.id.clone(),
-            role: row.role.clone(),
-        });
-        change.emit(Event::CompletionFinished {
-            session_id: self.session_id.clone(),
-            agent: self.agent.clone(),
-            model: self.model.clone(),
-            usage: UsageCounts {
-                prompt_tokens: stored_usage.prompt_tokens,
-                completion_tokens: stored_usage.completion_tokens,
-                total_tokens: stored_usage.total_tokens,
+        let write = StoreReply {
+            scope: self.scope.clone(),
+            row: store::chat::MessageRow {
+                id: ids::new_id(MESSAGE_PREFIX),
+                session_id: self.session_id.clone(),
+                role: "assistant".into(),
+                content: content.to_string(),
+                tool_calls: tool_calls_json(reply.tool_calls.values().cloned()),
+                tool_call_id: None,
+                model: Some(self.model.clone()),
+                finish_reason: Some(finish.to_string()),
+                usage: Some(serde_json::to_string(&stored_usage).map_err(ApiError::internal)?),
+                created_at: 0,
             },
-            finish_reason: finish.to_string(),
-            stream: self.stream,
-            user: self.user.clone(),
-        });
+            finished: Event::CompletionFinished {
+                session_id: self.session_id.clone(),
+                agent: self.agent.clone(),
+                model: self.model.clone(),
+                usage: UsageCounts {
+                    prompt_tokens: stored_usage.prompt_tokens,
+                    completion_tokens: stored_usage.completion_tokens,
+                    total_tokens: stored_usage.total_tokens,
+                },
+                finish_reason: finish.to_string(),
+                stream: self.stream,
+                user: self.user.clone(),
+            },
+        };
         match hold {
-            Some(hold) => hold.around(change.commit()).await?,
-            None => change.commit().await?,
+            // The waiting request commits the reply with its idempotency record.
+            Some(hold) => {
+                let mut change = self.rt.change(&self.scope).await?;
+                let at = change.at();
+                if let Some(events) = write.apply(change.conn(), at).await? {
+                    for event in events {
+                        change.emit(event);
+                    }
+                    hold.around(change.commit()).await?;
+                }
+            }
+            None => {
+                self.rt.group.write(Box::new(write)).await?;
+            }
         }
         Ok(())
+    }
+}
+
+/// The new session (or the existing session's counters) and the turn's new messages. The
+/// session row is written first: it orders concurrent turns on SQLite and notices a session
+/// deleted meanwhile (then nothing is written).
+struct StoreMessages {
+    scope: Scope,
+    session_id: String,
+    new_session: Option<store::chat::SessionRow>,
+    /// Stamped with the transaction's instant when written.
+    messages: Vec<store::chat::MessageRow>,
+}
+
+impl GroupWrite for StoreMessages {
+    fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        at: i64,
+    ) -> BoxFuture<'a, Result<Option<Vec<Event>>, sqlx::Error>> {
+        Box::pin(async move {
+            let count = i64::try_from(self.messages.len()).unwrap_or(i64::MAX);
+            let mut events = Vec::with_capacity(self.messages.len() + 1);
+            match &self.new_session {
+                Some(row) => {
+                    let row = store::chat::SessionRow {
+                        message_count: count,
+                        updated_at: at,
+                        ..row.clone()
+                    };
+                    store::chat::insert_session(&mut *conn, &self.scope, &row).await?;
+                    events.push(Event::SessionCreated {
+                        session_id: row.id,
+                        agent: row.agent,
+                        title: row.title,
+                        user: row.user,
+                    });
+                }
+                None => {
+                    if !store::chat::touch_session(&mut *conn, &self.scope, &self.session_id, count, at).await? {
+                        return Ok(None);
+                    }
+                }
+            }
+            for message in &self.messages {
+                let row = store::chat::MessageRow {
+                    created_at: at,
+                    ..message.clone()
+                };
+                store::chat::insert_message(&mut *conn, &self.scope, &row).await?;
+                events.push(Event::MessageAdded {
+                    session_id: row.session_id,
+                    message_id: row.id,
+                    role: row.role,
+                });
+            }
+            Ok(Some(events))
+        })
+    }
+}
+
+/// The assistant's reply, counted on its session, with `message:added` and the completion's
+/// event; nothing when the session is gone.
+struct StoreReply {
+    scope: Scope,
+    /// Stamped with the transaction's instant when written.
+    row: store::chat::MessageRow,
+    finished: Event,
+}
+
+impl GroupWrite for StoreReply {
+    fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        at: i64,
+    ) -> BoxFuture<'a, Result<Option<Vec<Event>>, sqlx::Error>> {
+        Box::pin(async move {
+            if !store::chat::touch_session(&mut *conn, &self.scope, &self.row.session_id, 1, at).await? {
+                return Ok(None);
+            }
+            let row = store::chat::MessageRow {
+                created_at: at,
+                ..self.row.clone()
+            };
+            store::chat::insert_message(&mut *conn, &self.scope, &row).await?;
+            Ok(Some(vec![
+                Event::MessageAdded {
+                    session_id: row.session_id,
+                    message_id: row.id,
+                    role: row.role,
+                },
+                self.finished.clone(),
+            ]))
+        })
     }
 }
 

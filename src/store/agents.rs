@@ -41,6 +41,38 @@ pub async fn get_by_name<'c>(ex: impl Exec<'c>, scope: &Scope, name: &str) -> Re
     scoped_as(sql, scope).bind(name).fetch_optional(ex).await
 }
 
+/// An agent with the project's memory and its own, as a chat turn reads them.
+#[derive(sqlx::FromRow)]
+pub struct AgentWithMemories {
+    #[sqlx(flatten)]
+    pub agent: AgentRow,
+    pub project_memory: Option<String>,
+    pub agent_memory: Option<String>,
+}
+
+/// The agent with id (or, when `by_name`, name) `key`, and both memories, in one statement.
+pub async fn get_with_memories<'c>(
+    ex: impl Exec<'c>,
+    scope: &Scope,
+    key: &str,
+    by_name: bool,
+) -> Result<Option<AgentWithMemories>, sqlx::Error> {
+    let column = if by_name { "name" } else { "id" };
+    // Only the column name is formatted into the text; every value is bound.
+    let sql = format!(
+        "SELECT a.id, a.name, a.body, p.content AS project_memory, m.content AS agent_memory
+         FROM agents a
+         LEFT JOIN memories p ON p.project = a.project AND p.environment = a.environment AND p.owner = $4
+         LEFT JOIN memories m ON m.project = a.project AND m.environment = a.environment AND m.owner = a.id
+         WHERE a.project = $1 AND a.environment = $2 AND a.{column} = $3"
+    );
+    scoped_as(&sql, scope)
+        .bind(key)
+        .bind(super::memory::PROJECT_OWNER)
+        .fetch_optional(ex)
+        .await
+}
+
 /// Replaces the document; `false` when the agent is gone.
 pub async fn update<'c>(
     ex: impl Exec<'c>,

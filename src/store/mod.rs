@@ -41,6 +41,21 @@ pub struct Db {
     pub backend: Backend,
 }
 
+/// Whether the error says the database cannot be reached (spec §1.6 `unavailable`) rather than
+/// that a statement failed: no connection in time, a dropped socket, or the server ending the
+/// session as it stops or starts.
+pub fn unreachable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        // SQLSTATE class 08 (connection exception) and 57P01-57P03 (admin shutdown, crash
+        // shutdown, cannot connect now): a stopped or restarting Postgres ends a session with these.
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")),
+        _ => false,
+    }
+}
+
 /// Where the embedded database lives when no URL is configured (spec §10.2).
 pub const DEFAULT_SQLITE_URL: &str = "sqlite://polpo.db";
 

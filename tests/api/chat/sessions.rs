@@ -348,3 +348,72 @@ async fn a_reply_is_readable_from_another_instance_as_soon_as_its_answer_has_end
         assert_eq!(messages[1]["content"], text.as_str());
     }
 }
+
+/// Spec §3.6 and §7.3 under concurrency: turns committed together (many per transaction) still
+/// store each session, both messages and their events, each turn's events in its own order,
+/// numbered without gaps, and a follow-up in the same session sees its history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_turns_each_store_their_messages_and_events_in_order() {
+    let s = setup().await;
+    let key = &s.app.test_key;
+    let base = s.app.serve().await;
+    let turn = |text: String, session: Option<String>, streamed: bool| {
+        let base = base.clone();
+        async move {
+            let mut request = crate::helpers::client()
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(key)
+                .json(&json!({"model": "mock/echo", "stream": streamed, "messages": user(&text)}));
+            if let Some(session) = session {
+                request = request.header("x-session-id", session);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            let session = response.headers()["x-session-id"].to_str().unwrap().to_string();
+            let body = response.text().await.unwrap();
+            if streamed {
+                assert_eq!(data_frames(&body).last().map(String::as_str), Some("[DONE]"));
+            }
+            session
+        }
+    };
+    let firsts: Vec<_> = (0..30).map(|i| turn(format!("first {i}"), None, i % 2 == 0)).collect();
+    let sessions = futures_util::future::join_all(firsts).await;
+    let follow_ups: Vec<_> = sessions
+        .iter()
+        .enumerate()
+        .map(|(i, session)| turn(format!("second {i}"), Some(session.clone()), i % 3 == 0))
+        .collect();
+    assert_eq!(futures_util::future::join_all(follow_ups).await, sessions);
+
+    for (i, session) in sessions.iter().enumerate() {
+        let messages = s.app.get(&format!("/v1/chat/sessions/{session}/messages"), key).await;
+        let contents: Vec<Value> = messages
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].clone())
+            .collect();
+        let (first, second) = (format!("first {i}"), format!("second {i}"));
+        assert_eq!(
+            contents,
+            [json!(first), json!(first), json!(second), json!(second)],
+            "{session}"
+        );
+    }
+    let history = s.app.get("/v1/events/history?limit=1000", key).await;
+    let events = history.json().as_array().unwrap().clone();
+    let ids: Vec<i64> = events.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "event ids with gaps: {ids:?}");
+    for session in &sessions {
+        let names: Vec<&str> = events
+            .iter()
+            .filter(|e| e["data"]["sessionId"] == session.as_str())
+            .map(|e| e["event"].as_str().unwrap())
+            .collect();
+        let turn = ["message:added", "message:added", "completion:finished"];
+        let expected: Vec<&str> = std::iter::once("session:created").chain(turn).chain(turn).collect();
+        assert_eq!(names, expected, "events of {session}");
+    }
+}

@@ -1,0 +1,169 @@
+//! Group commit: small changes of many requests written in one transaction. A change handed to
+//! [`GroupCommit::write`] waits in a queue; one writer task takes everything queued (up to
+//! [`MAX_BATCH`] changes), applies each change's rows, appends the events of each scope in one
+//! numbering step, commits, wakes the hub, and only then answers every waiting change. Under load
+//! the queue fills while a transaction runs, so one transaction (and its statements for the event
+//! log) serves many changes; alone, a change is committed at once, as by [`super::Change`].
+//!
+//! The guarantees are those of [`super::Change`]: a change's rows and events commit together, and
+//! its caller resumes only after the commit. A transaction that fails for a reason other than an
+//! unreachable database is retried with each change alone, so one bad change cannot fail others.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures_util::future::BoxFuture;
+use sqlx::AnyConnection;
+use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
+
+use super::Event;
+use super::change::{append, committed};
+use super::hub::Hub;
+use crate::metrics::{self, Metrics};
+use crate::scope::Scope;
+use crate::store::{self, Db};
+
+/// Changes one transaction takes at most.
+pub const MAX_BATCH: usize = 64;
+
+/// A change of one scope that can be written inside someone else's transaction.
+pub trait GroupWrite: Send + Sync + 'static {
+    fn scope(&self) -> &Scope;
+
+    /// Writes the change's rows, stamped `at` (milliseconds, the transaction's instant), and
+    /// returns the events to append; `None` when the change found nothing to act on and wrote
+    /// nothing (its caller learns it as `false`).
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        at: i64,
+    ) -> BoxFuture<'a, Result<Option<Vec<Event>>, sqlx::Error>>;
+}
+
+struct Job {
+    write: Box<dyn GroupWrite>,
+    done: oneshot::Sender<Result<bool, sqlx::Error>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Whether a writer task is running; it ends when it finds the queue empty.
+    writing: bool,
+}
+
+pub struct GroupCommit {
+    db: Db,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    tasks: TaskTracker,
+    queue: Mutex<Queue>,
+}
+
+impl GroupCommit {
+    pub fn new(db: Db, hub: Arc<Hub>, metrics: Arc<Metrics>, tasks: TaskTracker) -> Self {
+        Self {
+            db,
+            hub,
+            metrics,
+            tasks,
+            queue: Mutex::new(Queue::default()),
+        }
+    }
+
+    /// Writes `write` in the next transaction and waits for its commit: `true` once committed,
+    /// `false` when it found nothing to act on.
+    pub async fn write(self: &Arc<Self>, write: Box<dyn GroupWrite>) -> Result<bool, sqlx::Error> {
+        let (done, answer) = oneshot::channel();
+        let start = {
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.jobs.push_back(Job { write, done });
+            !std::mem::replace(&mut queue.writing, true)
+        };
+        if start {
+            let writer = Arc::clone(self);
+            self.tasks.spawn(async move { writer.drain().await });
+        }
+        // The writer answers every job it takes; a dropped answer means the process is ending.
+        answer.await.unwrap_or(Err(sqlx::Error::PoolClosed))
+    }
+
+    async fn drain(self: Arc<Self>) {
+        loop {
+            let jobs: Vec<Job> = {
+                let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                if queue.jobs.is_empty() {
+                    queue.writing = false;
+                    return;
+                }
+                let n = queue.jobs.len().min(MAX_BATCH);
+                queue.jobs.drain(..n).collect()
+            };
+            self.run(jobs).await;
+        }
+    }
+
+    async fn run(&self, jobs: Vec<Job>) {
+        let writes: Vec<&dyn GroupWrite> = jobs.iter().map(|job| job.write.as_ref()).collect();
+        match self.commit(&writes).await {
+            Ok(outcomes) => {
+                for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                    let _ = job.done.send(Ok(outcome));
+                }
+            }
+            Err(error) if jobs.len() == 1 => {
+                if let Some(job) = jobs.into_iter().next() {
+                    let _ = job.done.send(Err(error));
+                }
+            }
+            Err(error) if store::unreachable(&error) => {
+                let message = error.to_string();
+                for job in jobs {
+                    let copy = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, message.clone());
+                    let _ = job.done.send(Err(sqlx::Error::Io(copy)));
+                }
+            }
+            Err(_) => {
+                for job in jobs {
+                    let outcome = self.commit(&[job.write.as_ref()]).await;
+                    let _ = job
+                        .done
+                        .send(outcome.map(|outcomes| outcomes.first().copied().unwrap_or(false)));
+                }
+            }
+        }
+    }
+
+    /// One transaction for `writes`: their rows in order, then each scope's events, numbered
+    /// in the order of the writes. Scopes are appended in a fixed order, so that two writers
+    /// locking several counter rows cannot deadlock.
+    async fn commit(&self, writes: &[&dyn GroupWrite]) -> Result<Vec<bool>, sqlx::Error> {
+        let mut tx = self.db.pool.begin().await?;
+        let at = crate::clock::now_ms();
+        let mut outcomes = Vec::with_capacity(writes.len());
+        let mut logs: BTreeMap<(String, &'static str), (Scope, Vec<Event>)> = BTreeMap::new();
+        for write in writes {
+            let events = write.apply(&mut tx, at).await?;
+            outcomes.push(events.is_some());
+            if let Some(events) = events.filter(|e| !e.is_empty()) {
+                let scope = write.scope();
+                logs.entry((scope.project.clone(), scope.environment.as_str()))
+                    .or_insert_with(|| (scope.clone(), Vec::new()))
+                    .1
+                    .extend(events);
+            }
+        }
+        for (scope, events) in logs.values() {
+            append(&mut tx, scope, at, events).await?;
+        }
+        tx.commit().await?;
+        self.metrics.add(metrics::GROUP_COMMITS, &[], 1.0);
+        self.metrics
+            .add(metrics::GROUP_COMMIT_CHANGES, &[], writes.len() as f64);
+        for (scope, events) in logs.values() {
+            committed(&self.hub, self.db.backend, scope, events);
+        }
+        Ok(outcomes)
+    }
+}
