@@ -10,6 +10,7 @@
 //! unreachable database is retried with each change alone, so one bad change cannot fail others.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::future::BoxFuture;
@@ -41,6 +42,15 @@ pub trait GroupWrite: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<Vec<Event>>, sqlx::Error>>;
 }
 
+/// Admitted work: counted in the backlog until dropped.
+pub struct Admission(Arc<GroupCommit>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.coming.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 struct Job {
     write: Box<dyn GroupWrite>,
     done: oneshot::Sender<Result<bool, sqlx::Error>>,
@@ -54,6 +64,8 @@ struct Queue {
 }
 
 pub struct GroupCommit {
+    /// Work on its way here: chat turns reading what they need before they write.
+    coming: AtomicUsize,
     db: Db,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
@@ -64,12 +76,26 @@ pub struct GroupCommit {
 impl GroupCommit {
     pub fn new(db: Db, hub: Arc<Hub>, metrics: Arc<Metrics>, tasks: TaskTracker) -> Self {
         Self {
+            coming: AtomicUsize::new(0),
             db,
             hub,
             metrics,
             tasks,
             queue: Mutex::new(Queue::default()),
         }
+    }
+
+    /// Admits one more piece of work on its way to this writer while the backlog (changes
+    /// queued and work admitted before them) is under `limit`; the backlog counts the work
+    /// until the returned guard is dropped.
+    pub fn admit(self: &Arc<Self>, limit: usize) -> Option<Admission> {
+        let queued = self.queue.lock().unwrap_or_else(PoisonError::into_inner).jobs.len();
+        let coming = self.coming.fetch_add(1, Ordering::AcqRel);
+        if queued + coming >= limit {
+            self.coming.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Admission(Arc::clone(self)))
     }
 
     /// Writes `write` in the next transaction and waits for its commit: `true` once committed,

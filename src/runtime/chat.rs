@@ -166,6 +166,13 @@ pub async fn start(
     request: CompletionRequest,
     interrupt: Option<Interrupt>,
 ) -> Result<Turn, StartError> {
+    // Reading what the turn needs is counted in the database's backlog; the provider's answer
+    // is awaited outside it. A refusal is not logged one by one (under overload there are
+    // thousands a second); `polpo_http_requests_total` counts the 503s.
+    let admission = rt
+        .group
+        .admit(rt.config.server.chat_backlog)
+        .ok_or_else(|| ApiError::Unavailable(String::new()))?;
     let target = resolve_target(rt, scope, &request).await?;
     // Only OpenAI-kind providers return log probabilities (spec §3.2); `false` is always fine.
     let logprobs = request.params.openai_only.get("logprobs") == Some(&serde_json::Value::Bool(true));
@@ -251,6 +258,7 @@ pub async fn start(
     };
 
     let provider_request = compose_request(&target, &request, &transcript, &new);
+    drop(admission);
     let (tx, mut rx) = mpsc::channel(64);
     let drive = Drive {
         rt: rt.clone(),

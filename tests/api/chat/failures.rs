@@ -102,3 +102,37 @@ async fn a_failure_mid_stream_is_one_error_frame_and_the_partial_reply_is_kept()
         .await;
     assert_eq!(response.status, StatusCode::BAD_GATEWAY);
 }
+
+/// Load shedding: a turn beyond `server.chat_backlog` is answered `503 unavailable` with
+/// `Retry-After` at once, in the OpenAI error shape, and stores nothing; the provider is never
+/// called. The same turn on an instance with room is answered.
+#[tokio::test]
+async fn a_turn_beyond_the_backlog_is_refused_with_retry_after_and_stores_nothing() {
+    let mut config = Config::default();
+    config.server.chat_backlog = 0;
+    let full = setup_with(config).await;
+    for streamed in [false, true] {
+        let refused = full
+            .chat(
+                json!({"model": "openai:gpt-4o", "stream": streamed, "messages": user("hello")}),
+                None,
+            )
+            .await;
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.text);
+        assert_eq!(refused.header("retry-after"), Some("1"));
+        assert_eq!(refused.json()["error"]["code"], "unavailable");
+        assert_eq!(refused.json()["error"]["type"], "api_error");
+        assert!(refused.header("x-session-id").is_none());
+    }
+    assert!(full.openai.requests().is_empty());
+    let sessions = full.app.get("/v1/chat/sessions", &full.app.test_key).await;
+    assert_eq!(sessions.json(), json!([]), "{}", sessions.text);
+    let events = full.app.get("/v1/events/history", &full.app.test_key).await;
+    assert_eq!(events.json(), json!([]));
+
+    let room = setup().await;
+    let answered = room
+        .chat(json!({"model": "openai:gpt-4o", "messages": user("hello")}), None)
+        .await;
+    assert_eq!(answered.status, StatusCode::OK, "{}", answered.text);
+}
