@@ -55,6 +55,9 @@ pub struct Limiter {
     backend: Backend,
     instance: String,
     buckets: Mutex<HashMap<String, Bucket>>,
+    /// One lease at a time per key on this instance: requests arriving together wait for it and
+    /// share what it brings, instead of each leasing a batch and draining the shared bucket.
+    leasing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     streams: Arc<Mutex<HashMap<String, i64>>>,
     renewing: AtomicBool,
     /// Until when the database is not asked, after a look at it failed.
@@ -81,6 +84,7 @@ impl Limiter {
             backend,
             instance: crate::ids::new_id("ins_"),
             buckets: Mutex::default(),
+            leasing: Mutex::default(),
             streams: Arc::default(),
             renewing: AtomicBool::new(false),
             quiet_until: Mutex::default(),
@@ -124,15 +128,21 @@ impl Limiter {
             bucket.at = now;
             return spend(&mut bucket.tokens, 0.0, limits, rate);
         }
-        {
-            let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(bucket) = buckets.get_mut(&auth.key_id)
-                && now.duration_since(bucket.at) < LEASE_LIFE
-                && bucket.tokens >= 1.0
-            {
-                let shared = bucket.shared;
-                return spend(&mut bucket.tokens, shared, limits, rate);
-            }
+        if let Some(quota) = self.spend_local(&auth.key_id, now, limits, rate) {
+            return Ok(quota);
+        }
+        let lease = Arc::clone(
+            self.leasing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(auth.key_id.clone())
+                .or_default(),
+        );
+        let _leasing = lease.lock().await;
+        // The lease this request waited for may have brought enough.
+        let now = Instant::now();
+        if let Some(quota) = self.spend_local(&auth.key_id, now, limits, rate) {
+            return Ok(quota);
         }
         // A batch of a quarter of the burst: few round trips, and little left unused when
         // several instances serve the key.
@@ -181,6 +191,17 @@ impl Limiter {
         bucket.at = now;
         bucket.shared = shared;
         spend(&mut bucket.tokens, shared, limits, rate)
+    }
+
+    /// Spends a token leased earlier and still fresh, if the key's local bucket holds one.
+    fn spend_local(&self, key_id: &str, now: Instant, limits: RateLimitConfig, rate: f64) -> Option<Quota> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = buckets.get_mut(key_id)?;
+        if now.duration_since(bucket.at) < LEASE_LIFE && bucket.tokens >= 1.0 {
+            let shared = bucket.shared;
+            return spend(&mut bucket.tokens, shared, limits, rate).ok();
+        }
+        None
     }
 
     /// Opens a stream slot for the key, or `429` when it holds its maximum already. The slot

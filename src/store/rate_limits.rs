@@ -49,7 +49,9 @@ pub async fn streams_elsewhere<'c>(
     now: i64,
 ) -> Result<i64, sqlx::Error> {
     let sql =
-        "SELECT COALESCE(SUM(open), 0) FROM stream_slots WHERE key_id = $1 AND instance <> $2 AND expires_at > $3";
+        // Postgres sums integers as numeric: cast back, for both backends to read one type.
+        "SELECT CAST(COALESCE(SUM(open), 0) AS BIGINT) FROM stream_slots
+         WHERE key_id = $1 AND instance <> $2 AND expires_at > $3";
     sqlx::query_scalar(sql)
         .bind(key_id)
         .bind(instance)

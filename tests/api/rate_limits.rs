@@ -203,3 +203,56 @@ async fn two_instances_admit_no_more_than_the_key_allows_plus_one_burst() {
         "only {admitted} admitted in {elapsed:.1} s: the instances starved the key"
     );
 }
+
+/// Requests arriving together on a fresh key, within its burst, are all admitted: on Postgres
+/// they wait for one lease from the shared bucket instead of each draining it with its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_arriving_together_within_the_burst_are_all_admitted_on_every_instance() {
+    // A burst of 100 and hardly any refill: exactly the burst may pass, and all of it must.
+    let config = limited(1.0, 100, 5);
+    let app = TestApp::spawn_limited(config.clone()).await;
+    let mut routers = vec![app.router.clone()];
+    if app._database.is_postgres() {
+        routers.push(polpo_api::app::router(app.another_instance(config).await));
+    }
+    let requests = (0..100).map(|i| {
+        let router = routers[i % routers.len()].clone();
+        let request = axum::http::Request::get("/v1/agents?limit=1")
+            .header("authorization", format!("Bearer {}", app.test_key))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        async move { router.oneshot(request).await.unwrap().status() }
+    });
+    let statuses = futures_util::future::join_all(requests).await;
+    let refused = statuses.iter().filter(|s| **s != StatusCode::OK).count();
+    assert_eq!(refused, 0, "{refused} of 100 refused: {statuses:?}");
+}
+
+/// On Postgres a key's stream limit counts the streams its other instances hold open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_open_on_one_instance_counts_against_the_limit_on_another() {
+    let config = limited(100.0, 100, 1);
+    let app = TestApp::spawn_limited(config.clone()).await;
+    if !app._database.is_postgres() {
+        // One SQLite file serves one instance (spec §10.3).
+        return;
+    }
+    let peer = polpo_api::app::router(app.another_instance(config).await);
+    let open = |router: axum::Router| {
+        let request = axum::http::Request::get("/v1/events")
+            .header("authorization", format!("Bearer {}", app.test_key))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        async move { router.oneshot(request).await.unwrap() }
+    };
+    let held = open(app.router.clone()).await;
+    assert_eq!(held.status(), StatusCode::OK);
+    let refused = open(peer.clone()).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    drop(held);
+    let freed = crate::helpers::eventually(Duration::from_secs(5), || async {
+        open(peer.clone()).await.status() == StatusCode::OK
+    })
+    .await;
+    assert!(freed, "a closed stream kept its slot on the other instance");
+}
