@@ -110,8 +110,9 @@ async fn resolve_target(rt: &Runtime, scope: &Scope, request: &CompletionRequest
 }
 
 /// Events the driving task reports to the HTTP side, in this order: `Started` once the provider
-/// produced its first chunk (and the new messages are stored), then deltas, then one of
-/// `Completed` or `Failed`. A task whose client left reports nothing more.
+/// produced its first chunk (the new messages are then being stored), then deltas, then one of
+/// `Completed` (the new messages and the reply are committed) or `Failed`. A task whose client
+/// left reports nothing more.
 #[derive(Debug)]
 pub enum TurnEvent {
     Started,

@@ -178,14 +178,23 @@ impl Drive {
             &[("provider", &self.provider)],
             sent.elapsed(),
         );
-        if let Err(e) = self.store_new_messages().await {
-            // With the database unreachable, storing the session alone would wait for it again
-            // and fail the same way: the answer is the 503 now, not one wait later.
-            if matches!(e, ApiError::Unavailable(_)) {
-                let _ = tx.send(TurnEvent::Failed(e)).await;
-                return;
+        // A streamed answer stores the new messages before its first chunk goes out, so that
+        // the session its header names can be read at once (spec §3.6 rule 5). An answer sent
+        // whole names its session only when it ends: its new messages are committed with the
+        // reply then, in one transaction.
+        let mut pending = None;
+        if self.stream {
+            if let Err(e) = self.store_new_messages().await {
+                // With the database unreachable, storing the session alone would wait for it
+                // again and fail the same way: the answer is the 503 now, not one wait later.
+                if matches!(e, ApiError::Unavailable(_)) {
+                    let _ = tx.send(TurnEvent::Failed(e)).await;
+                    return;
+                }
+                return self.fail_early(&tx, e).await;
             }
-            return self.fail_early(&tx, e).await;
+        } else {
+            pending = self.messages_write(&self.new_messages);
         }
         let mut reply = Reply::default();
         let mut outcome = None;
@@ -209,7 +218,7 @@ impl Drive {
         let hold = matches!(outcome, Outcome::Finished)
             .then_some(self.hold.as_ref())
             .flatten();
-        let stored = self.store_reply(&reply, &finish, usage, estimated, hold).await;
+        let stored = self.store_reply(pending, &reply, &finish, usage, estimated, hold).await;
         if let Err(e) = &stored {
             tracing::error!(session_id = %self.session_id, error = ?e, "could not store the chat reply");
         }
@@ -273,7 +282,9 @@ impl Drive {
     /// A failure before the first chunk: a new session is stored empty, so that its id, which
     /// the client receives, names a session it can retry in.
     async fn fail_early(&self, tx: &mpsc::Sender<TurnEvent>, error: ApiError) {
-        if let Err(e) = self.store_session_and(&[]).await {
+        if let Some(write) = self.messages_write(&[])
+            && let Err(e) = self.rt.group.write(Box::new(write)).await
+        {
             tracing::error!(session_id = %self.session_id, error = ?e, "could not store the new session");
         }
         let _ = tx.send(TurnEvent::Failed(error)).await;
@@ -318,18 +329,26 @@ impl Drive {
         }
     }
 
-    /// Stores N when the provider starts answering (spec §3.6 rule 5).
+    /// Stores N: the new session (if this turn creates one) or the existing session's counters,
+    /// and the new messages, with their events.
     async fn store_new_messages(&self) -> Result<(), ApiError> {
-        self.store_session_and(&self.new_messages).await
+        let Some(write) = self.messages_write(&self.new_messages) else {
+            return Ok(());
+        };
+        if self.rt.group.write(Box::new(write)).await? {
+            Ok(())
+        } else {
+            Err(sessions::not_found(&self.session_id))
+        }
     }
 
-    /// In one transaction: the new session (if this turn creates one) or the existing session's
-    /// counters, then `messages`, with their events.
-    async fn store_session_and(&self, messages: &[ChatMessage]) -> Result<(), ApiError> {
+    /// The write of the new session (if this turn creates one) or the existing session's
+    /// counters, and `messages`, with their events; `None` when there is nothing to write.
+    fn messages_write(&self, messages: &[ChatMessage]) -> Option<StoreMessages> {
         if self.new_session.is_none() && messages.is_empty() {
-            return Ok(());
+            return None;
         }
-        let write = StoreMessages {
+        Some(StoreMessages {
             scope: self.scope.clone(),
             session_id: self.session_id.clone(),
             new_session: self.new_session.clone(),
@@ -352,18 +371,15 @@ impl Drive {
                     created_at: 0,
                 })
                 .collect(),
-        };
-        if self.rt.group.write(Box::new(write)).await? {
-            Ok(())
-        } else {
-            Err(sessions::not_found(&self.session_id))
-        }
+        })
     }
 
-    /// Stores the reply and announces it; nothing when the session was deleted meanwhile. Inside
-    /// `hold`, the change is left to the waiting request to commit.
+    /// Stores the reply (after `before`, the new messages when they wait for it) and announces
+    /// it; nothing when the session was deleted meanwhile. Inside `hold`, the change is left to
+    /// the waiting request to commit.
     async fn store_reply(
         &self,
+        before: Option<StoreMessages>,
         reply: &Reply,
         finish: &str,
         usage: Usage,
@@ -383,6 +399,7 @@ impl Drive {
         };
         let write = StoreReply {
             scope: self.scope.clone(),
+            before,
             row: store::chat::MessageRow {
                 id: ids::new_id(MESSAGE_PREFIX),
                 session_id: self.session_id.clone(),
@@ -492,9 +509,11 @@ impl GroupWrite for StoreMessages {
 }
 
 /// The assistant's reply, counted on its session, with `message:added` and the completion's
-/// event; nothing when the session is gone.
+/// event, after the turn's new messages when they are written with it; nothing when the session
+/// is gone.
 struct StoreReply {
     scope: Scope,
+    before: Option<StoreMessages>,
     /// Stamped with the transaction's instant when written.
     row: store::chat::MessageRow,
     finished: Event,
@@ -511,6 +530,13 @@ impl GroupWrite for StoreReply {
         at: i64,
     ) -> BoxFuture<'a, Result<Option<Vec<Event>>, sqlx::Error>> {
         Box::pin(async move {
+            let mut events = match &self.before {
+                Some(before) => match before.apply(&mut *conn, at).await? {
+                    Some(events) => events,
+                    None => return Ok(None),
+                },
+                None => Vec::with_capacity(2),
+            };
             if !store::chat::touch_session(&mut *conn, &self.scope, &self.row.session_id, 1, at).await? {
                 return Ok(None);
             }
@@ -519,14 +545,13 @@ impl GroupWrite for StoreReply {
                 ..self.row.clone()
             };
             store::chat::insert_message(&mut *conn, &self.scope, &row).await?;
-            Ok(Some(vec![
-                Event::MessageAdded {
-                    session_id: row.session_id,
-                    message_id: row.id,
-                    role: row.role,
-                },
-                self.finished.clone(),
-            ]))
+            events.push(Event::MessageAdded {
+                session_id: row.session_id,
+                message_id: row.id,
+                role: row.role,
+            });
+            events.push(self.finished.clone());
+            Ok(Some(events))
         })
     }
 }
