@@ -433,9 +433,12 @@ async fn run(args: &Args) -> String {
     let (_, hwm) = servers_kb(&args.server_pid);
     let _ = stop_tx.send(true);
 
+    // A subscriber still connecting (a server that never answered) is given up on: it is counted
+    // as lost, and its task ends with the runtime.
     let mut results = Vec::with_capacity(subs.len());
+    let join_deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     for h in subs {
-        if let Ok(s) = h.await {
+        if let Ok(Ok(s)) = tokio::time::timeout_at(join_deadline, h).await {
             results.push(s);
         }
     }
@@ -469,7 +472,7 @@ async fn run(args: &Args) -> String {
         }
     }
     if results.len() < args.subscribers {
-        errors.insert("sub_panic".into(), args.subscribers - results.len());
+        errors.insert("sub_lost".into(), args.subscribers - results.len());
     }
     for w in &writes {
         match w.status {
