@@ -94,6 +94,8 @@ struct Shared {
     connected: AtomicUsize,
     connect_failed: AtomicUsize,
     delivered: AtomicUsize,
+    /// Refused subscribers so far (the first one's answer is shown).
+    refused_shown: AtomicUsize,
 }
 
 /// How a subscriber's stream ended.
@@ -103,6 +105,8 @@ enum End {
     Stopped,
     /// Never connected: the reason.
     Connect(&'static str),
+    /// Never connected: the server answered with this status.
+    Refused(u16),
     /// The server closed the stream early, or it broke.
     Closed,
     BodyError,
@@ -164,8 +168,22 @@ async fn subscribe(
         .expect("request");
     let resp = match sender.send_request(req).await {
         Ok(resp) if resp.status().is_success() => resp,
-        Ok(_) => {
-            fail(&mut sub, "http_status");
+        Ok(resp) => {
+            let status = resp.status();
+            fail(&mut sub, "");
+            sub.end = End::Refused(status.as_u16());
+            if shared.refused_shown.fetch_add(1, Ordering::Relaxed) == 0 {
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                eprintln!(
+                    "fanout: a subscriber was refused: HTTP {status} {}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
             return sub;
         }
         Err(_) => {
@@ -378,6 +396,7 @@ async fn run(args: &Args) -> String {
         connected: AtomicUsize::new(0),
         connect_failed: AtomicUsize::new(0),
         delivered: AtomicUsize::new(0),
+        refused_shown: AtomicUsize::new(0),
     });
     let events: Vec<hyper::Uri> = args
         .subs
@@ -454,6 +473,7 @@ async fn run(args: &Args) -> String {
         match sub.end {
             End::Stopped => {}
             End::Connect(why) => *errors.entry(format!("sub_{why}")).or_default() += 1,
+            End::Refused(status) => *errors.entry(format!("sub_http_{status}")).or_default() += 1,
             End::Closed => *errors.entry("sub_closed".into()).or_default() += 1,
             End::BodyError => *errors.entry("sub_body".into()).or_default() += 1,
         }
