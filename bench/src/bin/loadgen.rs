@@ -4,6 +4,9 @@
 //!
 //! Prints one `RESULT key=value ...` line: counts, errors by kind, throughput, and p50/p90/p99/max
 //! latency in ms (the full response; for streams also `ttft_*`, the first non-empty content chunk).
+//! With `--by-status` (meant for an open loop above saturation) the line also counts the answers by
+//! status, the rejections that carried `Retry-After`, timeouts and connection errors, gives the
+//! rejections' latency apart from the successes', and the server's VmRSS/VmHWM at the end.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -61,6 +64,14 @@ struct Args {
     /// Tokio worker threads of the load generator.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Open loop: most requests in flight at once; a request due while this many are still
+    /// running is not sent and counts as `dropped`, so the generator never queues without bound.
+    #[arg(long, default_value_t = 20000)]
+    max_in_flight: usize,
+    /// Report answers by status (200, 429, 503, other), `Retry-After` on rejections, the
+    /// rejections' latency, and the server's memory at the end (overload runs).
+    #[arg(long)]
+    by_status: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -86,6 +97,20 @@ struct Target {
     timeout: Duration,
     /// Streams that have seen their first content chunk (hold mode).
     opened: AtomicUsize,
+    /// Open loop: requests sent and not yet answered, and the most seen at once.
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
+    /// The first connection error, with its causes (shown with `--by-status`).
+    first_transport_error: std::sync::OnceLock<String>,
+}
+
+/// Counts a request in flight until dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 enum Outcome {
@@ -95,7 +120,12 @@ enum Outcome {
         ttft: Option<Duration>,
         lag: Duration,
     },
-    Status(u16),
+    /// A non-2xx answer: its status, whether it carried `Retry-After`, and the time to its end.
+    Status {
+        code: u16,
+        retry_after: bool,
+        total: Duration,
+    },
     Failed(&'static str),
 }
 
@@ -117,12 +147,26 @@ async fn exchange(t: &Target, start: Instant) -> Result<(Duration, Option<Durati
     let req = req
         .body(Full::new(t.body.clone()))
         .map_err(|_| Outcome::Failed("request"))?;
-    let resp = t.client.request(req).await.map_err(|_| Outcome::Failed("transport"))?;
+    let resp = t.client.request(req).await.map_err(|e| {
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            text += &format!(": {c}");
+            cause = c.source();
+        }
+        let _ = t.first_transport_error.set(text);
+        Outcome::Failed("transport")
+    })?;
     let status = resp.status();
+    let retry_after = resp.headers().contains_key("retry-after");
     let mut body = resp.into_body();
     if !status.is_success() {
         let _ = body.collect().await;
-        return Err(Outcome::Status(status.as_u16()));
+        return Err(Outcome::Status {
+            code: status.as_u16(),
+            retry_after,
+            total: start.elapsed(),
+        });
     }
     if !t.stream {
         let bytes = body.collect().await.map_err(|_| Outcome::Failed("body"))?.to_bytes();
@@ -171,22 +215,42 @@ async fn exchange(t: &Target, start: Instant) -> Result<(Duration, Option<Durati
     }
 }
 
-/// Open loop: request i is sent at `start + i / rate`, whatever the answers do.
-async fn open_loop(t: &Arc<Target>, rate: f64, duration: Duration) -> (Vec<Outcome>, Duration) {
+/// Open loop: request i is sent at `start + i / rate`, whatever the answers do, unless
+/// `max_in_flight` requests are still running (then it counts as `dropped`). Also returns when
+/// the last request was due, for the offered rate.
+async fn open_loop(
+    t: &Arc<Target>,
+    rate: f64,
+    duration: Duration,
+    max_in_flight: usize,
+) -> (Vec<Outcome>, Duration, Duration) {
     let n = (rate * duration.as_secs_f64()).round() as u64;
     let start = Instant::now();
     let mut handles = Vec::with_capacity(n as usize);
+    let mut dropped = 0;
     for i in 0..n {
         let at = start + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(at.into()).await;
+        let now_in_flight = t.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        if now_in_flight > max_in_flight {
+            t.in_flight.fetch_sub(1, Ordering::Relaxed);
+            dropped += 1;
+            continue;
+        }
+        t.peak_in_flight.fetch_max(now_in_flight, Ordering::Relaxed);
         let t = t.clone();
-        handles.push(tokio::spawn(async move { one(&t, at).await }));
+        handles.push(tokio::spawn(async move {
+            let _counted = InFlight(&t.in_flight);
+            one(&t, at).await
+        }));
     }
-    let mut out = Vec::with_capacity(handles.len());
+    let sent_for = start.elapsed();
+    let mut out = Vec::with_capacity(handles.len() + dropped);
     for h in handles {
         out.push(h.await.unwrap_or(Outcome::Failed("panic")));
     }
-    (out, start.elapsed())
+    out.extend((0..dropped).map(|_| Outcome::Failed("dropped")));
+    (out, start.elapsed(), sent_for)
 }
 
 /// Closed loop: `workers` tasks, each sending back to back until `duration` has passed.
@@ -347,7 +411,7 @@ fn report(label: &str, outcomes: Vec<Outcome>, wall: Duration, extra: &str, show
                 ttft.extend(f);
                 lag.push(l);
             }
-            Outcome::Status(s) => *errors.entry(format!("http_{s}")).or_default() += 1,
+            Outcome::Status { code, .. } => *errors.entry(format!("http_{code}")).or_default() += 1,
             Outcome::Failed(why) => *errors.entry(why.replace([' ', '[', ']'], "")).or_default() += 1,
         }
     }
@@ -368,6 +432,45 @@ fn report(label: &str, outcomes: Vec<Outcome>, wall: Duration, extra: &str, show
     if !extra.is_empty() {
         line = format!("{line} {extra}");
     }
+    line
+}
+
+/// The `--by-status` fields: answers by status, `Retry-After` on rejections, timeouts and
+/// connection errors apart from other failures, and the rejections' latency.
+fn by_status(outcomes: &[Outcome]) -> String {
+    let (mut s200, mut s429, mut s503, mut other, mut retry_after) = (0, 0, 0, 0, 0);
+    let (mut timeouts, mut conn, mut dropped, mut failed) = (0, 0, 0, 0);
+    let mut rejected = Vec::new();
+    for o in outcomes {
+        match o {
+            Outcome::Ok { .. } => s200 += 1,
+            Outcome::Status {
+                code,
+                retry_after: ra,
+                total,
+            } => {
+                match code {
+                    429 => s429 += 1,
+                    503 => s503 += 1,
+                    _ => other += 1,
+                }
+                retry_after += usize::from(*ra);
+                rejected.push(*total);
+            }
+            Outcome::Failed("timeout") => timeouts += 1,
+            Outcome::Failed("transport") => conn += 1,
+            Outcome::Failed("dropped") => dropped += 1,
+            Outcome::Failed(_) => failed += 1,
+        }
+    }
+    let sent = outcomes.len() - dropped;
+    let mut line = format!(
+        " sent={sent} status_200={s200} status_429={s429} status_503={s503} status_other={other} \
+         rejected={} retry_after={retry_after} timeouts={timeouts} conn_errors={conn} \
+         failed_other={failed} dropped={dropped}",
+        rejected.len()
+    );
+    line += &percentiles("rej", rejected);
     line
 }
 
@@ -399,17 +502,39 @@ fn main() -> std::io::Result<()> {
             stream: args.stream,
             timeout: args.timeout,
             opened: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            peak_in_flight: AtomicUsize::new(0),
+            first_transport_error: std::sync::OnceLock::new(),
         });
         let line = if let Some(n) = args.hold {
             let (out, wall, extra) = hold(&t, n, args.server_pid).await;
             report(&args.label, out, wall, &extra, true)
         } else if let Some(rate) = args.rate {
             if !args.warmup.is_zero() {
-                open_loop(&t, rate, args.warmup).await;
+                open_loop(&t, rate, args.warmup, args.max_in_flight).await;
             }
+            t.peak_in_flight.store(0, Ordering::Relaxed);
             let before = (cpu_ticks(args.server_pid), machine_ticks());
-            let (out, wall) = open_loop(&t, rate, args.duration).await;
-            let cpu = cpu_line(args.server_pid, before, wall, ok_count(&out));
+            let (out, wall, sent_for) = open_loop(&t, rate, args.duration, args.max_in_flight).await;
+            let mut cpu = cpu_line(args.server_pid, before, wall, ok_count(&out));
+            if args.by_status {
+                let statuses = by_status(&out);
+                let sent = out.iter().filter(|o| !matches!(o, Outcome::Failed("dropped"))).count();
+                cpu += &format!(
+                    " offered_rps={:.1} peak_in_flight={} max_in_flight={} timeout_s={}{statuses}",
+                    sent as f64 / sent_for.max(args.duration).as_secs_f64(),
+                    t.peak_in_flight.load(Ordering::Relaxed),
+                    args.max_in_flight,
+                    args.timeout.as_secs_f64()
+                );
+                if let Some(e) = t.first_transport_error.get() {
+                    eprintln!("loadgen {}: first connection error: {e}", args.label);
+                }
+                if let Some(pid) = args.server_pid {
+                    let (rss, hwm) = proc_status_kb(pid);
+                    cpu += &format!(" server_vmrss_kb={rss} server_vmhwm_kb={hwm}");
+                }
+            }
             report(
                 &args.label,
                 out,

@@ -115,7 +115,10 @@ async fn wait_done(http: &Http, base: &str, key: &str, group: &str, count: usize
     let start = Instant::now();
     loop {
         let tasks = group_tasks(http, base, key, group).await?;
-        let finished = tasks.iter().filter(|t| t["status"] == "done" || t["status"] == "failed").count();
+        let finished = tasks
+            .iter()
+            .filter(|t| t["status"] == "done" || t["status"] == "failed")
+            .count();
         if finished >= count {
             return Ok(tasks);
         }
@@ -130,7 +133,11 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
     if sorted.is_empty() {
         return 0;
     }
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
     let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[at.min(sorted.len() - 1)]
 }
@@ -142,13 +149,25 @@ async fn main() -> Result<(), String> {
     let base = &args.bases[0];
     let run = format!("{}", std::process::id());
     let agent = format!("bench-{run}");
-    call(&http, "POST", &format!("{base}/v1/agents"), &args.key,
-        Some(json!({"name": agent, "model": args.model}))).await?;
+    call(
+        &http,
+        "POST",
+        &format!("{base}/v1/agents"),
+        &args.key,
+        Some(json!({"name": agent, "model": args.model})),
+    )
+    .await?;
 
     // Throughput.
     let group = format!("tp-{run}");
-    let gate = call(&http, "POST", &format!("{base}/v1/tasks"), &args.key,
-        Some(json!({"title": "gate", "assignTo": agent, "group": group, "draft": true}))).await?;
+    let gate = call(
+        &http,
+        "POST",
+        &format!("{base}/v1/tasks"),
+        &args.key,
+        Some(json!({"title": "gate", "assignTo": agent, "group": group, "draft": true})),
+    )
+    .await?;
     let gate_id = gate["id"].as_str().ok_or("no gate id")?.to_string();
     let created = Instant::now();
     let mut next = 0usize;
@@ -159,7 +178,9 @@ async fn main() -> Result<(), String> {
             let body = json!({"title": format!("t{next}"), "assignTo": agent, "group": group, "dependsOn": [gate_id]});
             let (http, key) = (http.clone(), args.key.clone());
             let url = format!("{base}/v1/tasks");
-            batch.push(tokio::spawn(async move { call(&http, "POST", &url, &key, Some(body)).await }));
+            batch.push(tokio::spawn(async move {
+                call(&http, "POST", &url, &key, Some(body)).await
+            }));
             next += 1;
         }
         for handle in batch {
@@ -167,7 +188,14 @@ async fn main() -> Result<(), String> {
         }
     }
     let creation = created.elapsed();
-    call(&http, "POST", &format!("{base}/v1/tasks/{gate_id}/queue"), &args.key, Some(json!({}))).await?;
+    call(
+        &http,
+        "POST",
+        &format!("{base}/v1/tasks/{gate_id}/queue"),
+        &args.key,
+        Some(json!({})),
+    )
+    .await?;
     let tasks = wait_done(&http, base, &args.key, &group, args.tasks + 1).await?;
     let gate_done = tasks
         .iter()
@@ -176,7 +204,11 @@ async fn main() -> Result<(), String> {
         .ok_or("gate not finished")?;
     let others: Vec<&Value> = tasks.iter().filter(|t| t["id"] != gate_id.as_str()).collect();
     let failed = others.iter().filter(|t| t["status"] != "done").count();
-    let last = others.iter().filter_map(|t| time_ms(&t["finishedAt"])).max().unwrap_or(gate_done);
+    let last = others
+        .iter()
+        .filter_map(|t| time_ms(&t["finishedAt"]))
+        .max()
+        .unwrap_or(gate_done);
     let mut waits: Vec<i64> = others
         .iter()
         .filter_map(|t| time_ms(&t["result"]["attempts"][0]["startedAt"]))
@@ -206,8 +238,14 @@ async fn main() -> Result<(), String> {
     for i in 0..args.latency_tasks {
         tick.tick().await;
         let base = &args.bases[i % args.bases.len()];
-        call(&http, "POST", &format!("{base}/v1/tasks"), &args.key,
-            Some(json!({"title": format!("l{i}"), "assignTo": agent, "group": group}))).await?;
+        call(
+            &http,
+            "POST",
+            &format!("{base}/v1/tasks"),
+            &args.key,
+            Some(json!({"title": format!("l{i}"), "assignTo": agent, "group": group})),
+        )
+        .await?;
     }
     let tasks = wait_done(&http, base, &args.key, &group, args.latency_tasks).await?;
     let mut latencies: Vec<i64> = tasks
