@@ -6,8 +6,8 @@
 //! log) serves many changes; alone, a change is committed at once, as by [`super::Change`].
 //!
 //! The guarantees are those of [`super::Change`]: a change's rows and events commit together, and
-//! its caller resumes only after the commit. A transaction that fails for a reason other than an
-//! unreachable database is retried with each change alone, so one bad change cannot fail others.
+//! its caller resumes only after the commit. A transaction the database refuses a statement of is
+//! retried with each change alone, so one bad change cannot fail others.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,6 +48,24 @@ pub struct Admission(Arc<GroupCommit>);
 impl Drop for Admission {
     fn drop(&mut self) {
         self.0.coming.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A writer that ends without emptying the queue (it panicked, or the runtime is going away)
+/// answers every queued change with an error and lets the next change start a new writer, so
+/// that no caller waits for a writer that is gone.
+struct Abandon<'a> {
+    group: &'a GroupCommit,
+    armed: bool,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut queue = self.group.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.writing = false;
+            queue.jobs.clear();
+        }
     }
 }
 
@@ -99,7 +117,9 @@ impl GroupCommit {
     }
 
     /// Writes `write` in the next transaction and waits for its commit: `true` once committed,
-    /// `false` when it found nothing to act on.
+    /// `false` when it found nothing to act on. Not to be awaited while holding an open
+    /// [`super::Change`] (or inside a [`super::Hold`] with one parked): on SQLite's single
+    /// connection the writer would wait for that change, and that change for the writer.
     pub async fn write(self: &Arc<Self>, write: Box<dyn GroupWrite>) -> Result<bool, sqlx::Error> {
         let (done, answer) = oneshot::channel();
         let start = {
@@ -116,11 +136,16 @@ impl GroupCommit {
     }
 
     async fn drain(self: Arc<Self>) {
+        let mut abandon = Abandon {
+            group: &self,
+            armed: true,
+        };
         loop {
             let jobs: Vec<Job> = {
                 let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
                 if queue.jobs.is_empty() {
                     queue.writing = false;
+                    abandon.armed = false;
                     return;
                 }
                 let n = queue.jobs.len().min(MAX_BATCH);
@@ -143,11 +168,21 @@ impl GroupCommit {
                     let _ = job.done.send(Err(error));
                 }
             }
-            Err(error) if store::unreachable(&error) => {
+            // Only a statement the database refused can be one write's fault; a connection or
+            // protocol failure would fail each write again, one wait after another.
+            Err(error) if store::unreachable(&error) || !matches!(error, sqlx::Error::Database(_)) => {
+                let unreachable = store::unreachable(&error);
                 let message = error.to_string();
                 for job in jobs {
-                    let copy = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, message.clone());
-                    let _ = job.done.send(Err(sqlx::Error::Io(copy)));
+                    let copy = if unreachable {
+                        sqlx::Error::Io(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionAborted,
+                            message.clone(),
+                        ))
+                    } else {
+                        sqlx::Error::Protocol(message.clone())
+                    };
+                    let _ = job.done.send(Err(copy));
                 }
             }
             Err(_) => {
