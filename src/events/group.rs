@@ -155,43 +155,48 @@ impl GroupCommit {
         }
     }
 
-    async fn run(&self, jobs: Vec<Job>) {
+    async fn run(&self, mut jobs: Vec<Job>) {
         let writes: Vec<&dyn GroupWrite> = jobs.iter().map(|job| job.write.as_ref()).collect();
-        match self.commit(&writes).await {
+        let error = match self.commit(&writes).await {
             Ok(outcomes) => {
                 for (job, outcome) in jobs.into_iter().zip(outcomes) {
                     let _ = job.done.send(Ok(outcome));
                 }
+                return;
             }
-            Err(error) if jobs.len() == 1 => {
-                if let Some(job) = jobs.into_iter().next() {
-                    let _ = job.done.send(Err(error));
-                }
+            Err(error) => error,
+        };
+        let unreachable = store::unreachable(&error);
+        if unreachable {
+            // The changes queued meanwhile would meet the same outage one wait later: they are
+            // answered now, so that none waits for the database longer than once.
+            jobs.extend(self.queue.lock().unwrap_or_else(PoisonError::into_inner).jobs.drain(..));
+        }
+        if jobs.len() == 1 {
+            if let Some(job) = jobs.pop() {
+                let _ = job.done.send(Err(error));
             }
+        } else if unreachable || !matches!(error, sqlx::Error::Database(_)) {
             // Only a statement the database refused can be one write's fault; a connection or
             // protocol failure would fail each write again, one wait after another.
-            Err(error) if store::unreachable(&error) || !matches!(error, sqlx::Error::Database(_)) => {
-                let unreachable = store::unreachable(&error);
-                let message = error.to_string();
-                for job in jobs {
-                    let copy = if unreachable {
-                        sqlx::Error::Io(std::io::Error::new(
-                            std::io::ErrorKind::ConnectionAborted,
-                            message.clone(),
-                        ))
-                    } else {
-                        sqlx::Error::Protocol(message.clone())
-                    };
-                    let _ = job.done.send(Err(copy));
-                }
+            let message = error.to_string();
+            for job in jobs {
+                let copy = if unreachable {
+                    sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        message.clone(),
+                    ))
+                } else {
+                    sqlx::Error::Protocol(message.clone())
+                };
+                let _ = job.done.send(Err(copy));
             }
-            Err(_) => {
-                for job in jobs {
-                    let outcome = self.commit(&[job.write.as_ref()]).await;
-                    let _ = job
-                        .done
-                        .send(outcome.map(|outcomes| outcomes.first().copied().unwrap_or(false)));
-                }
+        } else {
+            for job in jobs {
+                let outcome = self.commit(&[job.write.as_ref()]).await;
+                let _ = job
+                    .done
+                    .send(outcome.map(|outcomes| outcomes.first().copied().unwrap_or(false)));
             }
         }
     }

@@ -30,10 +30,13 @@ use crate::store::{self, Backend};
 /// tokens in a later second.
 const LEASE_LIFE: Duration = Duration::from_secs(1);
 /// The longest wait for the shared bucket or the stream counts. Past it the request is
-/// admitted, as when they cannot be read; after such a failure the limiter leaves the database
-/// alone for as long again. With the database down, a request thus meets the outage once in the
-/// limiter (at most this long) and once in its handler, not at every step.
+/// admitted, as when they cannot be read.
 const LEASE_WAIT: Duration = Duration::from_secs(1);
+/// After a look at the database failed, the limiter leaves it alone this long: longer than a
+/// request's steps through the limiter (lease, stream count, published count), so that with the
+/// database down a request meets the outage once in the limiter (at most `LEASE_WAIT`) and once
+/// in its handler, not at every step.
+const QUIET: Duration = Duration::from_secs(5);
 /// A published stream count stops counting this long after it was last written.
 const STREAMS_LIFE: Duration = Duration::from_secs(120);
 /// How often an instance writes its stream counts again.
@@ -92,7 +95,7 @@ impl Limiter {
     }
 
     /// One look at the database for the limits, bounded by `LEASE_WAIT`; skipped (as failed)
-    /// shortly after one that failed.
+    /// within `QUIET` of one that failed.
     async fn ask<T>(&self, query: impl Future<Output = Result<T, sqlx::Error>>) -> Result<T, sqlx::Error> {
         let quiet = *self.quiet_until.lock().unwrap_or_else(|p| p.into_inner());
         if quiet.is_some_and(|until| Instant::now() < until) {
@@ -102,7 +105,7 @@ impl Limiter {
             .await
             .unwrap_or(Err(sqlx::Error::PoolTimedOut));
         if result.is_err() {
-            *self.quiet_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + LEASE_WAIT);
+            *self.quiet_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + QUIET);
         }
         result
     }
