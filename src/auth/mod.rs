@@ -232,7 +232,14 @@ impl KeyVerifier {
         every.reset();
         loop {
             every.tick().await;
-            if !self.still_valid(&db, &context, KEY_MAX_AGE).await {
+            // In a task of its own: a stream may stop polling this future at any point (while
+            // its client is slow, or when it ends), and a check left waiting for a database
+            // connection would then keep the connection it is handed (on SQLite the only one)
+            // from everyone else.
+            let (verifier, db, context) = (std::sync::Arc::clone(&self), db.clone(), context.clone());
+            let check = tokio::spawn(async move { verifier.still_valid(&db, &context, KEY_MAX_AGE).await });
+            // A check that panicked says nothing against the key.
+            if !check.await.unwrap_or(true) {
                 return;
             }
         }

@@ -212,8 +212,9 @@ impl Drive {
                     .await
             }
         };
-        // Dropping the stream closes the upstream request.
+        // Dropping the stream closes the upstream request; nothing can interrupt the turn now.
         drop(upstream);
+        drop(interrupt);
         let (finish, usage, estimated) = self.settle(&outcome, &reply);
         let hold = matches!(outcome, Outcome::Finished)
             .then_some(self.hold.as_ref())

@@ -169,3 +169,36 @@ async fn silence_mid_stream_ends_it_with_an_upstream_timeout_frame() {
     assert_eq!(last["error"]["code"], "upstream_timeout", "{text}");
     assert_eq!(last["error"]["type"], "api_error");
 }
+
+/// Streams that outlive the key's cached verification re-check it in the database while they
+/// run (spec §1.2.3). Forty of them, ending together on the second they re-check at, each end
+/// with `[DONE]` and keep their reply: a re-check under way when a stream ends must not hold
+/// the connection its reply is written with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_ending_while_their_key_is_re_checked_all_finish_and_keep_their_replies() {
+    let s = setup().await;
+    let base = s.app.serve().await;
+    let streams = (0..40).map(|i| {
+        let base = base.clone();
+        let key = s.app.test_key.clone();
+        async move {
+            let text = format!("stream {i}");
+            let (status, headers, body) = stream(
+                &base,
+                &key,
+                json!({"model": "openai:pace-1000", "stream": true, "messages": user(&text)}),
+            )
+            .await;
+            assert_eq!(status, 200);
+            let session = headers["x-session-id"].to_str().unwrap().to_string();
+            (session, data_frames(&body).last().cloned())
+        }
+    });
+    for (session, last) in futures_util::future::join_all(streams).await {
+        assert_eq!(last.as_deref(), Some("[DONE]"), "stream of {session}");
+        let messages = s.messages(&session).await;
+        assert_eq!(messages.len(), 2, "{session}: {messages:?}");
+        assert_eq!(messages[1]["content"], OK_TEXT);
+        assert_eq!(messages[1]["finishReason"], "stop");
+    }
+}
