@@ -1,9 +1,10 @@
 //! Group commit: small changes of many requests written in one transaction. A change handed to
-//! [`GroupCommit::write`] waits in a queue; one writer task takes everything queued (up to
-//! [`MAX_BATCH`] changes), applies each change's rows, appends the events of each scope in one
-//! numbering step, commits, wakes the hub, and only then answers every waiting change. Under load
-//! the queue fills while a transaction runs, so one transaction (and its statements for the event
-//! log) serves many changes; alone, a change is committed at once, as by [`super::Change`].
+//! [`GroupCommit::write`] is written at once by its caller when no writer is busy; otherwise it
+//! waits in a queue, and one writer task takes everything queued (up to [`MAX_BATCH`] changes),
+//! applies each change's rows, appends the events of each scope in one numbering step, commits,
+//! wakes the hub, and only then answers every waiting change. Under load the queue fills while a
+//! transaction runs, so one transaction (and its statements for the event log) serves many
+//! changes; alone, a change is committed at once, as by [`super::Change`].
 //!
 //! The guarantees are those of [`super::Change`]: a change's rows and events commit together, and
 //! its caller resumes only after the commit. A transaction the database refuses a statement of is
@@ -122,14 +123,35 @@ impl GroupCommit {
     /// connection the writer would wait for that change, and that change for the writer.
     pub async fn write(self: &Arc<Self>, write: Box<dyn GroupWrite>) -> Result<bool, sqlx::Error> {
         let (done, answer) = oneshot::channel();
-        let start = {
+        let lead = {
             let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
             queue.jobs.push_back(Job { write, done });
             !std::mem::replace(&mut queue.writing, true)
         };
-        if start {
-            let writer = Arc::clone(self);
-            self.tasks.spawn(async move { writer.drain().await });
+        if lead {
+            // No writer is running, so the queue held nothing else: this caller writes its own
+            // change at once, without handing it to another task. Changes queued meanwhile go
+            // to a writer task, so that this caller is not kept writing for others.
+            let mut abandon = Abandon {
+                group: self,
+                armed: true,
+            };
+            let jobs: Vec<Job> = {
+                let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                let n = queue.jobs.len().min(MAX_BATCH);
+                queue.jobs.drain(..n).collect()
+            };
+            self.run(jobs).await;
+            let more = {
+                let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                queue.writing = !queue.jobs.is_empty();
+                queue.writing
+            };
+            abandon.armed = false;
+            if more {
+                let writer = Arc::clone(self);
+                self.tasks.spawn(async move { writer.drain().await });
+            }
         }
         // The writer answers every job it takes; a dropped answer means the process is ending.
         answer.await.unwrap_or(Err(sqlx::Error::PoolClosed))
