@@ -20,6 +20,7 @@ use hyper::Request;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use polpo_bench::{machine_ticks, memory_kb, parse_duration, percentiles};
 use serde_json::{Value, json};
 
 #[derive(Parser)]
@@ -72,20 +73,6 @@ struct Args {
     /// rejections' latency, and the server's memory at the end (overload runs).
     #[arg(long)]
     by_status: bool,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| c.is_ascii_alphabetic())
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("bad unit in {s:?}")),
-    };
-    Ok(Duration::from_secs_f64(secs))
 }
 
 struct Target {
@@ -277,34 +264,11 @@ async fn closed_loop(t: &Arc<Target>, workers: usize, duration: Duration) -> (Ve
     (out, start.elapsed())
 }
 
-/// User + system CPU time of a process, in clock ticks (USER_HZ, 100 a second on Linux).
+/// The server's CPU time in ticks, 0 without a pid.
 fn cpu_ticks(pid: Option<u32>) -> u64 {
-    let Some(pid) = pid else { return 0 };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
-    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+    pid.map_or(0, |pid| polpo_bench::cpu_ticks(&format!("/proc/{pid}/stat")))
 }
 
-/// Machine-wide (busy, total) ticks over all cores, from the `cpu` line of /proc/stat.
-fn machine_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let f: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let total: u64 = f.iter().take(8).sum();
-    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
-    (total - idle, total)
-}
-
-/// Server CPU over a run (% of one core, ms per successful request) and the whole machine's busy
-/// share (% of all cores), from counters read before and after.
 fn cpu_line(pid: Option<u32>, before: (u64, (u64, u64)), wall: Duration, ok: usize) -> String {
     let (m_busy, m_total) = machine_ticks();
     let machine = 100.0 * m_busy.saturating_sub(before.1.0) as f64 / m_total.saturating_sub(before.1.1).max(1) as f64;
@@ -318,17 +282,6 @@ fn cpu_line(pid: Option<u32>, before: (u64, (u64, u64)), wall: Duration, ok: usi
         );
     }
     line
-}
-
-fn proc_status_kb(pid: u32) -> (u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// Opens `n` streams (one a millisecond), waits until all show content, samples RSS while they
@@ -356,7 +309,7 @@ async fn hold(t: &Arc<Target>, n: usize, pid: Option<u32>) -> (Vec<Outcome>, Dur
             break; // some streams already ended: no longer all open
         }
         if let Some(pid) = pid {
-            let (r, h) = proc_status_kb(pid);
+            let (r, h) = memory_kb(pid);
             (rss, hwm) = (rss.max(r), hwm.max(h));
         }
         samples += 1;
@@ -376,25 +329,6 @@ async fn hold(t: &Arc<Target>, n: usize, pid: Option<u32>) -> (Vec<Outcome>, Dur
 
 fn ok_count(out: &[Outcome]) -> usize {
     out.iter().filter(|o| matches!(o, Outcome::Ok { .. })).count()
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64() * 1000.0)
-}
-
-fn percentiles(name: &str, mut v: Vec<Duration>) -> String {
-    if v.is_empty() {
-        return String::new();
-    }
-    v.sort_unstable();
-    let at = |p: f64| v[((p / 100.0) * (v.len() - 1) as f64).round() as usize];
-    format!(
-        " {name}_p50_ms={} {name}_p90_ms={} {name}_p99_ms={} {name}_max_ms={}",
-        ms(at(50.0)),
-        ms(at(90.0)),
-        ms(at(99.0)),
-        ms(at(100.0))
-    )
 }
 
 fn report(label: &str, outcomes: Vec<Outcome>, wall: Duration, extra: &str, show_lag: bool) -> String {
@@ -424,10 +358,10 @@ fn report(label: &str, outcomes: Vec<Outcome>, wall: Duration, extra: &str, show
         wall.as_secs_f64(),
         ok as f64 / wall.as_secs_f64()
     );
-    line += &percentiles("lat", total);
-    line += &percentiles("ttft", ttft);
+    line += &percentiles("lat", &mut total);
+    line += &percentiles("ttft", &mut ttft);
     if show_lag {
-        line += &percentiles("lag", lag);
+        line += &percentiles("lag", &mut lag);
     }
     if !extra.is_empty() {
         line = format!("{line} {extra}");
@@ -470,7 +404,7 @@ fn by_status(outcomes: &[Outcome]) -> String {
          failed_other={failed} dropped={dropped}",
         rejected.len()
     );
-    line += &percentiles("rej", rejected);
+    line += &percentiles("rej", &mut rejected);
     line
 }
 
@@ -531,7 +465,7 @@ fn main() -> std::io::Result<()> {
                     eprintln!("loadgen {}: first connection error: {e}", args.label);
                 }
                 if let Some(pid) = args.server_pid {
-                    let (rss, hwm) = proc_status_kb(pid);
+                    let (rss, hwm) = memory_kb(pid);
                     cpu += &format!(" server_vmrss_kb={rss} server_vmhwm_kb={hwm}");
                 }
             }
