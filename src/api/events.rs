@@ -66,7 +66,7 @@ pub async fn stream_events(
     } = event_log::open(rt, &auth.scope, resume.as_deref()).await?;
     let guard = rt.metrics.open_stream("events");
     let (db, shutdown) = (rt.db.clone(), rt.shutdown.clone());
-    let revoked = Arc::clone(&state.verifier).revoked(rt.db.clone(), auth.clone());
+    let revoked = Arc::clone(&state.verifier).revoked(rt.clone(), auth.clone());
     let frames = async_stream::stream! {
         let _open = guard;
         tokio::pin!(revoked);

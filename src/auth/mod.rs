@@ -14,6 +14,7 @@ use axum::http::HeaderMap;
 use axum::http::request::Parts;
 
 use crate::error::ApiError;
+use crate::runtime::Runtime;
 use crate::scope::{Environment, Scope};
 use crate::store::{self, Db};
 
@@ -227,7 +228,7 @@ impl KeyVerifier {
 
     /// Resolves once the key behind `context` is revoked, expired or gone; open streams end
     /// then.
-    pub async fn revoked(self: std::sync::Arc<Self>, db: Db, context: AuthContext) {
+    pub async fn revoked(self: std::sync::Arc<Self>, rt: Runtime, context: AuthContext) {
         let mut every = tokio::time::interval(KEY_RECHECK);
         every.reset();
         loop {
@@ -236,8 +237,10 @@ impl KeyVerifier {
             // its client is slow, or when it ends), and a check left waiting for a database
             // connection would then keep the connection it is handed (on SQLite the only one)
             // from everyone else.
-            let (verifier, db, context) = (std::sync::Arc::clone(&self), db.clone(), context.clone());
-            let check = tokio::spawn(async move { verifier.still_valid(&db, &context, KEY_MAX_AGE).await });
+            let (verifier, db, context) = (std::sync::Arc::clone(&self), rt.db.clone(), context.clone());
+            let check = rt
+                .tasks
+                .spawn(async move { verifier.still_valid(&db, &context, KEY_MAX_AGE).await });
             // A check that panicked says nothing against the key.
             if !check.await.unwrap_or(true) {
                 return;

@@ -65,7 +65,7 @@ pub async fn create_chat_completion(
         None
     };
     // The HTTP side ends a stream whose key is revoked (spec §1.2.3); the turn itself knows no keys.
-    let revoked = Arc::clone(&state.verifier).revoked(rt.db.clone(), auth.clone());
+    let revoked = Arc::clone(&state.verifier).revoked(rt.clone(), auth.clone());
     let interrupt: chat::Interrupt = Box::pin(async move {
         revoked.await;
         ApiError::InvalidApiKey

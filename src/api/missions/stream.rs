@@ -69,7 +69,7 @@ pub async fn follow(state: AppState, auth: AuthContext, mission_id: String) -> R
             .map(|t| texts(rt.hub.live.follow(live::key(&auth.scope, &t.id)), t.id.clone())),
     );
     let guard = rt.metrics.open_stream("mission");
-    let revoked = Arc::clone(&state.verifier).revoked(rt.db.clone(), auth.clone());
+    let revoked = Arc::clone(&state.verifier).revoked(rt.clone(), auth.clone());
     let keepalive = rt.config.events.keepalive;
     let run_id = run.id.clone();
     let run_mention = format!("\"runId\":\"{run_id}\"");

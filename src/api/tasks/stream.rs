@@ -42,7 +42,7 @@ pub async fn follow(state: AppState, auth: AuthContext, id: String) -> Result<Re
     let mut subscription = rt.hub.subscribe(&auth.scope).await?;
     let task = actions::run(&rt, &auth.scope, &id).await?;
     let guard = rt.metrics.open_stream("task");
-    let revoked = Arc::clone(&state.verifier).revoked(rt.db.clone(), auth.clone());
+    let revoked = Arc::clone(&state.verifier).revoked(rt.clone(), auth.clone());
     let mention = format!("\"taskId\":\"{id}\"");
     let keepalive = rt.config.events.keepalive;
     let frames = async_stream::stream! {
