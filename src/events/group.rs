@@ -82,6 +82,14 @@ struct Queue {
     writing: bool,
 }
 
+impl Queue {
+    /// The oldest changes, as many as one transaction takes.
+    fn batch(&mut self) -> Vec<Job> {
+        let n = self.jobs.len().min(MAX_BATCH);
+        self.jobs.drain(..n).collect()
+    }
+}
+
 pub struct GroupCommit {
     /// Work on its way here: chat turns reading what they need before they write.
     coming: AtomicUsize,
@@ -136,11 +144,7 @@ impl GroupCommit {
                 group: self,
                 armed: true,
             };
-            let jobs: Vec<Job> = {
-                let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-                let n = queue.jobs.len().min(MAX_BATCH);
-                queue.jobs.drain(..n).collect()
-            };
+            let jobs = self.queue.lock().unwrap_or_else(PoisonError::into_inner).batch();
             self.run(jobs).await;
             let more = {
                 let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
@@ -170,8 +174,7 @@ impl GroupCommit {
                     abandon.armed = false;
                     return;
                 }
-                let n = queue.jobs.len().min(MAX_BATCH);
-                queue.jobs.drain(..n).collect()
+                queue.batch()
             };
             self.run(jobs).await;
         }

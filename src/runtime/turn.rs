@@ -458,6 +458,42 @@ struct StoreMessages {
     messages: Vec<store::chat::MessageRow>,
 }
 
+impl StoreMessages {
+    /// Writes the session and the messages, counting `also` more messages that the caller adds
+    /// in the same transaction; `None` when the session is gone (nothing written).
+    async fn write(&self, conn: &mut AnyConnection, at: i64, also: i64) -> Result<Option<Vec<Event>>, sqlx::Error> {
+        let count = i64::try_from(self.messages.len())
+            .unwrap_or(i64::MAX)
+            .saturating_add(also);
+        let mut events = Vec::with_capacity(self.messages.len() + 3);
+        match &self.new_session {
+            Some(row) => {
+                let row = store::chat::SessionRow {
+                    message_count: count,
+                    updated_at: at,
+                    ..row.clone()
+                };
+                store::chat::insert_session(&mut *conn, &self.scope, &row).await?;
+                events.push(Event::SessionCreated {
+                    session_id: row.id,
+                    agent: row.agent,
+                    title: row.title,
+                    user: row.user,
+                });
+            }
+            None => {
+                if !store::chat::touch_session(&mut *conn, &self.scope, &self.session_id, count, at).await? {
+                    return Ok(None);
+                }
+            }
+        }
+        for message in &self.messages {
+            events.push(add_message(conn, &self.scope, message, at).await?);
+        }
+        Ok(Some(events))
+    }
+}
+
 impl GroupWrite for StoreMessages {
     fn scope(&self) -> &Scope {
         &self.scope
@@ -468,45 +504,27 @@ impl GroupWrite for StoreMessages {
         conn: &'a mut AnyConnection,
         at: i64,
     ) -> BoxFuture<'a, Result<Option<Vec<Event>>, sqlx::Error>> {
-        Box::pin(async move {
-            let count = i64::try_from(self.messages.len()).unwrap_or(i64::MAX);
-            let mut events = Vec::with_capacity(self.messages.len() + 1);
-            match &self.new_session {
-                Some(row) => {
-                    let row = store::chat::SessionRow {
-                        message_count: count,
-                        updated_at: at,
-                        ..row.clone()
-                    };
-                    store::chat::insert_session(&mut *conn, &self.scope, &row).await?;
-                    events.push(Event::SessionCreated {
-                        session_id: row.id,
-                        agent: row.agent,
-                        title: row.title,
-                        user: row.user,
-                    });
-                }
-                None => {
-                    if !store::chat::touch_session(&mut *conn, &self.scope, &self.session_id, count, at).await? {
-                        return Ok(None);
-                    }
-                }
-            }
-            for message in &self.messages {
-                let row = store::chat::MessageRow {
-                    created_at: at,
-                    ..message.clone()
-                };
-                store::chat::insert_message(&mut *conn, &self.scope, &row).await?;
-                events.push(Event::MessageAdded {
-                    session_id: row.session_id,
-                    message_id: row.id,
-                    role: row.role,
-                });
-            }
-            Ok(Some(events))
-        })
+        Box::pin(self.write(conn, at, 0))
     }
+}
+
+/// Inserts `message` stamped `at`; returns its `message:added` event.
+async fn add_message(
+    conn: &mut AnyConnection,
+    scope: &Scope,
+    message: &store::chat::MessageRow,
+    at: i64,
+) -> Result<Event, sqlx::Error> {
+    let row = store::chat::MessageRow {
+        created_at: at,
+        ..message.clone()
+    };
+    store::chat::insert_message(conn, scope, &row).await?;
+    Ok(Event::MessageAdded {
+        session_id: row.session_id,
+        message_id: row.id,
+        role: row.role,
+    })
 }
 
 /// The assistant's reply, counted on its session, with `message:added` and the completion's
@@ -531,26 +549,20 @@ impl GroupWrite for StoreReply {
         at: i64,
     ) -> BoxFuture<'a, Result<Option<Vec<Event>>, sqlx::Error>> {
         Box::pin(async move {
+            // Written with the new messages, the reply is counted with them.
             let mut events = match &self.before {
-                Some(before) => match before.apply(&mut *conn, at).await? {
+                Some(before) => match before.write(&mut *conn, at, 1).await? {
                     Some(events) => events,
                     None => return Ok(None),
                 },
-                None => Vec::with_capacity(2),
+                None => {
+                    if !store::chat::touch_session(&mut *conn, &self.scope, &self.row.session_id, 1, at).await? {
+                        return Ok(None);
+                    }
+                    Vec::with_capacity(2)
+                }
             };
-            if !store::chat::touch_session(&mut *conn, &self.scope, &self.row.session_id, 1, at).await? {
-                return Ok(None);
-            }
-            let row = store::chat::MessageRow {
-                created_at: at,
-                ..self.row.clone()
-            };
-            store::chat::insert_message(&mut *conn, &self.scope, &row).await?;
-            events.push(Event::MessageAdded {
-                session_id: row.session_id,
-                message_id: row.id,
-                role: row.role,
-            });
+            events.push(add_message(conn, &self.scope, &self.row, at).await?);
             events.push(self.finished.clone());
             Ok(Some(events))
         })
