@@ -10,6 +10,7 @@ use super::Event;
 use super::catalogue::entries;
 use super::hub::Hub;
 use crate::scope::Scope;
+use crate::store::script::Script;
 use crate::store::{self, Backend, Db};
 
 tokio::task_local! {
@@ -123,7 +124,9 @@ impl Change {
 
     async fn finish(mut self) -> Result<(), sqlx::Error> {
         if let Some(scope) = &self.scope {
-            append(&mut self.tx, scope, self.at, &self.events).await?;
+            let mut script = Script::default();
+            append(&mut script, scope, self.at, &self.events);
+            script.run(&mut self.tx).await?;
         } else if !self.events.is_empty() {
             return Err(sqlx::Error::Protocol(
                 "events emitted in a change without a scope".into(),
@@ -173,26 +176,15 @@ pub(super) fn committed(hub: &Hub, backend: Backend, scope: &Scope, events: &[Ev
     }
 }
 
-/// Appends events to the scope's log, numbering them from the scope's counter row (spec §7.3:
-/// the row lock orders commits, so no smaller number can commit after a larger one is visible).
-/// Other instances learn of the commit from a NOTIFY sent after it (see `Hub::announce`), never
-/// from inside the transaction: a NOTIFY there would hold the counter row through Postgres's
-/// commit-time notification lock.
-pub(super) async fn append(
-    conn: &mut AnyConnection,
-    scope: &Scope,
-    at_ms: i64,
-    events: &[Event],
-) -> Result<(), sqlx::Error> {
-    let entries = entries(events, &crate::clock::format_ms(at_ms));
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let count = i64::try_from(entries.len()).unwrap_or(i64::MAX);
-    let last = store::events::reserve(&mut *conn, scope, count).await?;
-    let rows: Vec<(String, String)> = entries
+/// The statements appending events to the scope's log, numbered from the scope's counter row
+/// (spec §7.3: the row lock orders commits, so no smaller number can commit after a larger one is
+/// visible). Other instances learn of the commit from a NOTIFY sent after it (see
+/// `Hub::announce`), never from inside the transaction: a NOTIFY there would hold the counter row
+/// through Postgres's commit-time notification lock.
+pub(super) fn append(script: &mut Script, scope: &Scope, at_ms: i64, events: &[Event]) {
+    let entries: Vec<(String, String)> = entries(events, &crate::clock::format_ms(at_ms))
         .into_iter()
         .map(|(name, payload)| (name, payload.to_string()))
         .collect();
-    store::events::insert_many(conn, scope, last - count + 1, &rows, at_ms).await
+    store::events::append(script, scope, entries, at_ms);
 }

@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use futures_util::future::BoxFuture;
-use sqlx::AnyConnection;
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection};
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
@@ -24,7 +24,8 @@ use super::change::{append, committed};
 use super::hub::Hub;
 use crate::metrics::{self, Metrics};
 use crate::scope::Scope;
-use crate::store::{self, Db};
+use crate::store::script::Script;
+use crate::store::{self, Backend, Db};
 
 /// Changes one transaction takes at most.
 pub const MAX_BATCH: usize = 64;
@@ -33,14 +34,25 @@ pub const MAX_BATCH: usize = 64;
 pub trait GroupWrite: Send + Sync + 'static {
     fn scope(&self) -> &Scope;
 
-    /// Writes the change's rows, stamped `at` (milliseconds, the transaction's instant), and
-    /// returns the events to append; `None` when the change found nothing to act on and wrote
-    /// nothing (its caller learns it as `false`).
-    fn apply<'a>(
-        &'a self,
-        conn: &'a mut AnyConnection,
-        at: i64,
-    ) -> BoxFuture<'a, Result<Option<Vec<Event>>, sqlx::Error>>;
+    /// The change's statements, its rows stamped `at` (milliseconds, the transaction's instant),
+    /// and the events to append once they are written.
+    fn plan(&self, at: i64) -> Plan;
+}
+
+/// What a [`GroupWrite`] writes: statements, and the events appended when the script's guards
+/// held (when one did not, the change found nothing to act on and writes nothing).
+#[derive(Default)]
+pub struct Plan {
+    pub script: Script,
+    pub events: Vec<Event>,
+}
+
+impl Plan {
+    /// Runs the statements inside the caller's transaction: the events to append, or `None` when
+    /// a guard did not hold and nothing was written.
+    pub async fn run(self, conn: &mut AnyConnection) -> Result<Option<Vec<Event>>, sqlx::Error> {
+        Ok(self.script.run(conn).await?.then_some(self.events))
+    }
 }
 
 /// Admitted work: counted in the backlog until dropped.
@@ -228,33 +240,117 @@ impl GroupCommit {
 
     /// One transaction for `writes`: their rows in order, then each scope's events, numbered
     /// in the order of the writes. Scopes are appended in a fixed order, so that two writers
-    /// locking several counter rows cannot deadlock.
+    /// locking several counter rows cannot deadlock. On SQLite the whole transaction but its
+    /// `COMMIT` is one call to the connection's thread, unless a write finds its row gone; then
+    /// it is rolled back and written again statement by statement, without that write.
     async fn commit(&self, writes: &[&dyn GroupWrite]) -> Result<Vec<bool>, sqlx::Error> {
-        let mut tx = self.db.pool.begin().await?;
         let at = crate::clock::now_ms();
-        let mut outcomes = Vec::with_capacity(writes.len());
-        let mut logs: BTreeMap<(String, &'static str), (Scope, Vec<Event>)> = BTreeMap::new();
-        for write in writes {
-            let events = write.apply(&mut tx, at).await?;
-            outcomes.push(events.is_some());
-            if let Some(events) = events.filter(|e| !e.is_empty()) {
-                let scope = write.scope();
-                logs.entry((scope.project.clone(), scope.environment.as_str()))
-                    .or_insert_with(|| (scope.clone(), Vec::new()))
-                    .1
-                    .extend(events);
+        let mut plans: Vec<Plan> = writes.iter().map(|write| write.plan(at)).collect();
+        if self.db.backend == Backend::Sqlite {
+            let everything = vec![true; writes.len()];
+            let logs = logs(writes, &mut plans, &everything);
+            let mut events = Script::default();
+            for (scope, scope_events) in logs.values() {
+                append(&mut events, scope, at, scope_events);
             }
+            let mut scripts: Vec<&Script> = plans.iter().map(|plan| &plan.script).collect();
+            scripts.push(&events);
+            if let Some(outcomes) = self.in_one_call(&scripts).await? {
+                self.committed(writes.len(), &logs);
+                return Ok(outcomes);
+            }
+            plans = writes.iter().map(|write| write.plan(at)).collect();
         }
-        for (scope, events) in logs.values() {
-            append(&mut tx, scope, at, events).await?;
+        let mut tx = self.db.pool.begin().await?;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for plan in &plans {
+            outcomes.push(plan.script.run(&mut tx).await?);
         }
+        let logs = logs(writes, &mut plans, &outcomes);
+        let mut events = Script::default();
+        for (scope, scope_events) in logs.values() {
+            append(&mut events, scope, at, scope_events);
+        }
+        events.run(&mut tx).await?;
         tx.commit().await?;
+        self.committed(writes.len(), &logs);
+        Ok(outcomes)
+    }
+
+    /// SQLite: runs `scripts` in one transaction, all but the `COMMIT` in one call; `None`
+    /// (rolled back) when a guard did not hold.
+    async fn in_one_call(&self, scripts: &[&Script]) -> Result<Option<Vec<bool>>, sqlx::Error> {
+        let mut fence = Fence(Some(self.db.pool.acquire().await?));
+        let Some(conn) = fence.0.as_mut() else {
+            return Err(sqlx::Error::PoolClosed);
+        };
+        let outcomes = match store::script::run_in_one_call(conn, scripts).await {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                // A failed end leaves the fence to close the connection.
+                let _ = fence.end(END_ROLLBACK).await;
+                return Err(error);
+            }
+        };
+        if outcomes.iter().all(|done| *done) {
+            fence.end(END_COMMIT).await?;
+            Ok(Some(outcomes))
+        } else {
+            fence.end(END_ROLLBACK).await?;
+            Ok(None)
+        }
+    }
+
+    fn committed(&self, writes: usize, logs: &Logs) {
         self.metrics.add(metrics::GROUP_COMMITS, &[], 1.0);
-        self.metrics
-            .add(metrics::GROUP_COMMIT_CHANGES, &[], writes.len() as f64);
+        self.metrics.add(metrics::GROUP_COMMIT_CHANGES, &[], writes as f64);
         for (scope, events) in logs.values() {
             committed(&self.hub, self.db.backend, scope, events);
         }
-        Ok(outcomes)
+    }
+}
+
+/// Each scope's events, in the order of the writes that were done.
+type Logs = BTreeMap<(String, &'static str), (Scope, Vec<Event>)>;
+
+fn logs(writes: &[&dyn GroupWrite], plans: &mut [Plan], done: &[bool]) -> Logs {
+    let mut logs = Logs::new();
+    for ((write, plan), done) in writes.iter().zip(plans.iter_mut()).zip(done) {
+        if !*done || plan.events.is_empty() {
+            continue;
+        }
+        let scope = write.scope();
+        logs.entry((scope.project.clone(), scope.environment.as_str()))
+            .or_insert_with(|| (scope.clone(), Vec::new()))
+            .1
+            .append(&mut plan.events);
+    }
+    logs
+}
+
+const END_COMMIT: &str = "COMMIT";
+const END_ROLLBACK: &str = "ROLLBACK";
+
+/// A connection in a transaction begun by a script. Dropped before the transaction ends (its
+/// writer gone mid-call, or the end failing), the connection is closed rather than returned to
+/// the pool inside a transaction.
+struct Fence(Option<PoolConnection<Any>>);
+
+impl Fence {
+    /// Ends the transaction with `end`; the connection goes back to the pool once it has.
+    async fn end(&mut self, end: &str) -> Result<(), sqlx::Error> {
+        if let Some(conn) = self.0.as_mut() {
+            sqlx::query(end).execute(&mut **conn).await?;
+        }
+        self.0 = None;
+        Ok(())
+    }
+}
+
+impl Drop for Fence {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.0.take() {
+            conn.close_on_drop();
+        }
     }
 }

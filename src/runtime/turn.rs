@@ -7,16 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
-use sqlx::AnyConnection;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::Runtime;
 use super::chat::TurnEvent;
 use crate::error::ApiError;
-use crate::events::group::GroupWrite;
+use crate::events::group::{GroupWrite, Plan};
 use crate::events::{Event, Hold, UsageCounts};
 use crate::ids;
 use crate::metrics;
@@ -432,7 +430,7 @@ impl Drive {
             Some(hold) => {
                 let mut change = self.rt.change(&self.scope).await?;
                 let at = change.at();
-                if let Some(events) = write.apply(change.conn(), at).await? {
+                if let Some(events) = write.plan(at).run(change.conn()).await? {
                     for event in events {
                         change.emit(event);
                     }
@@ -459,13 +457,14 @@ struct StoreMessages {
 }
 
 impl StoreMessages {
-    /// Writes the session and the messages, counting `also` more messages that the caller adds
-    /// in the same transaction; `None` when the session is gone (nothing written).
-    async fn write(&self, conn: &mut AnyConnection, at: i64, also: i64) -> Result<Option<Vec<Event>>, sqlx::Error> {
+    /// The session and the messages, counting `also` more messages that the caller adds to the
+    /// same plan; nothing is written when the session is gone.
+    fn plan_counting(&self, at: i64, also: i64) -> Plan {
         let count = i64::try_from(self.messages.len())
             .unwrap_or(i64::MAX)
             .saturating_add(also);
-        let mut events = Vec::with_capacity(self.messages.len() + 3);
+        let mut plan = Plan::default();
+        plan.events.reserve(self.messages.len() + 3);
         match &self.new_session {
             Some(row) => {
                 let row = store::chat::SessionRow {
@@ -473,24 +472,18 @@ impl StoreMessages {
                     updated_at: at,
                     ..row.clone()
                 };
-                store::chat::insert_session(&mut *conn, &self.scope, &row).await?;
-                events.push(Event::SessionCreated {
+                store::chat::insert_session(&mut plan.script, &self.scope, &row);
+                plan.events.push(Event::SessionCreated {
                     session_id: row.id,
                     agent: row.agent,
                     title: row.title,
                     user: row.user,
                 });
             }
-            None => {
-                if !store::chat::touch_session(&mut *conn, &self.scope, &self.session_id, count, at).await? {
-                    return Ok(None);
-                }
-            }
+            None => store::chat::touch_session(&mut plan.script, &self.scope, &self.session_id, count, at),
         }
-        for message in &self.messages {
-            events.push(add_message(conn, &self.scope, message, at).await?);
-        }
-        Ok(Some(events))
+        add_messages(&mut plan, &self.scope, &self.messages, at);
+        plan
     }
 }
 
@@ -499,32 +492,26 @@ impl GroupWrite for StoreMessages {
         &self.scope
     }
 
-    fn apply<'a>(
-        &'a self,
-        conn: &'a mut AnyConnection,
-        at: i64,
-    ) -> BoxFuture<'a, Result<Option<Vec<Event>>, sqlx::Error>> {
-        Box::pin(self.write(conn, at, 0))
+    fn plan(&self, at: i64) -> Plan {
+        self.plan_counting(at, 0)
     }
 }
 
-/// Inserts `message` stamped `at`; returns its `message:added` event.
-async fn add_message(
-    conn: &mut AnyConnection,
-    scope: &Scope,
-    message: &store::chat::MessageRow,
-    at: i64,
-) -> Result<Event, sqlx::Error> {
-    let row = store::chat::MessageRow {
-        created_at: at,
-        ..message.clone()
-    };
-    store::chat::insert_message(conn, scope, &row).await?;
-    Ok(Event::MessageAdded {
+/// Adds `messages` stamped `at` to `plan`, with their `message:added` events.
+fn add_messages(plan: &mut Plan, scope: &Scope, messages: &[store::chat::MessageRow], at: i64) {
+    let rows: Vec<store::chat::MessageRow> = messages
+        .iter()
+        .map(|message| store::chat::MessageRow {
+            created_at: at,
+            ..message.clone()
+        })
+        .collect();
+    store::chat::insert_messages(&mut plan.script, scope, &rows);
+    plan.events.extend(rows.into_iter().map(|row| Event::MessageAdded {
         session_id: row.session_id,
         message_id: row.id,
         role: row.role,
-    })
+    }));
 }
 
 /// The assistant's reply, counted on its session, with `message:added` and the completion's
@@ -543,29 +530,19 @@ impl GroupWrite for StoreReply {
         &self.scope
     }
 
-    fn apply<'a>(
-        &'a self,
-        conn: &'a mut AnyConnection,
-        at: i64,
-    ) -> BoxFuture<'a, Result<Option<Vec<Event>>, sqlx::Error>> {
-        Box::pin(async move {
-            // Written with the new messages, the reply is counted with them.
-            let mut events = match &self.before {
-                Some(before) => match before.write(&mut *conn, at, 1).await? {
-                    Some(events) => events,
-                    None => return Ok(None),
-                },
-                None => {
-                    if !store::chat::touch_session(&mut *conn, &self.scope, &self.row.session_id, 1, at).await? {
-                        return Ok(None);
-                    }
-                    Vec::with_capacity(2)
-                }
-            };
-            events.push(add_message(conn, &self.scope, &self.row, at).await?);
-            events.push(self.finished.clone());
-            Ok(Some(events))
-        })
+    fn plan(&self, at: i64) -> Plan {
+        // Written with the new messages, the reply is counted with them.
+        let mut plan = match &self.before {
+            Some(before) => before.plan_counting(at, 1),
+            None => {
+                let mut plan = Plan::default();
+                store::chat::touch_session(&mut plan.script, &self.scope, &self.row.session_id, 1, at);
+                plan
+            }
+        };
+        add_messages(&mut plan, &self.scope, std::slice::from_ref(&self.row), at);
+        plan.events.push(self.finished.clone());
+        plan
     }
 }
 

@@ -1,5 +1,6 @@
 //! Chat sessions and their messages (spec §3.6, §3.13).
 
+use super::script::{Script, Value};
 use super::{Exec, changed_one, scoped, scoped_as};
 use crate::scope::Scope;
 
@@ -38,22 +39,25 @@ const SESSION_COLUMNS: &str = "id, agent, user_id, metadata, title, message_coun
 const MESSAGE_COLUMNS: &str =
     "id, session_id, role, content, tool_calls, tool_call_id, model, finish_reason, usage, created_at";
 
-pub async fn insert_session<'c>(ex: impl Exec<'c>, scope: &Scope, s: &SessionRow) -> Result<(), sqlx::Error> {
-    let sql = "INSERT INTO chat_sessions (project, environment, id, agent, user_id, metadata, title, message_count,
-                                          created_at, updated_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
-    scoped(sql, scope)
-        .bind(&s.id)
-        .bind(&s.agent)
-        .bind(&s.user)
-        .bind(&s.metadata)
-        .bind(&s.title)
-        .bind(s.message_count)
-        .bind(s.created_at)
-        .bind(s.updated_at)
-        .execute(ex)
-        .await?;
-    Ok(())
+/// Adds the insert of a new session to `script`.
+pub fn insert_session(script: &mut Script, scope: &Scope, s: &SessionRow) {
+    let mut values = Value::scope(scope, 8);
+    values.extend([
+        Value::Text(s.id.clone()),
+        Value::MaybeText(s.agent.clone()),
+        Value::MaybeText(s.user.clone()),
+        Value::Text(s.metadata.clone()),
+        Value::Text(s.title.clone()),
+        Value::Int(s.message_count),
+        Value::Int(s.created_at),
+        Value::Int(s.updated_at),
+    ]);
+    script.push(
+        "INSERT INTO chat_sessions (project, environment, id, agent, user_id, metadata, title, message_count,
+                                    created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        values,
+    );
 }
 
 pub async fn get_session<'c>(ex: impl Exec<'c>, scope: &Scope, id: &str) -> Result<Option<SessionRow>, sqlx::Error> {
@@ -86,17 +90,16 @@ pub async fn list_sessions<'c>(
         .await
 }
 
-/// Counts `added` new messages on the session; `false` when the session is gone.
-pub async fn touch_session<'c>(
-    ex: impl Exec<'c>,
-    scope: &Scope,
-    id: &str,
-    added: i64,
-    now: i64,
-) -> Result<bool, sqlx::Error> {
-    let sql = "UPDATE chat_sessions SET message_count = message_count + $4, updated_at = $5
-               WHERE project = $1 AND environment = $2 AND id = $3";
-    changed_one(ex, scoped(sql, scope).bind(id).bind(added).bind(now)).await
+/// Adds to `script` the count of `added` new messages on the session, as a guard: when the
+/// session is gone, nothing of the script is written.
+pub fn touch_session(script: &mut Script, scope: &Scope, id: &str, added: i64, now: i64) {
+    let mut values = Value::scope(scope, 3);
+    values.extend([Value::Text(id.to_string()), Value::Int(added), Value::Int(now)]);
+    script.push_guard(
+        "UPDATE chat_sessions SET message_count = message_count + $4, updated_at = $5
+         WHERE project = $1 AND environment = $2 AND id = $3",
+        values,
+    );
 }
 
 /// Deletes sessions of every scope that never received a message and were created before
@@ -120,25 +123,56 @@ pub async fn delete_messages<'c>(ex: impl Exec<'c>, scope: &Scope, session_id: &
     Ok(())
 }
 
-pub async fn insert_message<'c>(ex: impl Exec<'c>, scope: &Scope, m: &MessageRow) -> Result<(), sqlx::Error> {
-    let sql =
-        "INSERT INTO chat_messages (project, environment, id, session_id, role, content, tool_calls, tool_call_id,
-                                          model, finish_reason, usage, created_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
-    scoped(sql, scope)
-        .bind(&m.id)
-        .bind(&m.session_id)
-        .bind(&m.role)
-        .bind(&m.content)
-        .bind(&m.tool_calls)
-        .bind(&m.tool_call_id)
-        .bind(&m.model)
-        .bind(&m.finish_reason)
-        .bind(&m.usage)
-        .bind(m.created_at)
-        .execute(ex)
-        .await?;
-    Ok(())
+/// Messages one statement inserts at most (10 values each, within every backend's limit).
+const MESSAGES_PER_STATEMENT: usize = 100;
+
+/// Adds the insert of `messages` to `script`, in order.
+pub fn insert_messages(script: &mut Script, scope: &Scope, messages: &[MessageRow]) {
+    for chunk in messages.chunks(MESSAGES_PER_STATEMENT) {
+        // Only placeholders are formatted into the text; every value is bound.
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let b = 3 + i * 10;
+                format!(
+                    "($1, $2, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b,
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8,
+                    b + 9
+                )
+            })
+            .collect();
+        let mut values = Value::scope(scope, chunk.len() * 10);
+        for m in chunk {
+            values.extend([
+                Value::Text(m.id.clone()),
+                Value::Text(m.session_id.clone()),
+                Value::Text(m.role.clone()),
+                Value::Text(m.content.clone()),
+                Value::MaybeText(m.tool_calls.clone()),
+                Value::MaybeText(m.tool_call_id.clone()),
+                Value::MaybeText(m.model.clone()),
+                Value::MaybeText(m.finish_reason.clone()),
+                Value::MaybeText(m.usage.clone()),
+                Value::Int(m.created_at),
+            ]);
+        }
+        script.push(
+            format!(
+                "INSERT INTO chat_messages (project, environment, id, session_id, role, content, tool_calls,
+                                            tool_call_id, model, finish_reason, usage, created_at)
+                 VALUES {}",
+                rows.join(", ")
+            ),
+            values,
+        );
+    }
 }
 
 /// Messages of a session in conversation order, after `after` (`""` = from the start).

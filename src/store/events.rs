@@ -1,45 +1,54 @@
 //! The event log: `events` rows and the per-scope `event_counters` row that numbers them.
 
-use super::{Exec, scoped, scoped_as, scoped_scalar};
+use super::script::{Script, Value};
+use super::{Exec, scoped_as, scoped_scalar};
 use crate::scope::Scope;
 
-/// Takes `count` sequence numbers for the scope and returns the last one. The counter row stays
-/// locked until the transaction ends, which serialises event-writing commits per scope.
-pub async fn reserve<'c>(ex: impl Exec<'c>, scope: &Scope, count: i64) -> Result<i64, sqlx::Error> {
-    let sql = "INSERT INTO event_counters (project, environment, last_seq) VALUES ($1, $2, $3)
-               ON CONFLICT (project, environment) DO UPDATE SET last_seq = event_counters.last_seq + $3
-               RETURNING last_seq";
-    scoped_scalar(sql, scope).bind(count).fetch_one(ex).await
-}
-
-/// Inserts `(name, payload)` entries numbered from `first_seq`, in one statement.
-pub async fn insert_many<'c>(
-    ex: impl Exec<'c>,
-    scope: &Scope,
-    first_seq: i64,
-    entries: &[(String, String)],
-    created_at: i64,
-) -> Result<(), sqlx::Error> {
+/// Appends `(name, payload)` entries to the scope's log: takes as many sequence numbers from the
+/// scope's counter row, then inserts the entries numbered up to the counter's new value. The
+/// counter row stays locked until the transaction ends, which serialises event-writing commits
+/// per scope.
+pub fn append(script: &mut Script, scope: &Scope, entries: Vec<(String, String)>, created_at: i64) {
     if entries.is_empty() {
-        return Ok(());
+        return;
     }
-    // Only placeholders are formatted into the text; every value is bound.
+    let count = i64::try_from(entries.len()).unwrap_or(i64::MAX);
+    script.push(
+        "INSERT INTO event_counters (project, environment, last_seq) VALUES ($1, $2, $3)
+         ON CONFLICT (project, environment) DO UPDATE SET last_seq = event_counters.last_seq + $3",
+        {
+            let mut values = Value::scope(scope, 1);
+            values.push(Value::Int(count));
+            values
+        },
+    );
+    // Only placeholders are formatted into the text; every value is bound. Entry i is numbered
+    // `last - (count - 1 - i)`.
     let rows: Vec<String> = (0..entries.len())
         .map(|i| {
             let base = 4 + i * 3;
-            format!("($1, $2, ${}, ${}, ${}, $3)", base, base + 1, base + 2)
+            format!(
+                "($1, $2, (SELECT last_seq FROM event_counters WHERE project = $1 AND environment = $2) - ${}, ${}, ${}, $3)",
+                base,
+                base + 1,
+                base + 2
+            )
         })
         .collect();
-    let sql = format!(
-        "INSERT INTO events (project, environment, seq, name, payload, created_at) VALUES {}",
-        rows.join(", ")
-    );
-    let mut query = scoped(&sql, scope).bind(created_at);
-    for (seq, (name, payload)) in (first_seq..).zip(entries) {
-        query = query.bind(seq).bind(name).bind(payload);
+    let mut values = Value::scope(scope, 1 + entries.len() * 3);
+    values.push(Value::Int(created_at));
+    for (behind, (name, payload)) in (0..count).rev().zip(entries) {
+        values.push(Value::Int(behind));
+        values.push(Value::Text(name));
+        values.push(Value::Text(payload));
     }
-    query.execute(ex).await?;
-    Ok(())
+    script.push(
+        format!(
+            "INSERT INTO events (project, environment, seq, name, payload, created_at) VALUES {}",
+            rows.join(", ")
+        ),
+        values,
+    );
 }
 
 /// A stored event.

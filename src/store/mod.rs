@@ -12,6 +12,7 @@ pub mod migrate;
 pub mod missions;
 pub mod projects;
 pub mod rate_limits;
+pub mod script;
 pub mod tasks;
 pub mod webhooks;
 
@@ -120,7 +121,10 @@ impl Db {
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout);
         if backend == Backend::Sqlite {
-            pool = pool.after_connect(|conn, _meta| {
+            // A connection to a local file cannot be dropped by a server or a network, so it is
+            // not pinged before each use: on SQLite that ping is one more hand-off to the
+            // connection's thread for every transaction and every read.
+            pool = pool.test_before_acquire(false).after_connect(|conn, _meta| {
                 Box::pin(async move {
                     // WAL lets readers proceed during a write; busy_timeout makes a second
                     // writer wait instead of failing at once.

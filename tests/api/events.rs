@@ -218,17 +218,15 @@ async fn an_earlier_number_cannot_commit_after_a_later_one() {
 
     // Transaction A takes number 1 and holds it open.
     let mut a = app.db.pool.begin().await.unwrap();
-    let first = polpo_api::store::events::reserve(&mut *a, &scope, 1).await.unwrap();
     let (name, payload) = event("A").parts();
-    polpo_api::store::events::insert_many(
-        &mut *a,
+    let mut script = polpo_api::store::script::Script::default();
+    polpo_api::store::events::append(
+        &mut script,
         &scope,
-        first,
-        &[(name, payload.to_string())],
+        vec![(name, payload.to_string())],
         polpo_api::clock::now_ms(),
-    )
-    .await
-    .unwrap();
+    );
+    assert!(script.run(&mut a).await.unwrap());
     // A change through the write path, started later, cannot take a number (and commit) until
     // A ends.
     let runtime = app.state.runtime.clone();

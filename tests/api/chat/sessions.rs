@@ -417,3 +417,51 @@ async fn concurrent_turns_each_store_their_messages_and_events_in_order() {
         assert_eq!(names, expected, "events of {session}");
     }
 }
+
+/// A session deleted while its turn streams (spec §3.13): the reply is not stored and the
+/// session stays gone, and the database goes on serving the next turns.
+#[tokio::test]
+async fn a_reply_whose_session_was_deleted_during_its_stream_is_not_stored() {
+    let s = setup().await;
+    let key = &s.app.test_key;
+    let base = s.app.serve().await;
+    let mut response = crate::helpers::client()
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&json!({"model": "openai:pace-300", "stream": true, "messages": user("hello")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let session = response.headers()["x-session-id"].to_str().unwrap().to_string();
+    let mut text = String::from_utf8_lossy(&response.chunk().await.unwrap().unwrap()).to_string();
+    // The new message is stored before the first chunk.
+    assert_eq!(s.messages(&session).await.len(), 1);
+    let deleted = s.app.delete(&format!("/v1/chat/sessions/{session}"), key).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text);
+    while let Some(bytes) = response.chunk().await.unwrap() {
+        text.push_str(&String::from_utf8_lossy(&bytes));
+    }
+    assert_eq!(data_frames(&text).last().map(String::as_str), Some("[DONE]"), "{text}");
+
+    let gone = s.app.get(&format!("/v1/chat/sessions/{session}"), key).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    let history = s.app.get("/v1/events/history?limit=1000", key).await.json();
+    let finished: Vec<&Value> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "completion:finished")
+        .collect();
+    assert!(
+        finished.is_empty(),
+        "a finish was logged for the deleted session: {finished:?}"
+    );
+
+    let next = s
+        .chat(json!({"model": "mock/echo", "messages": user("after")}), None)
+        .await;
+    assert_eq!(next.status, StatusCode::OK, "{}", next.text);
+    let next_session = next.header("x-session-id").unwrap().to_string();
+    assert_eq!(s.messages(&next_session).await.len(), 2);
+}
