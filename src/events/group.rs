@@ -24,7 +24,7 @@ use super::change::{append, committed};
 use super::hub::Hub;
 use crate::metrics::{self, Metrics};
 use crate::scope::Scope;
-use crate::store::script::Script;
+use crate::store::script::{OneCall, Script};
 use crate::store::{self, Backend, Db};
 
 /// Changes one transaction takes at most.
@@ -240,9 +240,10 @@ impl GroupCommit {
 
     /// One transaction for `writes`: their rows in order, then each scope's events, numbered
     /// in the order of the writes. Scopes are appended in a fixed order, so that two writers
-    /// locking several counter rows cannot deadlock. On SQLite the whole transaction but its
-    /// `COMMIT` is one call to the connection's thread, unless a write finds its row gone; then
-    /// it is rolled back and written again statement by statement, without that write.
+    /// locking several counter rows cannot deadlock. On SQLite the whole transaction is one call
+    /// to the connection's thread (two when a write first checks that its row is still there),
+    /// unless a write finds its row gone; then it is rolled back and written again statement by
+    /// statement, without that write.
     async fn commit(&self, writes: &[&dyn GroupWrite]) -> Result<Vec<bool>, sqlx::Error> {
         let at = crate::clock::now_ms();
         let mut plans: Vec<Plan> = writes.iter().map(|write| write.plan(at)).collect();
@@ -255,7 +256,8 @@ impl GroupCommit {
             }
             let mut scripts: Vec<&Script> = plans.iter().map(|plan| &plan.script).collect();
             scripts.push(&events);
-            if let Some(outcomes) = self.in_one_call(&scripts).await? {
+            if let Some(mut outcomes) = self.in_one_call(&scripts).await? {
+                outcomes.truncate(writes.len());
                 self.committed(writes.len(), &logs);
                 return Ok(outcomes);
             }
@@ -277,27 +279,31 @@ impl GroupCommit {
         Ok(outcomes)
     }
 
-    /// SQLite: runs `scripts` in one transaction, all but the `COMMIT` in one call; `None`
-    /// (rolled back) when a guard did not hold.
+    /// SQLite: runs `scripts` in one transaction, in one call with its `COMMIT` when no script
+    /// has a guard, else all but the `COMMIT`; `None` (rolled back) when a guard did not hold.
     async fn in_one_call(&self, scripts: &[&Script]) -> Result<Option<Vec<bool>>, sqlx::Error> {
         let mut fence = Fence(Some(self.db.pool.acquire().await?));
         let Some(conn) = fence.0.as_mut() else {
             return Err(sqlx::Error::PoolClosed);
         };
-        let outcomes = match store::script::run_in_one_call(conn, scripts).await {
-            Ok(outcomes) => outcomes,
+        match store::script::run_in_one_call(conn, scripts).await {
+            Ok(OneCall::Committed) => {
+                fence.0 = None;
+                Ok(Some(vec![true; scripts.len()]))
+            }
+            Ok(OneCall::Open(outcomes)) if outcomes.iter().all(|done| *done) => {
+                fence.end(END_COMMIT).await?;
+                Ok(Some(outcomes))
+            }
+            Ok(OneCall::Open(_)) => {
+                fence.end(END_ROLLBACK).await?;
+                Ok(None)
+            }
             Err(error) => {
                 // A failed end leaves the fence to close the connection.
                 let _ = fence.end(END_ROLLBACK).await;
-                return Err(error);
+                Err(error)
             }
-        };
-        if outcomes.iter().all(|done| *done) {
-            fence.end(END_COMMIT).await?;
-            Ok(Some(outcomes))
-        } else {
-            fence.end(END_ROLLBACK).await?;
-            Ok(None)
         }
     }
 

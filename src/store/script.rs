@@ -1,7 +1,8 @@
 //! Statements prepared together and written together. A [`Script`] holds statements with their
 //! values; [`Script::run`] runs them one after another inside the caller's transaction, and on
-//! SQLite [`run_in_one_call`] runs many scripts and the transaction's `BEGIN` in a single call to
-//! the connection's thread instead of one call per statement.
+//! SQLite [`run_in_one_call`] runs many scripts with the transaction's `BEGIN` (and `COMMIT`, when
+//! nothing has to be checked before it) in a single call to the connection's thread instead of
+//! one call per statement.
 //!
 //! Each statement numbers its own placeholders from `$1`; they are renumbered when statements are
 //! joined (SQLite numbers `$N` across the whole text of one call).
@@ -129,11 +130,20 @@ fn renumber(sql: &str, offset: usize, out: &mut String) {
     }
 }
 
+/// How [`run_in_one_call`] left the transaction.
+#[derive(Debug)]
+pub enum OneCall {
+    /// No script had a guard: the call ended with `COMMIT` too.
+    Committed,
+    /// Still open, with whether each script's guards held: the caller commits when all held
+    /// and rolls back otherwise.
+    Open(Vec<bool>),
+}
+
 /// SQLite only: begins a transaction on `conn` and runs every script in it, in order, in one
-/// call, leaving the transaction open. `Ok(Some(outcomes))` (whether each script's guards held)
-/// when every statement ran: the caller commits when all held, and rolls back otherwise;
-/// `Err` when a statement failed, after which the caller rolls back.
-pub async fn run_in_one_call(conn: &mut AnyConnection, scripts: &[&Script]) -> Result<Vec<bool>, sqlx::Error> {
+/// call, committing in the same call when no script has a guard. On `Err` a statement failed
+/// and the transaction may still be open: the caller rolls back.
+pub async fn run_in_one_call(conn: &mut AnyConnection, scripts: &[&Script]) -> Result<OneCall, sqlx::Error> {
     let mut sql = String::from("BEGIN;\n");
     let mut values: Vec<&Value> = Vec::new();
     // The position of each statement's answer (after BEGIN's) and its script, for the guards.
@@ -149,6 +159,10 @@ pub async fn run_in_one_call(conn: &mut AnyConnection, scripts: &[&Script]) -> R
             }
             position += 1;
         }
+    }
+    if guards.is_empty() {
+        sql.push_str("COMMIT;\n");
+        position += 1;
     }
     let query = bind_all(sqlx::query(&sql), values);
     let answers: Vec<u64> = (&mut *conn)
@@ -167,13 +181,16 @@ pub async fn run_in_one_call(conn: &mut AnyConnection, scripts: &[&Script]) -> R
             answers.len()
         )));
     }
+    if guards.is_empty() {
+        return Ok(OneCall::Committed);
+    }
     let mut outcomes = vec![true; scripts.len()];
     for (at, index) in guards {
         if answers[at] == 0 {
             outcomes[index] = false;
         }
     }
-    Ok(outcomes)
+    Ok(OneCall::Open(outcomes))
 }
 
 #[cfg(test)]
