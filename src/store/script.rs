@@ -164,7 +164,10 @@ pub async fn run_in_one_call(conn: &mut AnyConnection, scripts: &[&Script]) -> R
         sql.push_str("COMMIT;\n");
         position += 1;
     }
-    let query = bind_all(sqlx::query(&sql), values);
+    // The text of one write's call recurs (a turn's shape), so its prepared statements are kept;
+    // a batch of many writes seldom recurs, and kept it would push the recurring ones out of the
+    // connection's statement cache.
+    let query = bind_all(sqlx::query(&sql), values).persistent(scripts.len() <= 2);
     let answers: Vec<u64> = (&mut *conn)
         .fetch_many(query)
         .try_filter_map(|step| async move {
