@@ -243,7 +243,8 @@ impl GroupCommit {
     /// locking several counter rows cannot deadlock. On SQLite the whole transaction is one call
     /// to the connection's thread (two when a write first checks that its row is still there),
     /// unless a write finds its row gone; then it is rolled back and written again statement by
-    /// statement, without that write.
+    /// statement, without that write. A batch with more values than one call takes is written
+    /// statement by statement too.
     async fn commit(&self, writes: &[&dyn GroupWrite]) -> Result<Vec<bool>, sqlx::Error> {
         let at = crate::clock::now_ms();
         let mut plans: Vec<Plan> = writes.iter().map(|write| write.plan(at)).collect();
@@ -256,7 +257,9 @@ impl GroupCommit {
             }
             let mut scripts: Vec<&Script> = plans.iter().map(|plan| &plan.script).collect();
             scripts.push(&events);
-            if let Some(mut outcomes) = self.in_one_call(&scripts).await? {
+            if store::script::fit_in_one_call(&scripts)
+                && let Some(mut outcomes) = self.in_one_call(&scripts).await?
+            {
                 outcomes.truncate(writes.len());
                 self.committed(writes.len(), &logs);
                 return Ok(outcomes);

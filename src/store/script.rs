@@ -130,6 +130,20 @@ fn renumber(sql: &str, offset: usize, out: &mut String) {
     }
 }
 
+/// The most values SQLite takes in one call: `$N` counts across the whole text, and SQLite's
+/// highest parameter number is 32766.
+const MAX_VALUES_IN_ONE_CALL: usize = 32766;
+
+/// Whether `scripts` can be sent to SQLite in one call.
+pub fn fit_in_one_call(scripts: &[&Script]) -> bool {
+    let values: usize = scripts
+        .iter()
+        .flat_map(|script| &script.statements)
+        .map(|statement| statement.values.len())
+        .sum();
+    values <= MAX_VALUES_IN_ONE_CALL
+}
+
 /// How [`run_in_one_call`] left the transaction.
 #[derive(Debug)]
 pub enum OneCall {
