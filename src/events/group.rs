@@ -251,10 +251,7 @@ impl GroupCommit {
         if self.db.backend == Backend::Sqlite {
             let everything = vec![true; writes.len()];
             let logs = logs(writes, &mut plans, &everything);
-            let mut events = Script::default();
-            for (scope, scope_events) in logs.values() {
-                append(&mut events, scope, at, scope_events);
-            }
+            let events = appends(&logs, at);
             let mut scripts: Vec<&Script> = plans.iter().map(|plan| &plan.script).collect();
             scripts.push(&events);
             if store::script::fit_in_one_call(&scripts)
@@ -272,11 +269,7 @@ impl GroupCommit {
             outcomes.push(plan.script.run(&mut tx).await?);
         }
         let logs = logs(writes, &mut plans, &outcomes);
-        let mut events = Script::default();
-        for (scope, scope_events) in logs.values() {
-            append(&mut events, scope, at, scope_events);
-        }
-        events.run(&mut tx).await?;
+        appends(&logs, at).run(&mut tx).await?;
         tx.commit().await?;
         self.committed(writes.len(), &logs);
         Ok(outcomes)
@@ -335,6 +328,15 @@ fn logs(writes: &[&dyn GroupWrite], plans: &mut [Plan], done: &[bool]) -> Logs {
             .append(&mut plan.events);
     }
     logs
+}
+
+/// The statements appending each scope's events, stamped `at`.
+fn appends(logs: &Logs, at: i64) -> Script {
+    let mut script = Script::default();
+    for (scope, events) in logs.values() {
+        append(&mut script, scope, at, events);
+    }
+    script
 }
 
 const END_COMMIT: &str = "COMMIT";

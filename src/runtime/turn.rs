@@ -499,18 +499,11 @@ impl GroupWrite for StoreMessages {
 
 /// Adds `messages` stamped `at` to `plan`, with their `message:added` events.
 fn add_messages(plan: &mut Plan, scope: &Scope, messages: &[store::chat::MessageRow], at: i64) {
-    let rows: Vec<store::chat::MessageRow> = messages
-        .iter()
-        .map(|message| store::chat::MessageRow {
-            created_at: at,
-            ..message.clone()
-        })
-        .collect();
-    store::chat::insert_messages(&mut plan.script, scope, &rows);
-    plan.events.extend(rows.into_iter().map(|row| Event::MessageAdded {
-        session_id: row.session_id,
-        message_id: row.id,
-        role: row.role,
+    store::chat::insert_messages(&mut plan.script, scope, messages, at);
+    plan.events.extend(messages.iter().map(|row| Event::MessageAdded {
+        session_id: row.session_id.clone(),
+        message_id: row.id.clone(),
+        role: row.role.clone(),
     }));
 }
 

@@ -126,8 +126,9 @@ pub async fn delete_messages<'c>(ex: impl Exec<'c>, scope: &Scope, session_id: &
 /// Messages one statement inserts at most (10 values each, within every backend's limit).
 const MESSAGES_PER_STATEMENT: usize = 100;
 
-/// Adds the insert of `messages` to `script`, in order.
-pub fn insert_messages(script: &mut Script, scope: &Scope, messages: &[MessageRow]) {
+/// Adds the insert of `messages` to `script`, in order, each stamped `created_at` (their own
+/// `created_at` is not read).
+pub fn insert_messages(script: &mut Script, scope: &Scope, messages: &[MessageRow], created_at: i64) {
     for chunk in messages.chunks(MESSAGES_PER_STATEMENT) {
         // Only placeholders are formatted into the text; every value is bound.
         let rows: Vec<String> = (0..chunk.len())
@@ -160,7 +161,7 @@ pub fn insert_messages(script: &mut Script, scope: &Scope, messages: &[MessageRo
                 Value::MaybeText(m.model.clone()),
                 Value::MaybeText(m.finish_reason.clone()),
                 Value::MaybeText(m.usage.clone()),
-                Value::Int(m.created_at),
+                Value::Int(created_at),
             ]);
         }
         script.push(

@@ -69,15 +69,6 @@ impl Script {
         });
     }
 
-    /// Adds `other`'s statements after these.
-    pub fn extend(&mut self, other: Script) {
-        self.statements.extend(other.statements);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.statements.is_empty()
-    }
-
     /// Runs the statements in order on `conn`, inside the caller's transaction: `false` when a
     /// guard changed no row (then nothing was written, as guards come first).
     pub async fn run(&self, conn: &mut AnyConnection) -> Result<bool, sqlx::Error> {
