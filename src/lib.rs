@@ -15,6 +15,7 @@
 //! - `scope`: the tenant key (project and environment), used by every layer
 //! - `field`: absent / null / value, the shape of a PATCH field
 //! - `ids`, `clock`: identifiers, secrets and timestamps
+//! - `heap`: memory a burst used, given back to the system once it is over
 
 pub mod api;
 pub mod app;
@@ -25,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod field;
+pub mod heap;
 pub mod ids;
 pub mod metrics;
 pub mod middleware;

@@ -1,7 +1,7 @@
 //! Work that runs beside the requests until shutdown, every loop a tracked task: the Postgres
 //! listener that wakes event feeds for other instances' commits, the webhook delivery worker,
-//! the task runner, the mission driver, and the retention purge (old events and deliveries,
-//! empty chat sessions).
+//! the task runner, the mission driver, the retention purge (old events and deliveries, empty
+//! chat sessions), and the allocator trim that gives back what a burst of requests used.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +12,9 @@ use crate::store;
 
 /// How often expired events are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// How often the memory in use is compared with its peak (`crate::heap`).
+const HEAP_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 impl Runtime {
     pub fn start_background(&self) {
@@ -32,8 +35,40 @@ impl Runtime {
         };
         self.spawn(worker.run());
         self.spawn(purge(self.clone()));
+        self.spawn(trim_heap(self.clone()));
         self.spawn(super::tasks::runner::run(self.clone()));
         self.spawn(super::missions::driver::run(self.clone()));
+    }
+}
+
+/// Gives the system back the memory a burst used, once the memory in use has fallen far below
+/// its peak (`crate::heap`). The trim walks the allocator's arenas, so it runs on a blocking
+/// thread, not on a request's worker.
+async fn trim_heap(rt: Runtime) {
+    let mut trim = crate::heap::Trim::default();
+    let mut every = tokio::time::interval(HEAP_CHECK_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = rt.shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let checked;
+        (trim, checked) = match tokio::task::spawn_blocking(move || {
+            let trimmed = trim.tick();
+            (trim, trimmed)
+        })
+        .await
+        {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!(error = %e, "heap trim failed");
+                return;
+            }
+        };
+        if let Some(in_use) = checked {
+            tracing::debug!(in_use_bytes = in_use, "gave freed memory back to the system");
+        }
     }
 }
 
