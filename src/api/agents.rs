@@ -362,7 +362,7 @@ pub async fn update_agent(
     body: JsonObject,
 ) -> Result<Json<Agent>, ApiError> {
     let changes = read_changes(&rt, body, false)?;
-    Ok(Json(agents::update(&rt.db, &auth.scope, &id_or_name, changes).await?))
+    Ok(Json(agents::update(&rt, &auth.scope, &id_or_name, changes).await?))
 }
 
 /// Delete an agent and its memory (spec §2.2 rule 2).

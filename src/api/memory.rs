@@ -45,7 +45,7 @@ pub async fn put_project_memory(
     body: JsonObject,
 ) -> Result<Json<Memory>, ApiError> {
     let content = read_content(body)?;
-    Ok(Json(agents::write_memory(&rt.db, &auth.scope, None, content).await?))
+    Ok(Json(agents::write_memory(&rt, &auth.scope, None, content).await?))
 }
 
 /// Read an agent's memory (spec §2.2).
@@ -75,6 +75,6 @@ pub async fn put_agent_memory(
     let agent = agents::get(&rt.db, &auth.scope, &id_or_name).await?;
     let content = read_content(body)?;
     Ok(Json(
-        agents::write_memory(&rt.db, &auth.scope, Some(&agent), content).await?,
+        agents::write_memory(&rt, &auth.scope, Some(&agent), content).await?,
     ))
 }

@@ -1,7 +1,8 @@
 //! Agents and their memory (spec §2): the stored document, creation, the PATCH merge rules,
 //! deletion, and lookups by id or name.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -11,8 +12,8 @@ use crate::error::ApiError;
 use crate::field::Field;
 use crate::ids;
 use crate::providers::types::Reasoning;
-use crate::scope::Scope;
-use crate::store::{self, Db, ResultExt};
+use crate::scope::{Environment, Scope};
+use crate::store::{self, Backend, Db, ResultExt};
 
 pub const ID_PREFIX: &str = "agt_";
 
@@ -230,17 +231,94 @@ pub struct WithMemories {
     pub agent_memory: String,
 }
 
-/// [`find`], with both memories, in one read.
-pub async fn find_with_memories(db: &Db, scope: &Scope, id_or_name: &str) -> Result<Option<WithMemories>, ApiError> {
+/// [`find`], with both memories, in one read, or none from the cache.
+pub async fn find_with_memories(
+    rt: &super::Runtime,
+    scope: &Scope,
+    id_or_name: &str,
+) -> Result<Option<Arc<WithMemories>>, ApiError> {
+    let cache = &rt.agent_cache;
+    let generation = match cache.get(scope, id_or_name) {
+        Ok(found) => return Ok(Some(found)),
+        Err(generation) => generation,
+    };
     let by_name = !id_or_name.starts_with(ID_PREFIX);
-    let Some(row) = store::agents::get_with_memories(&db.pool, scope, id_or_name, by_name).await? else {
+    let Some(row) = store::agents::get_with_memories(&rt.db.pool, scope, id_or_name, by_name).await? else {
         return Ok(None);
     };
-    Ok(Some(WithMemories {
+    let found = Arc::new(WithMemories {
         agent: Agent::from_row(&row.agent)?,
         project_memory: row.project_memory.unwrap_or_default(),
         agent_memory: row.agent_memory.unwrap_or_default(),
-    }))
+    });
+    cache.put(generation, scope, id_or_name, &found);
+    Ok(Some(found))
+}
+
+/// Most agents the cache holds; when full it starts again empty.
+const CACHE_CAPACITY: usize = 10_000;
+
+/// What chat turns read of an agent (the agent with both memories), kept on SQLite only, where
+/// this process is the database's only writer: every write of an agent or a memory goes through
+/// this module, which empties the cache before it answers, so the next turn reads the change.
+/// Several instances share a Postgres database, and a change made by another one could be read
+/// here only after a notification; there every turn reads the database.
+pub struct AgentCache {
+    enabled: bool,
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    /// Counts the writes: a read that began before a write must not store what it read.
+    generation: u64,
+    entries: HashMap<(String, Environment, String), Arc<WithMemories>>,
+}
+
+impl AgentCache {
+    pub fn new(backend: Backend) -> Self {
+        Self {
+            enabled: backend == Backend::Sqlite,
+            inner: Mutex::new(CacheInner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached entry, or the generation a read must quote to store its answer.
+    fn get(&self, scope: &Scope, id_or_name: &str) -> Result<Arc<WithMemories>, u64> {
+        let inner = self.lock();
+        if !self.enabled {
+            return Err(inner.generation);
+        }
+        let key = (scope.project.clone(), scope.environment, id_or_name.to_string());
+        inner.entries.get(&key).cloned().ok_or(inner.generation)
+    }
+
+    /// Stores what a read found, unless a write happened since it began.
+    fn put(&self, generation: u64, scope: &Scope, id_or_name: &str, found: &Arc<WithMemories>) {
+        if !self.enabled {
+            return;
+        }
+        let mut inner = self.lock();
+        if inner.generation != generation {
+            return;
+        }
+        if inner.entries.len() >= CACHE_CAPACITY {
+            inner.entries.clear();
+        }
+        let key = (scope.project.clone(), scope.environment, id_or_name.to_string());
+        inner.entries.insert(key, Arc::clone(found));
+    }
+
+    /// After a write of an agent or a memory: nothing read before it is served again.
+    fn forget_all(&self) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.entries.clear();
+    }
 }
 
 pub async fn get(db: &Db, scope: &Scope, id_or_name: &str) -> Result<Agent, ApiError> {
@@ -318,7 +396,13 @@ pub async fn create(rt: &super::Runtime, scope: &Scope, changes: AgentChanges) -
     Ok(agent)
 }
 
-pub async fn update(db: &Db, scope: &Scope, id_or_name: &str, changes: AgentChanges) -> Result<Agent, ApiError> {
+pub async fn update(
+    rt: &super::Runtime,
+    scope: &Scope,
+    id_or_name: &str,
+    changes: AgentChanges,
+) -> Result<Agent, ApiError> {
+    let db = &rt.db;
     let mut agent = get(db, scope, id_or_name).await?;
     if let Field::Value(name) = &changes.name
         && *name != agent.name
@@ -331,7 +415,9 @@ pub async fn update(db: &Db, scope: &Scope, id_or_name: &str, changes: AgentChan
         resolve_reports_to(db, scope, &mut agent).await?;
     }
     agent.updated_at = Timestamp::now().max(agent.updated_at);
-    if !store::agents::update(&db.pool, scope, &agent.to_row()?, agent.updated_at.ms()).await? {
+    let updated = store::agents::update(&db.pool, scope, &agent.to_row()?, agent.updated_at.ms()).await;
+    rt.agent_cache.forget_all();
+    if !updated? {
         return Err(not_found(id_or_name));
     }
     Ok(agent)
@@ -359,7 +445,9 @@ pub async fn delete(rt: &super::Runtime, scope: &Scope, id_or_name: &str, force:
     }
     let deleted = store::agents::delete(change.conn(), scope, &agent.id).await?;
     store::memory::delete(change.conn(), scope, &agent.id).await?;
-    change.commit().await?;
+    let committed = change.commit().await;
+    rt.agent_cache.forget_all();
+    committed?;
     if deleted { Ok(()) } else { Err(not_found(id_or_name)) }
 }
 
@@ -391,10 +479,17 @@ pub async fn read_memory(db: &Db, scope: &Scope, agent: Option<&Agent>) -> Resul
     })
 }
 
-pub async fn write_memory(db: &Db, scope: &Scope, agent: Option<&Agent>, content: String) -> Result<Memory, ApiError> {
+pub async fn write_memory(
+    rt: &super::Runtime,
+    scope: &Scope,
+    agent: Option<&Agent>,
+    content: String,
+) -> Result<Memory, ApiError> {
     let owner = agent.map_or(store::memory::PROJECT_OWNER, |a| a.id.as_str());
     let now = clock::now_ms();
-    store::memory::put(&db.pool, scope, owner, &content, now).await?;
+    let written = store::memory::put(&rt.db.pool, scope, owner, &content, now).await;
+    rt.agent_cache.forget_all();
+    written?;
     Ok(Memory {
         content,
         updated_at: Some(Timestamp(now)),

@@ -39,7 +39,7 @@ pub struct CompletionRequest {
 /// Who answers (spec §3.4).
 struct Target {
     /// The agent with both memories, read with it.
-    agent: Option<agents::WithMemories>,
+    agent: Option<Arc<agents::WithMemories>>,
     /// The model string as written in the agent or the request, e.g. `anthropic:claude-sonnet-4-5`.
     model: String,
     client: Arc<dyn ModelClient>,
@@ -56,7 +56,7 @@ fn model_error(problem: String) -> ApiError {
     }
 }
 
-fn provider_target(rt: &Runtime, agent: Option<agents::WithMemories>, model: &str) -> Result<Target, ApiError> {
+fn provider_target(rt: &Runtime, agent: Option<Arc<agents::WithMemories>>, model: &str) -> Result<Target, ApiError> {
     let (provider, parsed) = rt.providers.check_model(model).map_err(model_error)?;
     let client = rt
         .clients
@@ -74,7 +74,7 @@ fn provider_target(rt: &Runtime, agent: Option<agents::WithMemories>, model: &st
 
 async fn resolve_target(rt: &Runtime, scope: &Scope, request: &CompletionRequest) -> Result<Target, ApiError> {
     if let Some(name) = &request.agent {
-        let found = agents::find_with_memories(&rt.db, scope, name)
+        let found = agents::find_with_memories(rt, scope, name)
             .await?
             .ok_or_else(|| ApiError::NotFound {
                 message: format!("Agent {name:?} not found"),
@@ -97,7 +97,7 @@ async fn resolve_target(rt: &Runtime, scope: &Scope, request: &CompletionRequest
     if split_model(model).is_some() {
         return provider_target(rt, None, model);
     }
-    match agents::find_with_memories(&rt.db, scope, model).await? {
+    match agents::find_with_memories(rt, scope, model).await? {
         Some(found) => {
             let model = found.agent.model.clone();
             provider_target(rt, Some(found), &model)

@@ -38,6 +38,8 @@ pub struct Runtime {
     /// Every task spawned beside the requests (chat turns, feeds, workers), so that shutdown
     /// can wait for them to save and release what they hold.
     pub tasks: TaskTracker,
+    /// What chat turns read of agents, on SQLite (see `agents::AgentCache`).
+    pub agent_cache: Arc<super::agents::AgentCache>,
 }
 
 /// How often an event feed re-reads the log without a wake-up (spec §7.5: under 5 s even when
@@ -66,6 +68,7 @@ impl Runtime {
                 tasks.clone(),
             )),
             hub,
+            agent_cache: Arc::new(super::agents::AgentCache::new(db.backend)),
             db,
             providers: Arc::new(providers),
             clients,

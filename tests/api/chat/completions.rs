@@ -96,6 +96,81 @@ async fn an_agent_answers_through_an_openai_provider_with_its_composed_prompt() 
     assert!(sent.body.get("agent").is_none() && sent.body.get("metadata").is_none());
 }
 
+/// The agent's system message as the provider received it in the last call.
+fn last_system_prompt(s: &super::Setup) -> String {
+    let sent = s.openai.last_request();
+    sent.body["messages"][0]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn every_change_to_an_agent_or_its_memory_reaches_the_very_next_turn() {
+    let s = setup().await;
+    let key = s.app.test_key.clone();
+    s.agent("writer", "openai:ok", json!({"systemPrompt": "First prompt."}))
+        .await;
+    let turn = || s.chat(json!({"agent": "writer", "messages": user("hi")}), None);
+    let turn_by_id = |id: String| s.chat(json!({"agent": id, "messages": user("hi")}), None);
+
+    // Read twice, so that a server which keeps what it read is serving the kept copy.
+    for _ in 0..2 {
+        assert_eq!(turn().await.status, StatusCode::OK);
+        assert!(last_system_prompt(&s).contains("First prompt."));
+    }
+    let response = s
+        .app
+        .patch("/v1/agents/writer", &key, json!({"systemPrompt": "Second prompt."}))
+        .await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+    let id = response.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(turn().await.status, StatusCode::OK);
+    let prompt = last_system_prompt(&s);
+    assert!(
+        prompt.contains("Second prompt.") && !prompt.contains("First prompt."),
+        "{prompt}"
+    );
+    assert_eq!(turn_by_id(id.clone()).await.status, StatusCode::OK);
+    assert!(last_system_prompt(&s).contains("Second prompt."), "by id as by name");
+
+    let put = |path: &'static str, content: &'static str| {
+        s.app.call("PUT", path, Some(&key), Some(json!({"content": content})))
+    };
+    assert_eq!(put("/v1/memory", "Project fact one.").await.status, StatusCode::OK);
+    assert_eq!(turn().await.status, StatusCode::OK);
+    assert!(last_system_prompt(&s).contains("Project fact one."));
+    assert_eq!(put("/v1/memory", "Project fact two.").await.status, StatusCode::OK);
+    assert_eq!(turn_by_id(id.clone()).await.status, StatusCode::OK);
+    let prompt = last_system_prompt(&s);
+    assert!(
+        prompt.contains("Project fact two.") && !prompt.contains("Project fact one."),
+        "{prompt}"
+    );
+    assert_eq!(
+        put("/v1/agents/writer/memory", "Agent fact.").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(turn().await.status, StatusCode::OK);
+    assert!(last_system_prompt(&s).contains("Agent fact."));
+
+    let response = s.app.delete("/v1/agents/writer", &key).await;
+    assert_eq!(response.status, StatusCode::NO_CONTENT, "{}", response.text);
+    let response = turn().await;
+    assert_eq!(response.status, StatusCode::NOT_FOUND, "{}", response.text);
+    assert_eq!(turn_by_id(id).await.status, StatusCode::NOT_FOUND);
+
+    // A new agent of the same name has none of the old one's prompt or memory.
+    s.agent("writer", "openai:ok", json!({"systemPrompt": "Third prompt."}))
+        .await;
+    assert_eq!(turn().await.status, StatusCode::OK);
+    let prompt = last_system_prompt(&s);
+    assert!(
+        prompt.contains("Third prompt.") && !prompt.contains("Agent fact."),
+        "{prompt}"
+    );
+}
+
 #[tokio::test]
 async fn the_mock_provider_behaves_as_documented() {
     let s = setup().await;
