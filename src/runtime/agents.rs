@@ -246,17 +246,26 @@ pub async fn find_with_memories(
     let Some(row) = store::agents::get_with_memories(&rt.db.pool, scope, id_or_name, by_name).await? else {
         return Ok(None);
     };
+    // What the entry holds, about: the stored document and both memories.
+    let weight = ENTRY_OVERHEAD
+        + row.agent.body.len()
+        + row.project_memory.as_ref().map_or(0, String::len)
+        + row.agent_memory.as_ref().map_or(0, String::len);
     let found = Arc::new(WithMemories {
         agent: Agent::from_row(&row.agent)?,
         project_memory: row.project_memory.unwrap_or_default(),
         agent_memory: row.agent_memory.unwrap_or_default(),
     });
-    cache.put(generation, scope, id_or_name, &found);
+    cache.put(generation, scope, id_or_name, &found, weight);
     Ok(Some(found))
 }
 
-/// Most agents the cache holds; when full it starts again empty.
-const CACHE_CAPACITY: usize = 10_000;
+/// Most agents the cache holds, and most bytes of their documents and memories (each of which
+/// may reach 64 KiB); when either is reached it starts again empty.
+const CACHE_ENTRIES: usize = 10_000;
+const CACHE_BYTES: usize = 32 << 20;
+/// What an entry costs besides its texts: the key, the parsed agent's other fields.
+const ENTRY_OVERHEAD: usize = 512;
 
 /// What chat turns read of an agent (the agent with both memories), kept on SQLite only, where
 /// this process is the database's only writer: every write of an agent or a memory goes through
@@ -273,6 +282,8 @@ struct CacheInner {
     /// Counts the writes: a read that began before a write must not store what it read.
     generation: u64,
     entries: HashMap<(String, Environment, String), Arc<WithMemories>>,
+    /// The weights of the entries, summed.
+    bytes: usize,
 }
 
 impl AgentCache {
@@ -298,7 +309,7 @@ impl AgentCache {
     }
 
     /// Stores what a read found, unless a write happened since it began.
-    fn put(&self, generation: u64, scope: &Scope, id_or_name: &str, found: &Arc<WithMemories>) {
+    fn put(&self, generation: u64, scope: &Scope, id_or_name: &str, found: &Arc<WithMemories>, weight: usize) {
         if !self.enabled {
             return;
         }
@@ -306,11 +317,14 @@ impl AgentCache {
         if inner.generation != generation {
             return;
         }
-        if inner.entries.len() >= CACHE_CAPACITY {
+        if inner.entries.len() >= CACHE_ENTRIES || inner.bytes + weight > CACHE_BYTES {
             inner.entries.clear();
+            inner.bytes = 0;
         }
         let key = (scope.project.clone(), scope.environment, id_or_name.to_string());
-        inner.entries.insert(key, Arc::clone(found));
+        if inner.entries.insert(key, Arc::clone(found)).is_none() {
+            inner.bytes += weight;
+        }
     }
 
     /// After a write of an agent or a memory: nothing read before it is served again.
@@ -318,6 +332,7 @@ impl AgentCache {
         let mut inner = self.lock();
         inner.generation += 1;
         inner.entries.clear();
+        inner.bytes = 0;
     }
 }
 
@@ -495,4 +510,71 @@ pub async fn write_memory(
         updated_at: Some(Timestamp(now)),
         agent: agent.map(|a| a.name.clone()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str) -> Arc<WithMemories> {
+        Arc::new(WithMemories {
+            agent: Agent::blank(format!("{ID_PREFIX}{name}"), name.into(), "mock/echo".into(), 0),
+            project_memory: String::new(),
+            agent_memory: String::new(),
+        })
+    }
+
+    fn scope() -> Scope {
+        Scope {
+            project: "p".into(),
+            environment: Environment::Test,
+        }
+    }
+
+    #[test]
+    fn a_read_that_began_before_a_write_is_not_kept() {
+        let cache = AgentCache::new(Backend::Sqlite);
+        let Err(before) = cache.get(&scope(), "a") else {
+            panic!("an empty cache has nothing")
+        };
+        cache.forget_all();
+        cache.put(before, &scope(), "a", &entry("a"), 1);
+        assert!(
+            cache.get(&scope(), "a").is_err(),
+            "what was read before the write is stale"
+        );
+        let Err(after) = cache.get(&scope(), "a") else {
+            panic!("still nothing")
+        };
+        cache.put(after, &scope(), "a", &entry("a"), 1);
+        assert!(cache.get(&scope(), "a").is_ok());
+        let other = Scope {
+            project: "p".into(),
+            environment: Environment::Live,
+        };
+        assert!(cache.get(&other, "a").is_err(), "environments are apart");
+    }
+
+    #[test]
+    fn the_cache_is_bounded_by_bytes_and_off_on_postgres() {
+        let cache = AgentCache::new(Backend::Sqlite);
+        let half = CACHE_BYTES / 2 + 1;
+        let Err(generation) = cache.get(&scope(), "a") else {
+            panic!("an empty cache has nothing")
+        };
+        cache.put(generation, &scope(), "a", &entry("a"), half);
+        cache.put(generation, &scope(), "b", &entry("b"), half);
+        assert!(
+            cache.get(&scope(), "a").is_err(),
+            "two halves do not fit: the cache started again"
+        );
+        assert!(cache.get(&scope(), "b").is_ok());
+
+        let off = AgentCache::new(Backend::Postgres);
+        let Err(generation) = off.get(&scope(), "a") else {
+            panic!("an empty cache has nothing")
+        };
+        off.put(generation, &scope(), "a", &entry("a"), 1);
+        assert!(off.get(&scope(), "a").is_err());
+    }
 }
