@@ -1,7 +1,8 @@
 //! Work that runs beside the requests until shutdown, every loop a tracked task: the Postgres
 //! listener that wakes event feeds for other instances' commits, the webhook delivery worker,
 //! the task runner, the mission driver, the retention purge (old events and deliveries, empty
-//! chat sessions), and the allocator trim that gives back what a burst of requests used.
+//! chat sessions), the WAL checkpoints of a SQLite file, and the allocator trim that gives back
+//! what a burst of requests used.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,9 @@ use crate::store;
 
 /// How often expired events are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// How often the WAL of a SQLite file is copied back into the file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
 /// How often the memory in use is compared with its peak (`crate::heap`).
 const HEAP_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -36,8 +40,47 @@ impl Runtime {
         self.spawn(worker.run());
         self.spawn(purge(self.clone()));
         self.spawn(trim_heap(self.clone()));
+        if self.db.backend == store::Backend::Sqlite {
+            self.spawn(checkpoint_wal(self.clone()));
+        }
         self.spawn(super::tasks::runner::run(self.clone()));
         self.spawn(super::missions::driver::run(self.clone()));
+    }
+}
+
+/// Copies the WAL of a SQLite file back into the file twice a second, on a connection of its
+/// own. Left to the pool's connection, that copy (and its fsync) would run inside whichever
+/// commit crossed the WAL's size mark, and that turn would wait for it.
+async fn checkpoint_wal(rt: Runtime) {
+    let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut conn = None;
+    loop {
+        tokio::select! {
+            () = rt.shutdown.cancelled() => break,
+            _ = every.tick() => {}
+        }
+        if conn.is_none() {
+            conn = match store::checkpoint_connection(&rt.db).await {
+                Ok(Some(opened)) => Some(opened),
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open a connection for WAL checkpoints; retrying");
+                    continue;
+                }
+            };
+        }
+        let Some(open) = conn.as_mut() else { continue };
+        match store::checkpoint(open).await {
+            Ok(copied) => tracing::trace!(pages = copied, "WAL checkpoint"),
+            Err(e) => {
+                tracing::warn!(error = %e, "WAL checkpoint failed; reconnecting");
+                conn = None;
+            }
+        }
+    }
+    if let Some(open) = conn {
+        let _ = sqlx::Connection::close(open).await;
     }
 }
 

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyArguments, AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::query::{Query, QueryAs, QueryScalar};
-use sqlx::{Any, AnyPool, Executor, FromRow};
+use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Executor, FromRow};
 
 use crate::scope::Scope;
 
@@ -40,6 +40,9 @@ pub enum Backend {
 pub struct Db {
     pub pool: AnyPool,
     pub backend: Backend,
+    /// How to open a SQLite file again, for [`checkpoint_connection`]; `None` on Postgres and for
+    /// in-memory databases.
+    sqlite_file: Option<AnyConnectOptions>,
 }
 
 /// Whether the error says the database cannot be reached (spec §1.6 `unavailable`) rather than
@@ -77,6 +80,11 @@ pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// SQLite's one connection is a queue of writers, not a server that can go away: a wait for it
 /// is load, so it is long enough that load never turns into `503`.
 const SQLITE_QUEUE_WAIT: Duration = Duration::from_secs(10);
+
+/// WAL pages after which the pool's connection checkpoints on its own, inside the commit that
+/// crosses the mark. The server's own checkpoints ([`checkpoint`], on a connection of their
+/// own) keep the WAL far below it; it is the bound if they stop.
+const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
 
 impl Db {
     /// Connects to `url` (`None`: the embedded SQLite file). Nothing is migrated here.
@@ -131,19 +139,45 @@ impl Db {
                     conn.execute("PRAGMA journal_mode = WAL").await?;
                     conn.execute("PRAGMA busy_timeout = 5000").await?;
                     conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute(format!("PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}").as_str())
+                        .await?;
                     conn.execute("PRAGMA foreign_keys = ON").await?;
                     Ok(())
                 })
             });
         }
+        let sqlite_file = (backend == Backend::Sqlite && sqlite_path(Some(url)).is_some()).then(|| options.clone());
         let pool = pool.connect_with(options).await?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            sqlite_file,
+        })
     }
 
     /// A trivial query, for readiness.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
     }
+}
+
+/// A connection of its own for the WAL checkpoints of a SQLite file, so that copying the WAL
+/// back into the file (and its fsync) never holds up the pool's one connection; `None` on
+/// Postgres and for in-memory databases.
+pub async fn checkpoint_connection(db: &Db) -> Result<Option<AnyConnection>, sqlx::Error> {
+    match &db.sqlite_file {
+        Some(options) => Ok(Some(options.connect().await?)),
+        None => Ok(None),
+    }
+}
+
+/// Copies what the WAL holds back into the database file as far as it can without waiting for
+/// readers or writers (`PRAGMA wal_checkpoint(PASSIVE)`); the next write after a complete one
+/// starts the WAL again from its beginning. Returns the pages copied.
+pub async fn checkpoint(conn: &mut AnyConnection) -> Result<i64, sqlx::Error> {
+    let (_busy, _log, copied): (i64, i64, i64) =
+        sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(conn).await?;
+    Ok(copied)
 }
 
 pub fn backend_of(url: &str) -> Option<Backend> {

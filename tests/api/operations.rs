@@ -307,3 +307,37 @@ async fn every_post_documents_an_optional_idempotency_key_and_accepts_one() {
     assert_eq!(response.status, StatusCode::CREATED);
     assert_eq!(response.header("idempotent-replayed"), None);
 }
+
+/// On SQLite the server copies the WAL back into the database file while it runs, on a
+/// connection of its own (docs/DECISIONS.md, "WAL checkpoints off the request path"): what a
+/// client wrote is in `polpo.db` itself within five seconds, so the WAL stays small and a copy
+/// of the file alone is recent.
+#[tokio::test]
+async fn what_a_client_writes_reaches_the_sqlite_file_itself_within_five_seconds() {
+    let app = TestApp::spawn().await;
+    if app._database.is_postgres() {
+        return;
+    }
+    let marker = polpo_api::ids::new_id("marker_");
+    let response = app
+        .post(
+            "/v1/agents",
+            &app.test_key,
+            json!({"name": "writer", "model": "mock/echo", "systemPrompt": marker}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::CREATED, "{}", response.text);
+    let file = app._database.dir.0.join("polpo.db");
+    let in_file = || {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        bytes.windows(marker.len()).any(|w| w == marker.as_bytes())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !in_file() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new agent was still only in the WAL after 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
