@@ -40,8 +40,8 @@ pub struct Hub {
     next_id: AtomicU64,
     shutdown: CancellationToken,
     tasks: TaskTracker,
-    /// Woken with every local commit of events, for the webhook worker.
-    pub committed: Arc<Notify>,
+    /// The scopes with new events, for the webhook worker.
+    pub webhooks: Arc<super::webhooks::worker::Pending>,
     /// Woken by commits that can make a task runnable (a task created or moved, locally), and
     /// by every commit of another instance (whose events are not known here): the task runner
     /// looks for work then.
@@ -84,7 +84,7 @@ impl Hub {
             next_id: AtomicU64::new(0),
             shutdown,
             tasks,
-            committed: Arc::new(Notify::new()),
+            webhooks: Arc::default(),
             runnable: Arc::new(Notify::new()),
             missions: Arc::new(Notify::new()),
             live: Arc::new(super::live::LiveText::new()),
@@ -142,7 +142,7 @@ impl Hub {
 
     /// Called after a commit that wrote events of `scope`.
     pub fn wake(&self, scope: &Scope) {
-        self.committed.notify_one();
+        self.webhooks.scope(scope);
         if let Some(feed) = self.feeds.lock().unwrap_or_else(|p| p.into_inner()).get(&key(scope)) {
             feed.wake.notify_one();
         }

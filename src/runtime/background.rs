@@ -33,7 +33,7 @@ impl Runtime {
             db: self.db.clone(),
             metrics: Arc::clone(&self.metrics),
             settings: self.config.webhooks.clone(),
-            wake: Arc::clone(&self.hub.committed),
+            pending: Arc::clone(&self.hub.webhooks),
             shutdown: self.shutdown.clone(),
             tasks: self.tasks.clone(),
         };

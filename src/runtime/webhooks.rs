@@ -171,6 +171,7 @@ pub async fn create(rt: &Runtime, scope: &Scope, checked: Checked) -> Result<Web
     };
     store::webhooks::insert(change.conn(), scope, &row).await?;
     change.commit().await?;
+    rt.hub.webhooks.everything();
     Webhook::from_row(row, true)
 }
 

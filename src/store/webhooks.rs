@@ -92,6 +92,12 @@ pub async fn list<'c>(
     scoped_as(&sql, scope).bind(after).bind(limit).fetch_all(ex).await
 }
 
+/// Every webhook of one scope, for the worker (at most the API's limit per scope).
+pub async fn of_scope<'c>(ex: impl Exec<'c>, scope: &Scope) -> Result<Vec<WebhookRow>, sqlx::Error> {
+    let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE project = $1 AND environment = $2 ORDER BY id");
+    scoped_as(&sql, scope).fetch_all(ex).await
+}
+
 /// Every webhook of every scope (the worker's view).
 pub async fn all<'c>(ex: impl Exec<'c>) -> Result<Vec<ScopedWebhook>, sqlx::Error> {
     let sql = format!("SELECT project, environment, {WEBHOOK_COLUMNS} FROM webhooks ORDER BY id");

@@ -476,3 +476,38 @@ async fn an_endpoint_that_never_answers_does_not_delay_another_projects_deliveri
         "the other project's delivery waited behind the hanging endpoint"
     );
 }
+
+#[tokio::test]
+async fn a_retry_comes_due_while_another_environment_commits_without_pause() {
+    let receiver = Receiver::start(vec![500]).await;
+    let app = TestApp::spawn_with(loopback_config()).await;
+    subscribe(&app, &receiver, json!(["completion:*"])).await;
+    chat(&app).await;
+    let failed_once = eventually(Duration::from_secs(5), || async { !receiver.requests().is_empty() }).await;
+    assert!(failed_once, "the first attempt was never made");
+
+    // The live environment, which has no webhook, commits turn after turn while the test
+    // environment's retry waits out its backoff: the retry is still sent.
+    let until = tokio::time::Instant::now() + Duration::from_secs(15);
+    let others_commit = async {
+        while tokio::time::Instant::now() < until {
+            let response = app
+                .post(
+                    "/v1/chat/completions",
+                    &app.live_key,
+                    json!({"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]}),
+                )
+                .await;
+            assert_eq!(response.status, StatusCode::OK);
+        }
+    };
+    let retried = eventually(Duration::from_secs(15), || async {
+        receiver.requests().iter().any(|r| r.2 == 200)
+    });
+    let retried = tokio::select! {
+        retried = retried => retried,
+        () = others_commit => receiver.requests().iter().any(|r| r.2 == 200),
+    };
+    assert!(retried, "the retry was never sent");
+    assert_eq!(receiver.requests().iter().map(|r| r.2).collect::<Vec<_>>(), [500, 200]);
+}

@@ -4,10 +4,12 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant as TokioInstant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -16,6 +18,7 @@ use super::signing::sign;
 use crate::clock;
 use crate::config::WebhooksConfig;
 use crate::events::filter::Filter;
+use crate::scope::Scope;
 use crate::store::webhooks::{DeliveryRow, ScopedWebhook};
 use crate::store::{self, Db};
 
@@ -47,17 +50,53 @@ fn backoff(base: Duration, attempts: i64) -> Duration {
 
 /// How long a worker holds a delivery it is sending.
 const LEASE: Duration = Duration::from_secs(60);
-/// How often the worker looks for work without a wake-up.
+/// How often the worker reads every webhook of every scope (new webhooks of other instances,
+/// retries that have come due), wake-ups or not.
 const TICK: Duration = Duration::from_millis(500);
 
 /// Deliveries in flight at once on one instance, over all webhooks.
 const MAX_IN_FLIGHT: usize = 64;
 
+/// What the worker has to look at since it last looked: the scopes with new commits (this
+/// instance's and, on Postgres, the others'), and whether a webhook was created here. A commit in a
+/// scope without webhooks costs the worker no read; every webhook of every scope is read again at
+/// least every [`TICK`].
+#[derive(Default)]
+pub struct Pending {
+    scopes: Mutex<HashSet<Scope>>,
+    everything: AtomicBool,
+    wake: Notify,
+}
+
+impl Pending {
+    /// New events in `scope`, or a delivery of one of its webhooks just sent (the next may be due).
+    pub fn scope(&self, scope: &Scope) {
+        {
+            let mut scopes = self.scopes.lock().unwrap_or_else(|p| p.into_inner());
+            if !scopes.contains(scope) {
+                scopes.insert(scope.clone());
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// A webhook was created: read them all now rather than at the next tick.
+    pub fn everything(&self) {
+        self.everything.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> (bool, HashSet<Scope>) {
+        let scopes = std::mem::take(&mut *self.scopes.lock().unwrap_or_else(|p| p.into_inner()));
+        (self.everything.swap(false, Ordering::AcqRel), scopes)
+    }
+}
+
 pub struct Worker {
     pub db: Db,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub settings: WebhooksConfig,
-    pub wake: Arc<Notify>,
+    pub pending: Arc<Pending>,
     pub shutdown: CancellationToken,
     /// Where each delivery runs, tracked for shutdown.
     pub tasks: TaskTracker,
@@ -94,18 +133,40 @@ impl Worker {
         let worker = Arc::new(self);
         let in_flight = Arc::new(InFlight::default());
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        // The scopes that held a webhook at the last full read.
+        let mut known: HashSet<Scope> = HashSet::new();
+        let mut next_full = TokioInstant::now();
         loop {
             tokio::select! {
                 () = worker.shutdown.cancelled() => return,
-                () = worker.wake.notified() => {}
-                () = tokio::time::sleep(TICK) => {}
+                () = worker.pending.wake.notified() => {}
+                () = tokio::time::sleep_until(next_full) => {}
             }
-            let webhooks = match store::webhooks::all(&worker.db.pool).await {
-                Ok(webhooks) => webhooks,
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhook worker cannot read webhooks");
-                    continue;
+            let (everything, scopes) = worker.pending.take();
+            let webhooks = if everything || TokioInstant::now() >= next_full {
+                next_full = TokioInstant::now() + TICK;
+                match store::webhooks::all(&worker.db.pool).await {
+                    Ok(webhooks) => {
+                        known = webhooks.iter().map(|w| w.scope.clone()).collect();
+                        webhooks
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "webhook worker cannot read webhooks");
+                        continue;
+                    }
                 }
+            } else {
+                let mut webhooks = Vec::new();
+                for scope in scopes.into_iter().filter(|s| known.contains(s)) {
+                    match store::webhooks::of_scope(&worker.db.pool, &scope).await {
+                        Ok(rows) => webhooks.extend(rows.into_iter().map(|webhook| ScopedWebhook {
+                            scope: scope.clone(),
+                            webhook,
+                        })),
+                        Err(e) => tracing::warn!(error = %e, "webhook worker cannot read webhooks"),
+                    }
+                }
+                webhooks
             };
             for webhook in &webhooks {
                 if let Err(e) = worker.fan_out(webhook).await {
@@ -128,7 +189,7 @@ impl Worker {
                     in_flight.end(&key);
                     // The webhook's next delivery may be due at once.
                     if sent {
-                        me.wake.notify_one();
+                        me.pending.scope(&webhook.scope);
                     }
                 });
             }
