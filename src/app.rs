@@ -5,7 +5,11 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef};
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 
 use crate::api;
 use crate::auth::KeyVerifier;
@@ -59,21 +63,69 @@ pub fn router(state: AppState) -> Router {
 
 /// Runs the server on `listener` until `shutdown` is cancelled, then lets in-flight requests
 /// finish (the caller bounds that with the shutdown deadline).
+///
+/// HTTP/1.1 only, served by hyper's HTTP/1 connection directly: a server that also detects
+/// HTTP/2 reads each connection's first 24 bytes apart, and the request read after them doubles
+/// the connection's read buffer to 16 kB, which every open stream then holds.
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
     let shutdown = state.runtime.shutdown.clone();
-    // Streams write small frames: without TCP_NODELAY a stream's last frame waits for the
-    // client's delayed ACK (about 40 ms).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+    // One router for every connection (a clone shares its routes): serving a `Router` through
+    // axum's make-service would rebuild every route for each new connection, which an open stream
+    // then holds as long as it lasts.
+    let router = router(state);
+    let connections = TaskTracker::new();
+    loop {
+        let tcp = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    accept_failed(&e).await;
+                    continue;
+                }
+            },
+        };
+        // Streams write small frames: without TCP_NODELAY a stream's last frame waits for the
+        // client's delayed ACK (about 40 ms).
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
-    });
-    // One router for every connection: serving a `Router` itself would rebuild every route for
-    // each new connection (axum turns it into routes per connection), which an open stream then
-    // holds as long as it lasts.
-    axum::serve(listener, router(state).into_make_service())
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+        let service = TowerToHyperService::new(router.clone());
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let connection = http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = shutdown.cancelled() => {
+                    // The request in progress finishes; an idle keep-alive connection closes.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::trace!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+/// A failed accept: a connection reset before it was accepted is skipped; anything else (out of
+/// file descriptors, above all) is logged and the loop pauses a second rather than spin.
+async fn accept_failed(e: &std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accept failed; pausing 1 s");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
 }
 
 /// Waits for SIGTERM or SIGINT.
