@@ -16,9 +16,13 @@ use crate::providers::{Clients, Providers};
 use crate::scope::Scope;
 use crate::store::Db;
 
-/// Cheap to clone: every member is shared.
+/// Cheap to clone: one shared allocation, reached through `Deref` (a request clones it several
+/// times, and some members, such as the provider clients' map, would allocate on every copy).
 #[derive(Clone)]
-pub struct Runtime {
+pub struct Runtime(Arc<Members>);
+
+/// What a [`Runtime`] shares.
+pub struct Members {
     pub db: Db,
     /// Live fan-out of the event log.
     pub hub: Arc<Hub>,
@@ -46,6 +50,14 @@ pub struct Runtime {
 /// notifications are lost).
 const EVENT_TICK: Duration = Duration::from_secs(1);
 
+impl std::ops::Deref for Runtime {
+    type Target = Members;
+
+    fn deref(&self) -> &Members {
+        &self.0
+    }
+}
+
 impl Runtime {
     pub fn new(db: Db, config: Config, providers: Providers) -> Result<Self, String> {
         let clients = Clients::build(&providers, &config.upstream)?;
@@ -60,7 +72,7 @@ impl Runtime {
         );
         let hub = Arc::new(hub);
         let metrics = Arc::new(Metrics::default());
-        Ok(Self {
+        Ok(Self(Arc::new(Members {
             group: Arc::new(GroupCommit::new(
                 db.clone(),
                 Arc::clone(&hub),
@@ -77,7 +89,7 @@ impl Runtime {
             shutdown,
             hard_stop: CancellationToken::new(),
             tasks,
-        })
+        })))
     }
 
     /// Runs `work` as a tracked task.
