@@ -87,10 +87,14 @@ async fn subscribe(app: &TestApp, receiver: &Receiver, events: Value) -> Value {
 }
 
 async fn chat(app: &TestApp) {
+    chat_as(app, &app.test_key).await;
+}
+
+async fn chat_as(app: &TestApp, key: &str) {
     let response = app
         .post(
             "/v1/chat/completions",
-            &app.test_key,
+            key,
             json!({"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]}),
         )
         .await;
@@ -462,14 +466,7 @@ async fn an_endpoint_that_never_answers_does_not_delay_another_projects_deliveri
 
     // While that delivery hangs, the other project's event is delivered well within the
     // hanging one's 10 s timeout.
-    let response = app
-        .post(
-            "/v1/chat/completions",
-            &other_key,
-            json!({"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]}),
-        )
-        .await;
-    assert_eq!(response.status, StatusCode::OK);
+    chat_as(&app, &other_key).await;
     let delivered = eventually(Duration::from_secs(3), || async { !receiver.requests().is_empty() }).await;
     assert!(
         delivered,
@@ -491,14 +488,7 @@ async fn a_retry_comes_due_while_another_environment_commits_without_pause() {
     let until = tokio::time::Instant::now() + Duration::from_secs(15);
     let others_commit = async {
         while tokio::time::Instant::now() < until {
-            let response = app
-                .post(
-                    "/v1/chat/completions",
-                    &app.live_key,
-                    json!({"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]}),
-                )
-                .await;
-            assert_eq!(response.status, StatusCode::OK);
+            chat_as(&app, &app.live_key).await;
         }
     };
     let retried = eventually(Duration::from_secs(15), || async {
