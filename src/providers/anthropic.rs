@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
-use reqwest::header::HeaderValue;
 use serde_json::{Map, Value, json};
 
 use super::http;
@@ -14,6 +13,7 @@ use super::types::Reasoning;
 use super::types::{
     ChatMessage, ChatRequest, Chunk, ChunkStream, FinishReason, ModelClient, ProviderError, Role, Usage, scrub_secrets,
 };
+use super::upstream::Client;
 
 const API_VERSION: &str = "2023-06-01";
 /// Anthropic requires `max_tokens`; used when neither the request nor the agent set one.
@@ -25,14 +25,14 @@ const JSON_ONLY: &str = "Respond with a single JSON object and nothing else.";
 /// A client of one Anthropic-kind provider. The key lives only here and in the request header.
 #[derive(Clone)]
 pub struct AnthropicClient {
-    http: reqwest::Client,
+    http: Client,
     base_url: String,
     api_key: Option<String>,
 }
 
 impl AnthropicClient {
     /// `base_url` is the host root without a trailing slash, e.g. `https://api.anthropic.com`.
-    pub fn new(http: reqwest::Client, base_url: String, api_key: Option<String>) -> Self {
+    pub fn new(http: Client, base_url: String, api_key: Option<String>) -> Self {
         Self {
             http,
             base_url,
@@ -53,22 +53,14 @@ impl std::fmt::Debug for AnthropicClient {
 impl ModelClient for AnthropicClient {
     fn stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChunkStream, ProviderError>> {
         Box::pin(async move {
-            let mut builder = self
-                .http
-                .post(format!("{}/v1/messages", self.base_url))
-                .header("anthropic-version", API_VERSION)
-                .header("accept", "text/event-stream")
-                .json(&to_wire(&request));
+            let mut headers = vec![("anthropic-version", API_VERSION), ("accept", "text/event-stream")];
             if let Some(key) = &self.api_key {
-                // Built by hand so a malformed key fails without being echoed, and so the header
-                // is marked sensitive (kept out of any Debug output of the request).
-                let mut value = HeaderValue::from_str(key)
-                    .map_err(|_| ProviderError::Upstream("the API key is not a valid header value".into()))?;
-                value.set_sensitive(true);
-                builder = builder.header("x-api-key", value);
+                // A malformed key fails without being echoed (the client names the header only).
+                headers.push(("x-api-key", key.as_str()));
             }
-            let response = http::send(builder).await?;
-            if !response.status().is_success() {
+            let url = format!("{}/v1/messages", self.base_url);
+            let response = http::send(&self.http, &url, &headers, &to_wire(&request)).await?;
+            if !(200..300).contains(&response.status()) {
                 return Err(http::error_for(response, error_message).await);
             }
             Ok(Box::pin(chunks(sse::frames(response))) as ChunkStream)
@@ -790,7 +782,11 @@ data: {"type":"message_stop"}
         assert_eq!(error_message(&body).as_deref(), Some("max_tokens: too big"));
         assert_eq!(error_message(&json!({"detail": "x"})), None);
         let key = Some("sk-ant-api03-secret".to_string());
-        let client = AnthropicClient::new(reqwest::Client::new(), "https://api.anthropic.com".into(), key);
+        let client = AnthropicClient::new(
+            Client::new(std::time::Duration::from_secs(1)).unwrap(),
+            "https://api.anthropic.com".into(),
+            key,
+        );
         assert!(!format!("{client:?}").contains("sk-ant-api03-secret"));
     }
 }

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use reqwest::StatusCode;
 use serde_json::Value;
 
 use super::types::{ProviderError, scrub_secrets};
+use super::upstream::{Client, Response};
 
 /// Connection settings for upstream calls.
 #[derive(Debug, Clone, Copy)]
@@ -14,51 +14,30 @@ pub struct Timeouts {
     pub connect: Duration,
 }
 
-/// One pooled client shared by every provider of this process.
-pub fn client(timeouts: Timeouts) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .connect_timeout(timeouts.connect)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
+/// One client shared by every provider of this process.
+pub fn client(timeouts: Timeouts) -> Result<Client, String> {
+    Client::new(timeouts.connect).map_err(|e| e.to_string())
 }
 
-/// A transport error described without its URL (which may carry a provider host).
-pub fn describe(error: &reqwest::Error) -> String {
-    let kind = if error.is_timeout() {
-        "timeout"
-    } else if error.is_connect() {
-        "connection failed"
-    } else if error.is_body() || error.is_decode() {
-        "body error"
-    } else {
-        "request failed"
-    };
-    let mut source = std::error::Error::source(error);
-    let mut detail = String::new();
-    while let Some(s) = source {
-        detail = s.to_string();
-        source = s.source();
-    }
-    if detail.is_empty() {
-        kind.to_string()
-    } else {
-        format!("{kind}: {detail}")
-    }
-}
-
-/// Sends a request; a transport failure is an upstream error.
-pub async fn send(request: reqwest::RequestBuilder) -> Result<reqwest::Response, ProviderError> {
-    request.send().await.map_err(|e| ProviderError::Upstream(describe(&e)))
+/// Sends a JSON body; a transport failure is an upstream error.
+pub async fn send(
+    client: &Client,
+    url: &str,
+    headers: &[(&'static str, &str)],
+    body: &Value,
+) -> Result<Response, ProviderError> {
+    let body = serde_json::to_vec(body).map_err(|e| ProviderError::Upstream(format!("request not encodable: {e}")))?;
+    client
+        .post_json(url, headers, &body)
+        .await
+        .map_err(|e| ProviderError::Upstream(e.to_string()))
 }
 
 /// Maps a non-2xx answer (spec §3.9). `message_of` digs the provider's own message out of its
 /// JSON error body.
-pub async fn error_for(response: reqwest::Response, message_of: fn(&Value) -> Option<String>) -> ProviderError {
+pub async fn error_for(response: Response, message_of: fn(&Value) -> Option<String>) -> ProviderError {
     let status = response.status();
-    let retry_after = retry_after(response.headers());
+    let retry_after = retry_after(&response);
     let body = response.text().await.unwrap_or_default();
     let message = serde_json::from_str::<Value>(&body)
         .ok()
@@ -66,21 +45,16 @@ pub async fn error_for(response: reqwest::Response, message_of: fn(&Value) -> Op
         .and_then(message_of)
         .map(|m| scrub_secrets(&m));
     match status {
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ProviderError::Unauthorized {
-            status: status.as_u16(),
-        },
-        StatusCode::TOO_MANY_REQUESTS => ProviderError::RateLimited { retry_after },
-        s if s.is_client_error() => ProviderError::Rejected {
-            status: s.as_u16(),
-            message,
-        },
-        s => ProviderError::Upstream(format!("status {}: {}", s.as_u16(), message.unwrap_or_default())),
+        401 | 403 => ProviderError::Unauthorized { status },
+        429 => ProviderError::RateLimited { retry_after },
+        400..=499 => ProviderError::Rejected { status, message },
+        s => ProviderError::Upstream(format!("status {s}: {}", message.unwrap_or_default())),
     }
 }
 
 /// `retry-after-ms`, else `retry-after` in seconds.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+fn retry_after(response: &Response) -> Option<Duration> {
+    let get = |name: &str| response.header(name);
     if let Some(ms) = get("retry-after-ms")
         .and_then(|v| v.parse::<f64>().ok())
         .filter(|v| *v >= 0.0)

@@ -7,6 +7,7 @@ pub mod mock;
 pub mod openai;
 pub mod sse;
 pub mod types;
+pub mod upstream;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -10,9 +10,10 @@ use super::http;
 use super::sse;
 use super::types::Reasoning;
 use super::types::{ChatMessage, ChatRequest, Chunk, ChunkStream, FinishReason, ModelClient, ProviderError, Usage};
+use super::upstream::{Client, Response};
 
 pub struct OpenAiClient {
-    http: reqwest::Client,
+    http: Client,
     base_url: String,
     api_key: Option<String>,
     /// OpenAI itself wants `max_completion_tokens`; most compatible APIs still take `max_tokens`.
@@ -20,7 +21,7 @@ pub struct OpenAiClient {
 }
 
 impl OpenAiClient {
-    pub fn new(http: reqwest::Client, provider: &str, base_url: String, api_key: Option<String>) -> Self {
+    pub fn new(http: Client, provider: &str, base_url: String, api_key: Option<String>) -> Self {
         let max_tokens_field = if provider == "openai" {
             "max_completion_tokens"
         } else {
@@ -39,15 +40,14 @@ impl ModelClient for OpenAiClient {
     fn stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChunkStream, ProviderError>> {
         Box::pin(async move {
             let body = to_wire(&request, self.max_tokens_field);
-            let mut builder = self
-                .http
-                .post(format!("{}/chat/completions", self.base_url))
-                .json(&body);
-            if let Some(key) = &self.api_key {
-                builder = builder.bearer_auth(key);
-            }
-            let response = http::send(builder).await?;
-            if !response.status().is_success() {
+            let bearer = self.api_key.as_ref().map(|key| format!("Bearer {key}"));
+            let headers: &[(&'static str, &str)] = match &bearer {
+                Some(value) => &[("authorization", value.as_str())],
+                None => &[],
+            };
+            let url = format!("{}/chat/completions", self.base_url);
+            let response = http::send(&self.http, &url, headers, &body).await?;
+            if !(200..300).contains(&response.status()) {
                 return Err(http::error_for(response, error_message).await);
             }
             Ok(Box::pin(chunks(response)) as ChunkStream)
@@ -194,7 +194,7 @@ pub fn parse_chunk(value: &Value) -> Result<Vec<Chunk>, ProviderError> {
     Ok(out)
 }
 
-fn chunks(response: reqwest::Response) -> impl futures_util::Stream<Item = Result<Chunk, ProviderError>> + Send {
+fn chunks(response: Response) -> impl futures_util::Stream<Item = Result<Chunk, ProviderError>> + Send {
     let frames = sse::frames(response);
     async_stream::stream! {
         futures_util::pin_mut!(frames);

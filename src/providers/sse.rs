@@ -1,8 +1,9 @@
 //! Reading a provider's `text/event-stream` body: bytes in, `(event, data)` frames out.
 
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 
 use super::types::ProviderError;
+use super::upstream::Response;
 
 /// One server-sent event: the `event:` name (if any) and the `data:` lines joined with `\n`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,20 +65,16 @@ impl SseDecoder {
 }
 
 /// Turns a response body into frames. A transport error becomes `ProviderError::Upstream`.
-pub fn frames(response: reqwest::Response) -> impl Stream<Item = Result<SseFrame, ProviderError>> + Send {
-    let body = response.bytes_stream();
+pub fn frames(mut response: Response) -> impl Stream<Item = Result<SseFrame, ProviderError>> + Send {
     async_stream::stream! {
         let mut decoder = SseDecoder::default();
-        futures_util::pin_mut!(body);
-        while let Some(next) = body.next().await {
-            let bytes = match next {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    yield Err(ProviderError::Upstream(format!("stream broke: {}", super::http::describe(&e))));
-                    return;
-                }
+        loop {
+            let fed = match response.chunk().await {
+                Ok(Some(bytes)) => decoder.feed(bytes),
+                Ok(None) => break,
+                Err(e) => Err(ProviderError::Upstream(format!("stream broke: {e}"))),
             };
-            match decoder.feed(&bytes) {
+            match fed {
                 Ok(frames) => {
                     for frame in frames {
                         yield Ok(frame);

@@ -324,13 +324,37 @@ impl Worker {
             .body(body)
             .send()
             .await
-            .map_err(|e| (None, crate::providers::http::describe(&e)))?;
+            .map_err(|e| (None, describe(&e)))?;
         let status = response.status().as_u16();
         if response.status().is_success() {
             Ok(status)
         } else {
             Err((Some(status), format!("answered {status}")))
         }
+    }
+}
+
+/// A transport error described without its URL.
+fn describe(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timeout"
+    } else if error.is_connect() {
+        "connection failed"
+    } else if error.is_body() || error.is_decode() {
+        "body error"
+    } else {
+        "request failed"
+    };
+    let mut source = std::error::Error::source(error);
+    let mut detail = String::new();
+    while let Some(s) = source {
+        detail = s.to_string();
+        source = s.source();
+    }
+    if detail.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}: {detail}")
     }
 }
 
