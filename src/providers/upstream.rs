@@ -825,6 +825,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bodies_far_larger_than_the_read_buffer_arrive_whole_in_pieces() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let big: Vec<u8> = (0..70_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let sent = big.clone();
+        let mut server = tokio::task::JoinSet::new();
+        server.spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            // One chunk of 70,000 bytes written a few bytes at a time, its size line split too.
+            read_request(&mut tcp).await.unwrap();
+            let mut answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+            answer.extend_from_slice(format!("{:x}\r\n", sent.len()).as_bytes());
+            answer.extend_from_slice(&sent);
+            answer.extend_from_slice(b"\r\n0\r\n\r\n");
+            for piece in answer.chunks(4093) {
+                tcp.write_all(piece).await.unwrap();
+                tcp.flush().await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            // The same by length, on the same connection.
+            read_request(&mut tcp).await.unwrap();
+            let mut answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", sent.len()).into_bytes();
+            answer.extend_from_slice(&sent);
+            for piece in answer.chunks(7001) {
+                tcp.write_all(piece).await.unwrap();
+                tcp.flush().await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        });
+        let client = Client::new(Duration::from_secs(5)).unwrap();
+        let url = format!("http://127.0.0.1:{port}/");
+        for _ in 0..2 {
+            let mut response = client.post_json(&url, &[], b"{}").await.unwrap();
+            let mut body = Vec::new();
+            while let Some(bytes) = response.chunk().await.unwrap() {
+                body.extend_from_slice(bytes);
+            }
+            assert_eq!(body.len(), big.len());
+            assert!(body == big, "the body arrived changed");
+        }
+    }
+
+    #[tokio::test]
     async fn a_header_value_with_a_line_break_is_refused_without_being_repeated() {
         let client = Client::new(Duration::from_secs(5)).unwrap();
         let error = client
