@@ -4,7 +4,7 @@
 //! the socket, and a read buffer that starts at 1 kB: a turn waiting on a stream holds a socket
 //! and little else.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -71,7 +71,8 @@ pub struct Client(Arc<Shared>);
 struct Shared {
     connect_timeout: Duration,
     tls: TlsConnector,
-    idle: Mutex<HashMap<Origin, Vec<Idle>>>,
+    /// Per origin, oldest first: reused from the back, expired from the front.
+    idle: Mutex<HashMap<Origin, VecDeque<Idle>>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -137,7 +138,7 @@ impl Client {
     fn checkout(&self, origin: &Origin) -> Option<Conn> {
         let mut idle = self.0.idle.lock().unwrap_or_else(|p| p.into_inner());
         let kept = idle.get_mut(origin)?;
-        while let Some(Idle { conn, since }) = kept.pop() {
+        while let Some(Idle { conn, since }) = kept.pop_back() {
             if since.elapsed() < IDLE_FOR && conn.looks_open() {
                 return Some(conn);
             }
@@ -151,9 +152,11 @@ impl Client {
         conn.start = 0;
         let mut idle = self.0.idle.lock().unwrap_or_else(|p| p.into_inner());
         let kept = idle.entry(origin).or_default();
-        kept.retain(|i| i.since.elapsed() < IDLE_FOR);
+        while kept.front().is_some_and(|i| i.since.elapsed() >= IDLE_FOR) {
+            kept.pop_front();
+        }
         if kept.len() < MAX_IDLE_PER_ORIGIN {
-            kept.push(Idle {
+            kept.push_back(Idle {
                 conn,
                 since: Instant::now(),
             });
