@@ -1,5 +1,5 @@
-//! What the HTTP providers share: the pooled client, and turning an upstream error answer into a
-//! `ProviderError` without leaking secrets.
+//! What the HTTP providers share: sending a JSON request on the shared client, and turning an
+//! upstream error answer into a `ProviderError` without leaking secrets.
 
 use std::time::Duration;
 
@@ -7,17 +7,6 @@ use serde_json::Value;
 
 use super::types::{ProviderError, scrub_secrets};
 use super::upstream::{Client, Response};
-
-/// Connection settings for upstream calls.
-#[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
-    pub connect: Duration,
-}
-
-/// One client shared by every provider of this process.
-pub fn client(timeouts: Timeouts) -> Result<Client, String> {
-    Client::new(timeouts.connect).map_err(|e| e.to_string())
-}
 
 /// Sends a JSON body; a transport failure is an upstream error.
 pub async fn send(

@@ -286,10 +286,8 @@ pub struct Clients {
 
 impl Clients {
     pub fn build(providers: &Providers, upstream: &UpstreamConfig) -> Result<Self, String> {
-        let http = http::client(http::Timeouts {
-            connect: upstream.connect_timeout,
-        })
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let http = upstream::Client::new(upstream.connect_timeout)
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let mut by_name: BTreeMap<String, Arc<dyn ModelClient>> = BTreeMap::new();
         for provider in providers.by_name.values().filter(|p| p.usable()) {
             let client: Arc<dyn ModelClient> = match provider.kind {
