@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use sqlx::{AnyConnection, Transaction};
+use sqlx::AnyConnection;
 
 use super::Event;
 use super::catalogue::entries;
@@ -54,7 +54,7 @@ fn parked() -> Option<Change> {
 
 /// An open change of one scope. Dropping it without [`Change::commit`] rolls everything back.
 pub struct Change {
-    tx: Transaction<'static, sqlx::Any>,
+    tx: store::Tx,
     hub: Arc<Hub>,
     backend: Backend,
     /// Whose log the events go to; set before commit when the change began without it.
@@ -77,7 +77,7 @@ impl Change {
             earlier.finish().await?;
         }
         Ok(Self {
-            tx: db.pool.begin().await?,
+            tx: db.begin().await?,
             hub: Arc::clone(hub),
             backend: db.backend,
             scope: None,

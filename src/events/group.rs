@@ -14,8 +14,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection};
+use sqlx::AnyConnection;
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
@@ -24,8 +23,8 @@ use super::change::{append, committed};
 use super::hub::Hub;
 use crate::metrics::{self, Metrics};
 use crate::scope::Scope;
-use crate::store::script::{OneCall, Script};
-use crate::store::{self, Backend, Db};
+use crate::store::script::Script;
+use crate::store::{self, Db};
 
 /// Changes one transaction takes at most.
 pub const MAX_BATCH: usize = 64;
@@ -240,30 +239,28 @@ impl GroupCommit {
 
     /// One transaction for `writes`: their rows in order, then each scope's events, numbered
     /// in the order of the writes. Scopes are appended in a fixed order, so that two writers
-    /// locking several counter rows cannot deadlock. On SQLite the whole transaction is one call
-    /// to the connection's thread (two when a write first checks that its row is still there),
-    /// unless a write finds its row gone; then it is rolled back and written again statement by
-    /// statement, without that write. A batch with more values than one call takes is written
-    /// statement by statement too.
+    /// locking several counter rows cannot deadlock. A SQLite file is written through its direct
+    /// connection, on this thread.
     async fn commit(&self, writes: &[&dyn GroupWrite]) -> Result<Vec<bool>, sqlx::Error> {
         let at = crate::clock::now_ms();
-        let mut plans: Vec<Plan> = writes.iter().map(|write| write.plan(at)).collect();
-        if self.db.backend == Backend::Sqlite {
-            let everything = vec![true; writes.len()];
-            let logs = logs(writes, &mut plans, &everything);
-            let events = appends(&logs, at);
-            let mut scripts: Vec<&Script> = plans.iter().map(|plan| &plan.script).collect();
-            scripts.push(&events);
-            if store::script::fit_in_one_call(&scripts)
-                && let Some(mut outcomes) = self.in_one_call(&scripts).await?
-            {
-                outcomes.truncate(writes.len());
-                self.committed(writes.len(), &logs);
-                return Ok(outcomes);
-            }
-            plans = writes.iter().map(|write| write.plan(at)).collect();
+        if let Some(direct) = &self.db.direct {
+            let (outcomes, logs) = direct
+                .transaction(|tx| {
+                    let mut plans: Vec<Plan> = writes.iter().map(|write| write.plan(at)).collect();
+                    let mut outcomes = Vec::with_capacity(writes.len());
+                    for plan in &plans {
+                        outcomes.push(plan.script.run_direct(tx)?);
+                    }
+                    let logs = logs(writes, &mut plans, &outcomes);
+                    appends(&logs, at).run_direct(tx)?;
+                    Ok((outcomes, logs))
+                })
+                .await?;
+            self.committed(writes.len(), &logs);
+            return Ok(outcomes);
         }
-        let mut tx = self.db.pool.begin().await?;
+        let mut plans: Vec<Plan> = writes.iter().map(|write| write.plan(at)).collect();
+        let mut tx = self.db.begin().await?;
         let mut outcomes = Vec::with_capacity(writes.len());
         for plan in &plans {
             outcomes.push(plan.script.run(&mut tx).await?);
@@ -273,34 +270,6 @@ impl GroupCommit {
         tx.commit().await?;
         self.committed(writes.len(), &logs);
         Ok(outcomes)
-    }
-
-    /// SQLite: runs `scripts` in one transaction, in one call with its `COMMIT` when no script
-    /// has a guard, else all but the `COMMIT`; `None` (rolled back) when a guard did not hold.
-    async fn in_one_call(&self, scripts: &[&Script]) -> Result<Option<Vec<bool>>, sqlx::Error> {
-        let mut fence = Fence(Some(self.db.pool.acquire().await?));
-        let Some(conn) = fence.0.as_mut() else {
-            return Err(sqlx::Error::PoolClosed);
-        };
-        match store::script::run_in_one_call(conn, scripts).await {
-            Ok(OneCall::Committed) => {
-                fence.0 = None;
-                Ok(Some(vec![true; scripts.len()]))
-            }
-            Ok(OneCall::Open(outcomes)) if outcomes.iter().all(|done| *done) => {
-                fence.end(END_COMMIT).await?;
-                Ok(Some(outcomes))
-            }
-            Ok(OneCall::Open(_)) => {
-                fence.end(END_ROLLBACK).await?;
-                Ok(None)
-            }
-            Err(error) => {
-                // A failed end leaves the fence to close the connection.
-                let _ = fence.end(END_ROLLBACK).await;
-                Err(error)
-            }
-        }
     }
 
     fn committed(&self, writes: usize, logs: &Logs) {
@@ -337,31 +306,4 @@ fn appends(logs: &Logs, at: i64) -> Script {
         append(&mut script, scope, at, events);
     }
     script
-}
-
-const END_COMMIT: &str = "COMMIT";
-const END_ROLLBACK: &str = "ROLLBACK";
-
-/// A connection in a transaction begun by a script. Dropped before the transaction ends (its
-/// writer gone mid-call, or the end failing), the connection is closed rather than returned to
-/// the pool inside a transaction.
-struct Fence(Option<PoolConnection<Any>>);
-
-impl Fence {
-    /// Ends the transaction with `end`; the connection goes back to the pool once it has.
-    async fn end(&mut self, end: &str) -> Result<(), sqlx::Error> {
-        if let Some(conn) = self.0.as_mut() {
-            sqlx::query(end).execute(&mut **conn).await?;
-        }
-        self.0 = None;
-        Ok(())
-    }
-}
-
-impl Drop for Fence {
-    fn drop(&mut self) {
-        if let Some(mut conn) = self.0.take() {
-            conn.close_on_drop();
-        }
-    }
 }

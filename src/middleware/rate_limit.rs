@@ -152,8 +152,7 @@ impl Limiter {
         let want = i64::from(limits.burst.div_ceil(4).max(1));
         let leased = self
             .ask(async {
-                let mut conn = rt.db.pool.acquire().await?;
-                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                let mut tx = rt.db.begin().await?;
                 let out = store::rate_limits::lease(
                     &mut tx,
                     &auth.key_id,

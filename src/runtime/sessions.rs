@@ -243,7 +243,7 @@ pub async fn messages(db: &Db, scope: &Scope, id: &str, after: &str, fetch: i64)
 
 /// Deletes the session and its messages in one transaction.
 pub async fn delete(db: &Db, scope: &Scope, id: &str) -> Result<(), ApiError> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     let deleted = store::chat::delete_session(&mut *tx, scope, id).await?;
     store::chat::delete_messages(&mut *tx, scope, id).await?;
     tx.commit().await?;

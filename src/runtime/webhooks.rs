@@ -189,7 +189,7 @@ pub async fn get(rt: &Runtime, scope: &Scope, id: &str) -> Result<Webhook, ApiEr
 
 /// Deletes the webhook and drops its pending deliveries, in one transaction.
 pub async fn delete(rt: &Runtime, scope: &Scope, id: &str) -> Result<(), ApiError> {
-    let mut tx = rt.db.pool.begin().await?;
+    let mut tx = rt.db.begin().await?;
     let deleted = store::webhooks::delete(&mut *tx, scope, id).await?;
     store::webhooks::delete_deliveries(&mut *tx, scope, id).await?;
     tx.commit().await?;

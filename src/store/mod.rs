@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod chat;
+pub mod direct;
 pub mod events;
 pub mod idempotency;
 pub mod keys;
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyArguments, AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::query::{Query, QueryAs, QueryScalar};
-use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Executor, FromRow};
+use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Executor, FromRow, Transaction};
 
 use crate::scope::Scope;
 
@@ -43,6 +44,37 @@ pub struct Db {
     /// How to open a SQLite file again, for [`checkpoint_connection`]; `None` on Postgres and for
     /// in-memory databases.
     sqlite_file: Option<AnyConnectOptions>,
+    /// A SQLite file's second connection, for writes made on the calling thread; `None` on
+    /// Postgres and for in-memory databases.
+    pub direct: Option<direct::Direct>,
+}
+
+/// A transaction on a pool connection. On SQLite it holds the turn of the direct connection
+/// ([`direct::Gate`]) until it ends, so that the two connections never write at once.
+pub struct Tx {
+    tx: Transaction<'static, Any>,
+    /// Dropped after the transaction (fields drop in order).
+    _gate: Option<direct::Gate>,
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
 }
 
 /// Whether the error says the database cannot be reached (spec §1.6 `unavailable`) rather than
@@ -148,10 +180,29 @@ impl Db {
         }
         let sqlite_file = (backend == Backend::Sqlite && sqlite_path(Some(url)).is_some()).then(|| options.clone());
         let pool = pool.connect_with(options).await?;
+        // Opened after the pool's connection, which has put the file in WAL mode.
+        let direct = match sqlite_path(Some(url)) {
+            Some(path) if backend == Backend::Sqlite => Some(direct::Direct::open(&path, WAL_AUTOCHECKPOINT_PAGES)?),
+            _ => None,
+        };
         Ok(Self {
             pool,
             backend,
             sqlite_file,
+            direct,
+        })
+    }
+
+    /// Begins a transaction on a pool connection, after the direct connection's writes on
+    /// SQLite (see [`Tx`]).
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        let gate = match &self.direct {
+            Some(direct) => Some(direct.gate().await),
+            None => None,
+        };
+        Ok(Tx {
+            tx: self.pool.begin().await?,
+            _gate: gate,
         })
     }
 

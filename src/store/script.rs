@@ -1,15 +1,10 @@
 //! Statements prepared together and written together. A [`Script`] holds statements with their
-//! values; [`Script::run`] runs them one after another inside the caller's transaction, and on
-//! SQLite [`run_in_one_call`] runs many scripts with the transaction's `BEGIN` (and `COMMIT`, when
-//! nothing has to be checked before it) in a single call to the connection's thread instead of
-//! one call per statement.
-//!
-//! Each statement numbers its own placeholders from `$1`; they are renumbered when statements are
-//! joined (SQLite numbers `$N` across the whole text of one call).
+//! values; [`Script::run`] runs them one after another inside the caller's transaction on a
+//! pool connection, and [`Script::run_direct`] the same inside a transaction of SQLite's direct
+//! connection (`store::direct`). Each statement numbers its placeholders from `$1`.
 
-use futures_util::TryStreamExt;
 use sqlx::any::AnyArguments;
-use sqlx::{Any, AnyConnection, Either, Executor};
+use sqlx::{Any, AnyConnection, Executor};
 
 use crate::scope::Scope;
 
@@ -81,6 +76,32 @@ impl Script {
         }
         Ok(true)
     }
+
+    /// As [`Script::run`], on SQLite's direct connection, inside `tx`.
+    pub fn run_direct(&self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<bool> {
+        for statement in &self.statements {
+            let mut prepared = tx.prepare_cached(&statement.sql)?;
+            for index in 1..=prepared.parameter_count() {
+                // `$N` names the statement's N-th value wherever it appears.
+                let value = prepared
+                    .parameter_name(index)
+                    .and_then(|name| name.strip_prefix('$'))
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .and_then(|n| statement.values.get(n.checked_sub(1)?))
+                    .ok_or(rusqlite::Error::InvalidParameterCount(index, statement.values.len()))?;
+                match value {
+                    Value::Text(v) => prepared.raw_bind_parameter(index, v.as_str())?,
+                    Value::MaybeText(v) => prepared.raw_bind_parameter(index, v.as_deref())?,
+                    Value::Int(v) => prepared.raw_bind_parameter(index, *v)?,
+                }
+            }
+            let changed = prepared.raw_execute()?;
+            if statement.guard && changed == 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
 }
 
 fn bind_all<'q>(
@@ -97,125 +118,58 @@ fn bind_all<'q>(
     query
 }
 
-/// `sql` with each `$N` placeholder moved up by `offset`.
-fn renumber(sql: &str, offset: usize, out: &mut String) {
-    let mut chars = sql.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
-        out.push(c);
-        if c != '$' {
-            continue;
-        }
-        let start = i + 1;
-        let mut end = start;
-        while let Some(&(j, d)) = chars.peek() {
-            if !d.is_ascii_digit() {
-                break;
-            }
-            end = j + 1;
-            chars.next();
-        }
-        match sql[start..end].parse::<usize>() {
-            Ok(n) => out.push_str(&(n + offset).to_string()),
-            Err(_) => out.push_str(&sql[start..end]),
-        }
-    }
-}
-
-/// The most values SQLite takes in one call: `$N` counts across the whole text, and SQLite's
-/// highest parameter number is 32766.
-const MAX_VALUES_IN_ONE_CALL: usize = 32766;
-
-/// Whether `scripts` can be sent to SQLite in one call.
-pub fn fit_in_one_call(scripts: &[&Script]) -> bool {
-    let values: usize = scripts
-        .iter()
-        .flat_map(|script| &script.statements)
-        .map(|statement| statement.values.len())
-        .sum();
-    values <= MAX_VALUES_IN_ONE_CALL
-}
-
-/// How [`run_in_one_call`] left the transaction.
-#[derive(Debug)]
-pub enum OneCall {
-    /// No script had a guard: the call ended with `COMMIT` too.
-    Committed,
-    /// Still open, with whether each script's guards held: the caller commits when all held
-    /// and rolls back otherwise.
-    Open(Vec<bool>),
-}
-
-/// SQLite only: begins a transaction on `conn` and runs every script in it, in order, in one
-/// call, committing in the same call when no script has a guard. On `Err` a statement failed
-/// and the transaction may still be open: the caller rolls back.
-pub async fn run_in_one_call(conn: &mut AnyConnection, scripts: &[&Script]) -> Result<OneCall, sqlx::Error> {
-    let mut sql = String::from("BEGIN;\n");
-    let mut values: Vec<&Value> = Vec::new();
-    // The position of each statement's answer (after BEGIN's) and its script, for the guards.
-    let mut guards: Vec<(usize, usize)> = Vec::new();
-    let mut position = 1;
-    for (index, script) in scripts.iter().enumerate() {
-        for statement in &script.statements {
-            renumber(&statement.sql, values.len(), &mut sql);
-            sql.push_str(";\n");
-            values.extend(&statement.values);
-            if statement.guard {
-                guards.push((position, index));
-            }
-            position += 1;
-        }
-    }
-    if guards.is_empty() {
-        sql.push_str("COMMIT;\n");
-        position += 1;
-    }
-    // The text of one write's call recurs (a turn's shape), so its prepared statements are kept;
-    // a batch of many writes seldom recurs, and kept it would push the recurring ones out of the
-    // connection's statement cache.
-    let query = bind_all(sqlx::query(&sql), values).persistent(scripts.len() <= 2);
-    let answers: Vec<u64> = (&mut *conn)
-        .fetch_many(query)
-        .try_filter_map(|step| async move {
-            Ok(match step {
-                Either::Left(done) => Some(done.rows_affected()),
-                Either::Right(_) => None,
-            })
-        })
-        .try_collect()
-        .await?;
-    if answers.len() != position {
-        return Err(sqlx::Error::Protocol(format!(
-            "{} of {position} statements answered",
-            answers.len()
-        )));
-    }
-    if guards.is_empty() {
-        return Ok(OneCall::Committed);
-    }
-    let mut outcomes = vec![true; scripts.len()];
-    for (at, index) in guards {
-        if answers[at] == 0 {
-            outcomes[index] = false;
-        }
-    }
-    Ok(OneCall::Open(outcomes))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn names(conn: &rusqlite::Connection) -> Vec<(String, String, Option<String>)> {
+        let mut read = conn.prepare("SELECT a, b, c FROM t ORDER BY a").unwrap();
+        read.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
     #[test]
-    fn placeholders_move_up_by_the_offset_and_nothing_else_changes() {
-        let mut out = String::new();
-        renumber(
-            "UPDATE t SET a = $3, b = 'x$' WHERE p = $1 AND e = $2 AND c = $10",
-            7,
-            &mut out,
+    fn direct_statements_bind_each_placeholder_by_its_number_and_a_failed_guard_skips_the_rest() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (a TEXT PRIMARY KEY, b TEXT NOT NULL, c TEXT, n INTEGER)")
+            .unwrap();
+        let mut insert = Script::default();
+        // `$2` comes before `$1` in the text and `$1` appears twice: SQLite numbers named
+        // parameters by first appearance, so binding by position would swap them.
+        insert.push(
+            "INSERT INTO t (b, a, c, n) VALUES ($2, $1, $3, length($1) + $4)",
+            vec![
+                Value::Text("one".into()),
+                Value::Text("first".into()),
+                Value::MaybeText(None),
+                Value::Int(10),
+            ],
         );
-        assert_eq!(
-            out,
-            "UPDATE t SET a = $10, b = 'x$' WHERE p = $8 AND e = $9 AND c = $17"
+        let mut guarded = Script::default();
+        guarded.push_guard(
+            "UPDATE t SET b = $2 WHERE a = $1",
+            vec![Value::Text("missing".into()), Value::Text("never".into())],
         );
+        guarded.push(
+            "INSERT INTO t (a, b) VALUES ($1, $2)",
+            vec![Value::Text("two".into()), Value::Text("after a failed guard".into())],
+        );
+        let tx = conn.transaction().unwrap();
+        assert!(insert.run_direct(&tx).unwrap());
+        assert!(!guarded.run_direct(&tx).unwrap());
+        tx.commit().unwrap();
+        assert_eq!(names(&conn), [("one".to_string(), "first".to_string(), None)]);
+        let n: i64 = conn.query_row("SELECT n FROM t", [], |row| row.get(0)).unwrap();
+        assert_eq!(n, 13);
+
+        let mut short = Script::default();
+        short.push(
+            "INSERT INTO t (a, b) VALUES ($1, $2)",
+            vec![Value::Text("three".into())],
+        );
+        let tx = conn.transaction().unwrap();
+        assert!(short.run_direct(&tx).is_err(), "a statement missing a value runs");
     }
 }

@@ -208,7 +208,7 @@ impl Worker {
         let filter = Filter::from_patterns(patterns)
             .map_err(|problem| sqlx::Error::Decode(format!("stored webhook events: {problem}").into()))?;
         let now = clock::now_ms();
-        let mut tx = self.db.pool.begin().await?;
+        let mut tx = self.db.begin().await?;
         // The cursor moves first: it is this transaction's write lock, and it fails when another
         // instance fanned out the same events.
         if !store::webhooks::advance(&mut *tx, &w.scope, &w.webhook.id, w.webhook.cursor, last).await? {

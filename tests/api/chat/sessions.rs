@@ -465,3 +465,55 @@ async fn a_reply_whose_session_was_deleted_during_its_stream_is_not_stored() {
     let next_session = next.header("x-session-id").unwrap().to_string();
     assert_eq!(s.messages(&next_session).await.len(), 2);
 }
+
+/// Another process writing to the database (a CLI command beside the server, a migration tool)
+/// holds its write lock: a turn that ends meanwhile waits for it instead of failing, then
+/// commits, and its messages are readable once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_that_meets_another_writers_lock_waits_for_it_and_is_stored() {
+    use sqlx::{Connection, Executor};
+
+    let s = setup().await;
+    // A first turn, so that the key's first use and its rate-limit tokens are already written.
+    let first = s
+        .chat(json!({"model": "openai:echo", "messages": user("before")}), None)
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    let mut other = sqlx::AnyConnection::connect(&s.app._database.url).await.unwrap();
+    if s.app._database.is_postgres() {
+        other.execute("BEGIN").await.unwrap();
+        other
+            .execute("LOCK TABLE chat_messages IN EXCLUSIVE MODE")
+            .await
+            .unwrap();
+    } else {
+        other.execute("BEGIN IMMEDIATE").await.unwrap();
+    }
+    let base = s.app.serve().await;
+    let key = s.app.test_key.clone();
+    let mut turn = tokio::task::JoinSet::new();
+    turn.spawn(async move {
+        crate::helpers::client()
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&json!({"model": "openai:echo", "messages": user("while locked")}))
+            .send()
+            .await
+            .unwrap()
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || async { s.openai.requests().len() == 2 }).await,
+        "the provider was never asked"
+    );
+    // The other writer keeps its lock a while after the provider has answered.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(turn.try_join_next().is_none(), "the turn ended while the lock was held");
+    other.execute("COMMIT").await.unwrap();
+
+    let answered = turn.join_next().await.unwrap().unwrap();
+    assert_eq!(answered.status(), 200);
+    let session = answered.headers()["x-session-id"].to_str().unwrap().to_string();
+    let stored = s.messages(&session).await;
+    let roles: Vec<&str> = stored.iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["user", "assistant"], "{stored:?}");
+}

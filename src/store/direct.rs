@@ -1,0 +1,166 @@
+//! SQLite writes made on the calling thread. sqlx runs each SQLite connection on a thread of its
+//! own and hands every call to it and its answer back; a write then waits for two thread
+//! wake-ups besides its own work. A file database also gets a second connection, opened here,
+//! that the group commit writes through directly. Its transaction holds the thread for the write
+//! alone (tens of microseconds for one turn, a few milliseconds for a full batch; longer only
+//! when the file system holds a write up), and it never waits for a lock while holding the
+//! thread (see [`Direct::transaction`]).
+//!
+//! Two connections that write must not run into each other's transactions. Every transaction on
+//! the pool's connection holds the lock of this one ([`super::Db::begin`]), so the two take turns
+//! in an async queue; a statement written on the pool outside a transaction waits for the write
+//! lock with SQLite's busy handler, as before.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+/// The longest a write waits for the database file's write lock, held by another process, before
+/// the database counts as unavailable.
+const BUSY_WAIT: Duration = Duration::from_secs(10);
+
+/// Statements kept prepared: the shapes of a turn's writes, by number of messages.
+const PREPARED_STATEMENTS: usize = 64;
+
+/// The second connection to a SQLite file, for writes made on the calling thread.
+#[derive(Clone)]
+pub struct Direct(Arc<Mutex<Connection>>);
+
+/// The turn of a transaction on the pool's connection; the direct connection writes again once
+/// it is dropped.
+pub struct Gate {
+    _turn: OwnedMutexGuard<Connection>,
+}
+
+impl Direct {
+    /// Opens the file (already migrated to WAL by the pool's connection) with the settings of the
+    /// pool's connection, except the busy handler: a busy database is waited for without holding
+    /// the thread.
+    pub fn open(path: &Path, wal_autocheckpoint: u32) -> Result<Self, sqlx::Error> {
+        let open = || -> rusqlite::Result<Connection> {
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            conn.busy_timeout(Duration::ZERO)?;
+            conn.execute_batch(&format!(
+                "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                 PRAGMA wal_autocheckpoint = {wal_autocheckpoint};"
+            ))?;
+            conn.set_prepared_statement_cache_capacity(PREPARED_STATEMENTS);
+            Ok(conn)
+        };
+        Ok(Self(Arc::new(Mutex::new(open().map_err(error)?))))
+    }
+
+    /// Waits for the turn of a transaction on the pool's connection.
+    pub async fn gate(&self) -> Gate {
+        Gate {
+            _turn: Arc::clone(&self.0).lock_owned().await,
+        }
+    }
+
+    /// Runs `write` in one `BEGIN IMMEDIATE` transaction on the calling thread and commits it;
+    /// an `Err` from `write` rolls it back. While another process holds the file's write lock,
+    /// the lock is asked for again after a pause that doubles from a millisecond, with the
+    /// thread free meanwhile; `write` runs only once the transaction holds the lock.
+    pub async fn transaction<T>(
+        &self,
+        mut write: impl FnMut(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, sqlx::Error> {
+        let deadline = Instant::now() + BUSY_WAIT;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let attempt = {
+                let mut conn = self.0.lock().await;
+                match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+                    Ok(tx) => return write(&tx).and_then(|out| tx.commit().map(|()| out)).map_err(error),
+                    Err(e) => e,
+                }
+            };
+            if !busy(&attempt) || Instant::now() + pause > deadline {
+                return Err(error(attempt));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+}
+
+fn busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+/// The error as sqlx reports the pool connection's: a busy or unreachable file as a connection
+/// failure (`503`), a statement the database refuses as a database error.
+fn error(e: rusqlite::Error) -> sqlx::Error {
+    let Some(code) = e.sqlite_error_code() else {
+        return sqlx::Error::Protocol(e.to_string());
+    };
+    match code {
+        ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => sqlx::Error::PoolTimedOut,
+        ErrorCode::CannotOpen
+        | ErrorCode::SystemIoFailure
+        | ErrorCode::DiskFull
+        | ErrorCode::ReadOnly
+        | ErrorCode::NotADatabase
+        | ErrorCode::DatabaseCorrupt => sqlx::Error::Io(std::io::Error::other(e.to_string())),
+        _ => sqlx::Error::Database(Box::new(Refused {
+            extended_code: match &e {
+                rusqlite::Error::SqliteFailure(failure, _) => Some(failure.extended_code),
+                _ => None,
+            },
+            message: e.to_string(),
+        })),
+    }
+}
+
+/// A statement the database refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct Refused {
+    /// SQLite's extended result code, which sqlx reports as the error's code.
+    extended_code: Option<std::ffi::c_int>,
+    message: String,
+}
+
+impl sqlx::error::DatabaseError for Refused {
+    fn message(&self) -> &str {
+        &self.message
+    }
+
+    fn code(&self) -> Option<Cow<'_, str>> {
+        self.extended_code.map(|code| Cow::Owned(code.to_string()))
+    }
+
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        use rusqlite::ffi;
+        use sqlx::error::ErrorKind;
+        match self.extended_code {
+            Some(ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => ErrorKind::UniqueViolation,
+            Some(ffi::SQLITE_CONSTRAINT_FOREIGNKEY) => ErrorKind::ForeignKeyViolation,
+            Some(ffi::SQLITE_CONSTRAINT_NOTNULL) => ErrorKind::NotNullViolation,
+            Some(ffi::SQLITE_CONSTRAINT_CHECK) => ErrorKind::CheckViolation,
+            _ => ErrorKind::Other,
+        }
+    }
+}
