@@ -203,6 +203,13 @@ impl Drive {
         {
             outcome = Some(Outcome::ClientLeft);
         }
+        if outcome.is_none() && self.stream {
+            // The first chunk goes out before the turn reads on. When the rest of the answer has
+            // already arrived and the reply is written on this thread (SQLite), nothing else
+            // would make the turn wait, and it would run to its end before the connection's task
+            // wrote a byte.
+            tokio::task::yield_now().await;
+        }
         let outcome = match outcome {
             Some(outcome) => outcome,
             None => {
