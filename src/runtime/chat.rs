@@ -170,6 +170,10 @@ pub async fn start(
     // Reading what the turn needs is counted in the database's backlog; the provider's answer
     // is awaited outside it. A refusal is not logged one by one (under overload there are
     // thousands a second); `polpo_http_requests_total` counts the 503s.
+    // A turn is refused too while the server runs behind its work (`super::lag`).
+    if super::lag::behind() {
+        return Err(ApiError::Unavailable(String::new()).into());
+    }
     let admission = rt
         .group
         .admit(rt.config.server.chat_backlog)

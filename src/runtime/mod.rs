@@ -7,6 +7,7 @@ pub mod background;
 pub mod chat;
 pub mod context;
 pub mod event_log;
+pub mod lag;
 pub mod missions;
 pub mod models;
 pub mod prompt;
