@@ -167,10 +167,10 @@ pub async fn start(
     request: CompletionRequest,
     interrupt: Option<Interrupt>,
 ) -> Result<Turn, StartError> {
-    // Reading what the turn needs is counted in the database's backlog; the provider's answer
-    // is awaited outside it. A refusal is not logged one by one (under overload there are
+    // A turn is refused while the server runs behind its work (`super::lag`), or when the
+    // database's backlog is full: reading what the turn needs is counted in it, the provider's
+    // answer is awaited outside it. A refusal is not logged one by one (under overload there are
     // thousands a second); `polpo_http_requests_total` counts the 503s.
-    // A turn is refused too while the server runs behind its work (`super::lag`).
     if super::lag::behind() {
         return Err(ApiError::Unavailable(String::new()).into());
     }
