@@ -243,10 +243,10 @@ impl GroupCommit {
     /// connection, on this thread.
     async fn commit(&self, writes: &[&dyn GroupWrite]) -> Result<Vec<bool>, sqlx::Error> {
         let at = crate::clock::now_ms();
+        let mut plans: Vec<Plan> = writes.iter().map(|write| write.plan(at)).collect();
         if let Some(direct) = &self.db.direct {
             let (outcomes, logs) = direct
                 .transaction(|tx| {
-                    let mut plans: Vec<Plan> = writes.iter().map(|write| write.plan(at)).collect();
                     let mut outcomes = Vec::with_capacity(writes.len());
                     for plan in &plans {
                         outcomes.push(plan.script.run_direct(tx)?);
@@ -259,7 +259,6 @@ impl GroupCommit {
             self.committed(writes.len(), &logs);
             return Ok(outcomes);
         }
-        let mut plans: Vec<Plan> = writes.iter().map(|write| write.plan(at)).collect();
         let mut tx = self.db.begin().await?;
         let mut outcomes = Vec::with_capacity(writes.len());
         for plan in &plans {

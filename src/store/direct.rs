@@ -71,10 +71,10 @@ impl Direct {
     /// Runs `write` in one `BEGIN IMMEDIATE` transaction on the calling thread and commits it;
     /// an `Err` from `write` rolls it back. While another process holds the file's write lock,
     /// the lock is asked for again after a pause that doubles from a millisecond, with the
-    /// thread free meanwhile; `write` runs only once the transaction holds the lock.
+    /// thread free meanwhile; `write` runs once, when the transaction holds the lock.
     pub async fn transaction<T>(
         &self,
-        mut write: impl FnMut(&Transaction<'_>) -> rusqlite::Result<T>,
+        write: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, sqlx::Error> {
         let deadline = Instant::now() + BUSY_WAIT;
         let mut pause = Duration::from_millis(1);

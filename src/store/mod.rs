@@ -178,12 +178,13 @@ impl Db {
                 })
             });
         }
-        let sqlite_file = (backend == Backend::Sqlite && sqlite_path(Some(url)).is_some()).then(|| options.clone());
+        let file = sqlite_path(Some(url)).filter(|_| backend == Backend::Sqlite);
+        let sqlite_file = file.is_some().then(|| options.clone());
         let pool = pool.connect_with(options).await?;
         // Opened after the pool's connection, which has put the file in WAL mode.
-        let direct = match sqlite_path(Some(url)) {
-            Some(path) if backend == Backend::Sqlite => Some(direct::Direct::open(&path, WAL_AUTOCHECKPOINT_PAGES)?),
-            _ => None,
+        let direct = match file {
+            Some(path) => Some(direct::Direct::open(&path, WAL_AUTOCHECKPOINT_PAGES)?),
+            None => None,
         };
         Ok(Self {
             pool,
