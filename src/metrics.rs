@@ -102,26 +102,46 @@ pub struct Metrics {
     families: Mutex<BTreeMap<&'static str, Family>>,
 }
 
-fn labels(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-        .collect::<Vec<_>>()
-        .join(",")
+/// Writes the rendered label set of `pairs` into `out`, e.g. `method="GET",route="/v1/agents"`.
+fn write_labels(out: &mut String, pairs: &[(&str, &str)]) {
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        escape_into(out, v);
+        out.push('"');
+    }
+}
+
+thread_local! {
+    /// The label set being looked up: every request updates several series, and only a series
+    /// seen for the first time needs a key of its own.
+    static LABELS: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 impl Metrics {
     fn with_series(&self, desc: Desc, pairs: &[(&str, &str)], update: impl FnOnce(&mut Series)) {
-        let mut families = self.families.lock().unwrap_or_else(|p| p.into_inner());
-        let family = families.entry(desc.name).or_insert_with(|| Family {
-            desc,
-            series: BTreeMap::new(),
+        LABELS.with_borrow_mut(|key| {
+            key.clear();
+            write_labels(key, pairs);
+            let mut families = self.families.lock().unwrap_or_else(|p| p.into_inner());
+            let family = families.entry(desc.name).or_insert_with(|| Family {
+                desc,
+                series: BTreeMap::new(),
+            });
+            if !family.series.contains_key(key.as_str()) {
+                let fresh = match desc.kind {
+                    Kind::Histogram => Series::Histogram(Histogram::default()),
+                    Kind::Counter | Kind::Gauge => Series::Value(0.0),
+                };
+                family.series.insert(key.clone(), fresh);
+            }
+            if let Some(series) = family.series.get_mut(key.as_str()) {
+                update(series);
+            }
         });
-        let series = family.series.entry(labels(pairs)).or_insert_with(|| match desc.kind {
-            Kind::Histogram => Series::Histogram(Histogram::default()),
-            Kind::Counter | Kind::Gauge => Series::Value(0.0),
-        });
-        update(series);
     }
 
     /// Adds `delta` to a counter or gauge.
@@ -158,10 +178,11 @@ impl Metrics {
     }
 
     pub fn record_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
-        let status = status.to_string();
+        let mut digits = [0u8; 5];
+        let status = decimal(status, &mut digits);
         self.add(
             HTTP_REQUESTS,
-            &[("method", method), ("route", route), ("status", &status)],
+            &[("method", method), ("route", route), ("status", status)],
             1.0,
         );
         self.observe(HTTP_DURATION, &[("method", method), ("route", route)], elapsed);
@@ -227,8 +248,30 @@ impl Drop for StreamGuard {
     }
 }
 
-fn escape(label: &str) -> String {
-    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// `n` in decimal, written into `buf`.
+fn decimal(mut n: u16, buf: &mut [u8; 5]) -> &str {
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[start..]).unwrap_or_default()
+}
+
+/// Appends `label` to `out` as the exposition format quotes it.
+fn escape_into(out: &mut String, label: &str) {
+    for c in label.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -258,6 +301,21 @@ mod tests {
         );
         assert!(text.contains("# TYPE polpo_http_request_duration_seconds histogram"));
         assert!(text.contains("polpo_auth_key_lookups_total 7"));
+    }
+
+    #[test]
+    fn label_values_are_escaped_and_statuses_written_whole() {
+        let metrics = Metrics::default();
+        metrics.add(WEBHOOK_DELIVERIES, &[("outcome", "a\"b\\c\nd")], 1.0);
+        metrics.record_request("GET", "/", 7, Duration::from_millis(1));
+        metrics.record_request("GET", "/", 65535, Duration::from_millis(1));
+        let text = metrics.render(0);
+        assert!(
+            text.contains("polpo_webhook_deliveries_total{outcome=\"a\\\"b\\\\c\\nd\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("status=\"7\"} 1"), "{text}");
+        assert!(text.contains("status=\"65535\"} 1"), "{text}");
     }
 
     #[test]

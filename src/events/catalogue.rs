@@ -233,14 +233,29 @@ pub enum Event {
 impl Event {
     /// The wire name and the payload object.
     pub fn parts(&self) -> (String, Value) {
-        let mut tagged = serde_json::to_value(self).unwrap_or(Value::Null);
-        let name = tagged
-            .get("event")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let data = tagged.get_mut("data").map(Value::take).unwrap_or(Value::Null);
-        (name, data)
+        let (name, payload) = self.wire();
+        (name, serde_json::from_str(&payload).unwrap_or(Value::Null))
+    }
+
+    /// The wire name and the payload object's JSON text, from one serialisation and without a
+    /// tree in between: the tagged form is `{"event":"<name>","data":{…}}`, and no wire name
+    /// needs escaping. Serialising an event cannot fail (every map in it has string keys); were
+    /// it to, the name would be empty and the payload `null`.
+    fn wire(&self) -> (String, String) {
+        let mut text = serde_json::to_string(self).unwrap_or_default();
+        let split = text
+            .strip_prefix(r#"{"event":""#)
+            .and_then(|rest| rest.split_once(r#"","data":"#))
+            .map(|(name, data)| (name.len(), data.len()));
+        let Some((name_len, data_len)) = split.filter(|&(_, d)| d > 0 && text.ends_with('}')) else {
+            return (String::new(), "null".into());
+        };
+        let name_start = r#"{"event":""#.len();
+        let name = text[name_start..name_start + name_len].to_string();
+        let data_start = text.len() - data_len;
+        text.truncate(text.len() - 1);
+        text.drain(..data_start);
+        (name, text)
     }
 
     /// The documented alias emitted right after this event, with the same payload (spec §7.7).
@@ -254,14 +269,21 @@ impl Event {
     }
 }
 
-/// The stored entries for `events`: each event, then its alias when it has one, payloads
-/// stamped with `timestamp`.
-pub fn entries(events: &[Event], timestamp: &str) -> Vec<(String, Value)> {
+/// The stored entries for `events`: each event's name and payload text, then its alias when it
+/// has one, payloads stamped with `timestamp` as their last member.
+pub fn entries(events: &[Event], timestamp: &str) -> Vec<(String, String)> {
+    let stamp = serde_json::to_string(timestamp).unwrap_or_else(|_| "null".into());
     let mut out = Vec::with_capacity(events.len());
     for event in events {
-        let (name, mut payload) = event.parts();
-        if let Value::Object(map) = &mut payload {
-            map.insert("timestamp".into(), Value::String(timestamp.to_string()));
+        let (name, mut payload) = event.wire();
+        if payload.ends_with('}') {
+            payload.pop();
+            if !payload.ends_with('{') {
+                payload.push(',');
+            }
+            payload.push_str(r#""timestamp":"#);
+            payload.push_str(&stamp);
+            payload.push('}');
         }
         let alias = event.alias().map(|alias| (alias.to_string(), payload.clone()));
         out.push((name, payload));
@@ -293,7 +315,11 @@ mod tests {
         let names: Vec<&str> = stored.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["task:transition", "task:completed", "task:transition"]);
         assert_eq!(stored[0].1, stored[1].1);
-        assert_eq!(stored[0].1["timestamp"], "2026-01-01T00:00:00.000Z");
+        let payload: Value = serde_json::from_str(&stored[0].1).unwrap();
+        assert_eq!(
+            payload,
+            json!({"taskId": "task_1", "from": "review", "to": "done", "task": {}, "timestamp": "2026-01-01T00:00:00.000Z"})
+        );
         let finished = Event::AgentFinished {
             task_id: "task_1".into(),
             agent: "a".into(),
@@ -352,6 +378,35 @@ mod tests {
         .parts();
         assert_eq!(name, "quality:gate:failed");
         assert_eq!(data["avgScore"], 2.5);
+    }
+
+    #[test]
+    fn payloads_without_members_and_with_nested_objects_are_stamped() {
+        let stored = entries(
+            &[
+                Event::MissionAborted {
+                    mission_id: "msn_\"1\"}".into(),
+                    run_id: "run_1".into(),
+                    killed_tasks: vec![],
+                },
+                Event::TaskCreated {
+                    task_id: "task_1".into(),
+                    task: json!({"a": {"b": "}"}}),
+                },
+            ],
+            "2026-01-01T00:00:00.000Z",
+        );
+        let payloads: Vec<Value> = stored.iter().map(|(_, p)| serde_json::from_str(p).unwrap()).collect();
+        assert_eq!(stored[0].0, "mission:aborted");
+        assert_eq!(
+            payloads[0],
+            json!({"missionId": "msn_\"1\"}", "runId": "run_1", "killedTasks": [], "timestamp": "2026-01-01T00:00:00.000Z"})
+        );
+        assert_eq!(stored[1].0, "task:created");
+        assert_eq!(
+            payloads[1],
+            json!({"taskId": "task_1", "task": {"a": {"b": "}"}}, "timestamp": "2026-01-01T00:00:00.000Z"})
+        );
     }
 
     #[test]

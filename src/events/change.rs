@@ -182,9 +182,5 @@ pub(super) fn committed(hub: &Hub, backend: Backend, scope: &Scope, events: &[Ev
 /// `Hub::announce`), never from inside the transaction: a NOTIFY there would hold the counter row
 /// through Postgres's commit-time notification lock.
 pub(super) fn append(script: &mut Script, scope: &Scope, at_ms: i64, events: &[Event]) {
-    let entries: Vec<(String, String)> = entries(events, &crate::clock::format_ms(at_ms))
-        .into_iter()
-        .map(|(name, payload)| (name, payload.to_string()))
-        .collect();
-    store::events::append(script, scope, entries, at_ms);
+    store::events::append(script, scope, entries(events, &crate::clock::format_ms(at_ms)), at_ms);
 }

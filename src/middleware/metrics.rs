@@ -13,13 +13,10 @@ use crate::metrics::Metrics;
 pub async fn record(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(req.method());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |m| m.as_str())
-        .to_string();
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let response = next.run(req).await;
-    metrics.record_request(method, &route, response.status().as_u16(), started.elapsed());
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    metrics.record_request(method, route, response.status().as_u16(), started.elapsed());
     response
 }
 

@@ -194,6 +194,139 @@ pub fn parse_chunk(value: &Value) -> Result<Vec<Chunk>, ProviderError> {
     Ok(out)
 }
 
+/// The chunks of one frame's text. Frames of the usual shape are read straight into typed
+/// fields, borrowing their strings; any other frame (a field of an unexpected type, an error
+/// frame, a duplicate key) is read as a tree by [`parse_chunk`], which decides what it means.
+fn read_chunk(text: &str) -> Result<Vec<Chunk>, ProviderError> {
+    if let Ok(frame) = serde_json::from_str::<wire::Frame<'_>>(text)
+        && !frame.error
+    {
+        return Ok(frame.into_chunks());
+    }
+    let value = serde_json::from_str::<Value>(text)
+        .map_err(|_| ProviderError::Upstream("a stream frame is not JSON".into()))?;
+    parse_chunk(&value)
+}
+
+/// The usual shape of a `chat.completion.chunk`, for [`read_chunk`]. Every field is optional,
+/// as in [`parse_chunk`]; a field that is present with another type fails the whole read.
+mod wire {
+    use std::borrow::Cow;
+
+    use serde::{Deserialize, Deserializer};
+    use serde_json::Value;
+
+    use super::finish_reason;
+    use crate::providers::types::{Chunk, Usage};
+
+    #[derive(Deserialize)]
+    pub struct Frame<'a> {
+        /// Whether the frame has an `error` member at all (even `null`): such frames go to
+        /// [`super::parse_chunk`].
+        #[serde(default, deserialize_with = "present")]
+        pub error: bool,
+        #[serde(default, borrow)]
+        choices: Option<Vec<Choice<'a>>>,
+        #[serde(default)]
+        usage: Option<UsageCounts>,
+    }
+
+    #[derive(Deserialize)]
+    struct Choice<'a> {
+        #[serde(default, borrow)]
+        delta: Option<Delta<'a>>,
+        #[serde(default)]
+        logprobs: Option<Value>,
+        #[serde(default, borrow)]
+        finish_reason: Option<Cow<'a, str>>,
+    }
+
+    #[derive(Deserialize)]
+    struct Delta<'a> {
+        #[serde(default, borrow)]
+        content: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        tool_calls: Option<Vec<Call<'a>>>,
+    }
+
+    #[derive(Deserialize)]
+    struct Call<'a> {
+        #[serde(default)]
+        index: Option<u64>,
+        #[serde(default, borrow)]
+        id: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        function: Option<Function<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    struct Function<'a> {
+        #[serde(default, borrow)]
+        name: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        arguments: Option<Cow<'a, str>>,
+    }
+
+    #[derive(Deserialize)]
+    struct UsageCounts {
+        #[serde(default)]
+        prompt_tokens: Option<i64>,
+        #[serde(default)]
+        completion_tokens: Option<i64>,
+    }
+
+    fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| true)
+    }
+
+    impl Frame<'_> {
+        /// The same chunks, in the same order, as [`super::parse_chunk`] gives for this frame.
+        pub fn into_chunks(self) -> Vec<Chunk> {
+            let mut out = Vec::new();
+            if let Some(choice) = self.choices.and_then(|c| c.into_iter().next()) {
+                if let Some(logprobs) = choice.logprobs.filter(Value::is_object) {
+                    out.push(Chunk::Logprobs(logprobs));
+                }
+                if let Some(delta) = choice.delta {
+                    if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
+                        out.push(Chunk::Text(text.into_owned()));
+                    }
+                    for call in delta.tool_calls.into_iter().flatten() {
+                        let index = call.index.and_then(|i| u32::try_from(i).ok()).unwrap_or(0);
+                        let (name, arguments) = match call.function {
+                            Some(f) => (f.name, f.arguments),
+                            None => (None, None),
+                        };
+                        if call.id.is_some() || name.is_some() {
+                            out.push(Chunk::ToolCallStart {
+                                index,
+                                id: call.id.map(Cow::into_owned).unwrap_or_default(),
+                                name: name.map(Cow::into_owned).unwrap_or_default(),
+                            });
+                        }
+                        if let Some(arguments) = arguments.filter(|a| !a.is_empty()) {
+                            out.push(Chunk::ToolCallArguments {
+                                index,
+                                arguments: arguments.into_owned(),
+                            });
+                        }
+                    }
+                }
+                if let Some(reason) = choice.finish_reason {
+                    out.push(Chunk::Finish(finish_reason(&reason)));
+                }
+            }
+            if let Some(usage) = self.usage {
+                out.push(Chunk::Usage(Usage {
+                    prompt_tokens: usage.prompt_tokens.unwrap_or(0),
+                    completion_tokens: usage.completion_tokens.unwrap_or(0),
+                }));
+            }
+            out
+        }
+    }
+}
+
 fn chunks(response: Response) -> impl futures_util::Stream<Item = Result<Chunk, ProviderError>> + Send {
     let frames = sse::frames(response);
     async_stream::stream! {
@@ -210,9 +343,7 @@ fn chunks(response: Response) -> impl futures_util::Stream<Item = Result<Chunk, 
             if frame.data == "[DONE]" {
                 return;
             }
-            let parsed = serde_json::from_str::<Value>(&frame.data)
-                .map_err(|_| ProviderError::Upstream("a stream frame is not JSON".into()))
-                .and_then(|v| parse_chunk(&v));
+            let parsed = read_chunk(&frame.data);
             match parsed {
                 Ok(chunks) => {
                     for chunk in chunks {
@@ -299,5 +430,34 @@ mod tests {
             })]
         );
         assert!(parse_chunk(&json!({"error": {"message": "boom"}})).is_err());
+    }
+
+    #[test]
+    fn frames_read_into_typed_fields_give_what_the_tree_reading_gives() {
+        let frames = [
+            r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"caf\u00e9 \"quoted\"\n"},"logprobs":{"content":[]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":1,"id":"call_9","function":{"name":"f","arguments":"{\"a\""}},{"index":1,"function":{"arguments":":1}"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":4294967296,"id":"x"}]},"finish_reason":"tool_calls"}]}"#,
+            r#"{"choices":[{"delta":null,"logprobs":"no","finish_reason":"length"}],"usage":null}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#,
+            r#"{"choices":[{"delta":{"content":5}}]}"#,
+            r#"{"choices":{"0":{}},"usage":"many"}"#,
+            r#"{"choices":[{"delta":{"content":"a"}},{"delta":{"content":"b"}}]}"#,
+            r#"{"usage":{"prompt_tokens":1.5,"completion_tokens":2}}"#,
+            r#"{"choices":[{"delta":{"content":"a","content":"b"}}]}"#,
+            r#"{"error":null}"#,
+            r#"{"error":{"message":"overloaded"}}"#,
+            r#"[1,2]"#,
+        ];
+        for text in frames {
+            let tree = parse_chunk(&serde_json::from_str::<Value>(text).unwrap());
+            assert_eq!(read_chunk(text), tree, "{text}");
+        }
+        assert_eq!(
+            read_chunk(r#"{"choices":[{"delta":{"content":"caf\u00e9"}}]}"#).unwrap(),
+            vec![Chunk::Text("café".into())]
+        );
+        assert!(read_chunk("{not json").is_err());
     }
 }

@@ -17,7 +17,10 @@ pub struct SseFrame {
 pub struct SseDecoder {
     buffer: Vec<u8>,
     event: Option<String>,
-    data: Vec<String>,
+    /// The frame's `data:` lines so far, joined with `\n`.
+    data: String,
+    /// Whether the frame has a `data:` line (which may be empty).
+    has_data: bool,
 }
 
 impl SseDecoder {
@@ -25,20 +28,21 @@ impl SseDecoder {
     pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<SseFrame>, ProviderError> {
         self.buffer.extend_from_slice(bytes);
         let mut frames = Vec::new();
-        while let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
-            let mut line: Vec<u8> = self.buffer.drain(..=end).collect();
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
+        let mut start = 0;
+        while let Some(len) = self.buffer[start..].iter().position(|&b| b == b'\n') {
+            let mut line = &self.buffer[start..start + len];
+            start += len + 1;
+            if let [rest @ .., b'\r'] = line {
+                line = rest;
             }
-            let line = String::from_utf8(line).map_err(|_| ProviderError::Upstream("stream is not UTF-8".into()))?;
+            let line = std::str::from_utf8(line).map_err(|_| ProviderError::Upstream("stream is not UTF-8".into()))?;
             if line.is_empty() {
-                if !self.data.is_empty() || self.event.is_some() {
+                if self.has_data || self.event.is_some() {
                     frames.push(SseFrame {
                         event: self.event.take(),
-                        data: self.data.join("\n"),
+                        data: std::mem::take(&mut self.data),
                     });
-                    self.data.clear();
+                    self.has_data = false;
                 }
                 continue;
             }
@@ -47,20 +51,27 @@ impl SseDecoder {
             }
             let (field, value) = match line.split_once(':') {
                 Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-                None => (line.as_str(), ""),
+                None => (line, ""),
             };
             match field {
-                "data" => self.data.push(value.to_string()),
+                "data" => {
+                    if self.has_data {
+                        self.data.push('\n');
+                    }
+                    self.data.push_str(value);
+                    self.has_data = true;
+                }
                 "event" => self.event = Some(value.to_string()),
                 _ => {}
             }
         }
+        self.buffer.drain(..start);
         Ok(frames)
     }
 
     /// True when a frame was started but not terminated by a blank line.
     pub fn has_partial(&self) -> bool {
-        !self.data.is_empty() || self.buffer.iter().any(|b| !b.is_ascii_whitespace())
+        self.has_data || self.buffer.iter().any(|b| !b.is_ascii_whitespace())
     }
 }
 
@@ -117,5 +128,29 @@ mod tests {
         assert!(!decoder.has_partial());
         decoder.feed(b"data: {\"half\"").unwrap();
         assert!(decoder.has_partial());
+    }
+
+    #[test]
+    fn data_lines_join_with_newlines_and_a_character_may_span_two_reads() {
+        let mut decoder = SseDecoder::default();
+        let frames = decoder.feed(b"data: a\ndata:\ndata\nid: 7\n\nevent: ping\n\n").unwrap();
+        assert_eq!(
+            frames,
+            vec![
+                SseFrame {
+                    event: None,
+                    data: "a\n\n".into()
+                },
+                SseFrame {
+                    event: Some("ping".into()),
+                    data: String::new()
+                },
+            ]
+        );
+        assert!(decoder.feed(b"data: caf\xc3").unwrap().is_empty());
+        assert!(decoder.has_partial());
+        let frames = decoder.feed(b"\xa9\n\n").unwrap();
+        assert_eq!(frames[0].data, "café");
+        assert!(decoder.feed(b"data: \xff\n").is_err());
     }
 }

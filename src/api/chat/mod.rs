@@ -8,7 +8,6 @@ mod request;
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 
@@ -92,6 +91,6 @@ pub async fn create_chat_completion(
     }
     render::collect(completion, turn.events)
         .await
-        .map(|body| (headers.clone(), Json(body)).into_response())
+        .map(|answer| (headers.clone(), answer).into_response())
         .map_err(|error| (headers, error).into_response())
 }

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 
+use axum::Json;
 use axum::response::sse::Event as SseEvent;
+use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
@@ -19,15 +21,146 @@ pub(super) struct Completion {
     pub(super) model: String,
 }
 
-impl Completion {
-    fn chunk(&self, delta: Value, finish: Option<FinishReason>) -> Value {
-        self.chunk_with(delta, Value::Null, finish)
+/// The wire shapes, serialised straight from borrowed parts (no JSON tree per chunk), members
+/// in the order OpenAI sends them.
+mod wire {
+    use serde::Serialize;
+    use serde_json::Value;
+
+    use crate::providers::types::Usage;
+
+    #[derive(Serialize)]
+    pub struct Chunk<'a> {
+        pub id: &'a str,
+        pub object: &'static str,
+        pub created: i64,
+        pub model: &'a str,
+        pub choices: &'a [ChunkChoice<'a>],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub usage: Option<Counts>,
     }
 
-    fn chunk_with(&self, delta: Value, logprobs: Value, finish: Option<FinishReason>) -> Value {
-        json!({
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish.map(FinishReason::as_str)}]
+    #[derive(Serialize)]
+    pub struct ChunkChoice<'a> {
+        pub index: u32,
+        pub delta: Delta<'a>,
+        pub logprobs: &'a Value,
+        pub finish_reason: Option<&'static str>,
+    }
+
+    #[derive(Serialize, Default)]
+    pub struct Delta<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub role: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub content: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub tool_calls: Option<[CallDelta<'a>; 1]>,
+    }
+
+    #[derive(Serialize)]
+    pub struct CallDelta<'a> {
+        pub index: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub id: Option<&'a str>,
+        #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+        pub kind: Option<&'static str>,
+        pub function: FunctionDelta<'a>,
+    }
+
+    #[derive(Serialize)]
+    pub struct FunctionDelta<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub name: Option<&'a str>,
+        pub arguments: &'a str,
+    }
+
+    #[derive(Serialize)]
+    pub struct Counts {
+        pub prompt_tokens: i64,
+        pub completion_tokens: i64,
+        pub total_tokens: i64,
+    }
+
+    impl From<Usage> for Counts {
+        fn from(usage: Usage) -> Self {
+            Self {
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                total_tokens: usage.prompt_tokens + usage.completion_tokens,
+            }
+        }
+    }
+
+    #[derive(Serialize)]
+    pub struct Answer<'a> {
+        pub id: &'a str,
+        pub object: &'static str,
+        pub created: i64,
+        pub model: &'a str,
+        pub choices: [AnswerChoice<'a>; 1],
+        pub usage: Counts,
+    }
+
+    #[derive(Serialize)]
+    pub struct AnswerChoice<'a> {
+        pub index: u32,
+        pub message: Message<'a>,
+        pub logprobs: Value,
+        pub finish_reason: &'static str,
+    }
+
+    #[derive(Serialize)]
+    pub struct Message<'a> {
+        pub role: &'static str,
+        pub content: Option<&'a str>,
+        pub refusal: Option<&'a str>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        pub tool_calls: Vec<Call<'a>>,
+    }
+
+    #[derive(Serialize)]
+    pub struct Call<'a> {
+        pub id: &'a str,
+        #[serde(rename = "type")]
+        pub kind: &'static str,
+        pub function: Function<'a>,
+    }
+
+    #[derive(Serialize)]
+    pub struct Function<'a> {
+        pub name: &'a str,
+        pub arguments: &'a str,
+    }
+}
+
+impl Completion {
+    /// One `chat.completion.chunk` frame.
+    fn chunk(&self, delta: wire::Delta<'_>, logprobs: &Value, finish: Option<FinishReason>) -> SseEvent {
+        frame(&wire::Chunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: &[wire::ChunkChoice {
+                index: 0,
+                delta,
+                logprobs,
+                finish_reason: finish.map(FinishReason::as_str),
+            }],
+            usage: None,
+        })
+    }
+
+    /// The last chunk of spec §3.8 when the client asked for usage: no choices, the counts.
+    fn usage_chunk(&self, usage: Usage) -> SseEvent {
+        frame(&wire::Chunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: &[],
+            usage: Some(usage.into()),
         })
     }
 }
@@ -64,25 +197,44 @@ impl Logprobs {
     }
 }
 
-fn usage_json(usage: Usage) -> Value {
-    json!({"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-           "total_tokens": usage.prompt_tokens + usage.completion_tokens})
-}
-
-fn delta_json(chunk: &Chunk) -> Value {
+/// The delta of a provider chunk (empty for those that carry no content).
+fn delta(chunk: &Chunk) -> wire::Delta<'_> {
     match chunk {
-        Chunk::Text(text) => json!({"content": text}),
-        Chunk::ToolCallStart { index, id, name } => json!({"tool_calls": [
-            {"index": index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
-        Chunk::ToolCallArguments { index, arguments } => {
-            json!({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]})
-        }
-        Chunk::Finish(_) | Chunk::Usage(_) | Chunk::Logprobs(_) => json!({}),
+        Chunk::Text(text) => wire::Delta {
+            content: Some(text),
+            ..wire::Delta::default()
+        },
+        Chunk::ToolCallStart { index, id, name } => wire::Delta {
+            tool_calls: Some([wire::CallDelta {
+                index: *index,
+                id: Some(id),
+                kind: Some("function"),
+                function: wire::FunctionDelta {
+                    name: Some(name),
+                    arguments: "",
+                },
+            }]),
+            ..wire::Delta::default()
+        },
+        Chunk::ToolCallArguments { index, arguments } => wire::Delta {
+            tool_calls: Some([wire::CallDelta {
+                index: *index,
+                id: None,
+                kind: None,
+                function: wire::FunctionDelta { name: None, arguments },
+            }]),
+            ..wire::Delta::default()
+        },
+        Chunk::Finish(_) | Chunk::Usage(_) | Chunk::Logprobs(_) => wire::Delta::default(),
     }
 }
 
-fn data(value: &Value) -> Result<SseEvent, Infallible> {
-    Ok(SseEvent::default().data(value.to_string()))
+/// One SSE frame whose data is `value`'s JSON text, written straight into the frame.
+fn frame(value: &impl serde::Serialize) -> SseEvent {
+    // Serialising these shapes cannot fail: every map in them has string keys.
+    SseEvent::default()
+        .json_data(value)
+        .unwrap_or_else(|_| SseEvent::default().data("{}"))
 }
 
 /// The stream of spec §3.8: role chunk, deltas, finish chunk, optional usage chunk, `[DONE]`;
@@ -95,7 +247,12 @@ pub(super) fn stream_frames(
 ) -> impl futures_util::Stream<Item = Result<SseEvent, Infallible>> {
     async_stream::stream! {
         let _open = guard;
-        yield data(&completion.chunk(json!({"role": "assistant", "content": ""}), None));
+        let role = wire::Delta {
+            role: Some("assistant"),
+            content: Some(""),
+            ..wire::Delta::default()
+        };
+        yield Ok(completion.chunk(role, &Value::Null, None));
         // The provider's logprobs come just before the content they describe and go out on
         // the same chunk.
         let mut logprobs = Value::Null;
@@ -104,21 +261,18 @@ pub(super) fn stream_frames(
                 TurnEvent::Started => {}
                 TurnEvent::Delta(Chunk::Logprobs(value)) => logprobs = value,
                 TurnEvent::Delta(chunk) => {
-                    yield data(&completion.chunk_with(delta_json(&chunk), logprobs.take(), None));
+                    yield Ok(completion.chunk(delta(&chunk), &logprobs.take(), None));
                 }
                 TurnEvent::Completed { finish, usage } => {
-                    yield data(&completion.chunk_with(json!({}), logprobs.take(), Some(finish)));
+                    yield Ok(completion.chunk(wire::Delta::default(), &logprobs.take(), Some(finish)));
                     if include_usage {
-                        yield data(&json!({
-                            "id": completion.id, "object": "chat.completion.chunk", "created": completion.created,
-                            "model": completion.model, "choices": [], "usage": usage_json(usage)
-                        }));
+                        yield Ok(completion.usage_chunk(usage));
                     }
                     yield Ok(SseEvent::default().data("[DONE]"));
                     return;
                 }
                 TurnEvent::Failed(error) => {
-                    yield data(&json!({"error": error.report().openai_error()}));
+                    yield Ok(frame(&json!({"error": error.report().openai_error()})));
                     return;
                 }
             }
@@ -130,7 +284,7 @@ pub(super) fn stream_frames(
 pub(super) async fn collect(
     completion: Completion,
     mut events: tokio::sync::mpsc::Receiver<TurnEvent>,
-) -> Result<Value, ApiError> {
+) -> Result<Response, ApiError> {
     let mut text = String::new();
     let mut calls: BTreeMap<u32, StoredToolCall> = BTreeMap::new();
     let mut logprobs = Logprobs::default();
@@ -156,22 +310,36 @@ pub(super) async fn collect(
             }
             TurnEvent::Delta(_) => {}
             TurnEvent::Completed { finish, usage } => {
-                let mut message = json!({"role": "assistant", "content": text, "refusal": null});
-                if !calls.is_empty() {
-                    if text.is_empty() {
-                        message["content"] = Value::Null;
-                    }
-                    message["tool_calls"] = calls
-                        .values()
-                        .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
-                        .collect();
-                }
-                return Ok(json!({
-                    "id": completion.id, "object": "chat.completion", "created": completion.created,
-                    "model": completion.model,
-                    "choices": [{"index": 0, "message": message, "logprobs": logprobs.to_json(), "finish_reason": finish.as_str()}],
-                    "usage": usage_json(usage),
-                }));
+                let tool_calls: Vec<wire::Call<'_>> = calls
+                    .values()
+                    .map(|c| wire::Call {
+                        id: &c.id,
+                        kind: "function",
+                        function: wire::Function {
+                            name: &c.name,
+                            arguments: &c.arguments,
+                        },
+                    })
+                    .collect();
+                let answer = wire::Answer {
+                    id: &completion.id,
+                    object: "chat.completion",
+                    created: completion.created,
+                    model: &completion.model,
+                    choices: [wire::AnswerChoice {
+                        index: 0,
+                        message: wire::Message {
+                            role: "assistant",
+                            content: (tool_calls.is_empty() || !text.is_empty()).then_some(text.as_str()),
+                            refusal: None,
+                            tool_calls,
+                        },
+                        logprobs: logprobs.to_json(),
+                        finish_reason: finish.as_str(),
+                    }],
+                    usage: usage.into(),
+                };
+                return Ok(Json(answer).into_response());
             }
             TurnEvent::Failed(error) => return Err(error),
         }
