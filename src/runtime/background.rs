@@ -49,8 +49,10 @@ impl Runtime {
 }
 
 /// Copies the WAL of a SQLite file back into the file twice a second, on a connection of its
-/// own. Left to the pool's connection, that copy (and its fsync) would run inside whichever
-/// commit crossed the WAL's size mark, and that turn would wait for it.
+/// own, and after a complete copy starts the WAL again from its beginning. Left to the writing
+/// connections, the copy (and its fsync) would run inside whichever commit crossed the WAL's
+/// size mark, and the restart (with the fsync of the WAL's new header) inside the first commit
+/// after the copy; those turns would wait for them.
 async fn checkpoint_wal(rt: Runtime) {
     let mut every = tokio::time::interval(CHECKPOINT_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -71,12 +73,22 @@ async fn checkpoint_wal(rt: Runtime) {
             };
         }
         let Some(open) = conn.as_mut() else { continue };
-        match store::checkpoint(open).await {
-            Ok(copied) => tracing::trace!(pages = copied, "WAL checkpoint"),
-            Err(e) => {
-                tracing::warn!(error = %e, "WAL checkpoint failed; reconnecting");
-                conn = None;
+        let restarted = match store::checkpoint(open).await {
+            Ok(done) => {
+                tracing::trace!(pages = done.copied, "WAL checkpoint");
+                // A WAL of one frame holds only the last restart's write: nothing was written
+                // since, and an idle server writes nothing.
+                if done.copied == done.frames && done.frames > 1 {
+                    store::restart_wal(&rt.db, open).await
+                } else {
+                    Ok(())
+                }
             }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = restarted {
+            tracing::warn!(error = %e, "WAL checkpoint failed; reconnecting");
+            conn = None;
         }
     }
     if let Some(open) = conn {

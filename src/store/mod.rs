@@ -223,13 +223,40 @@ pub async fn checkpoint_connection(db: &Db) -> Result<Option<AnyConnection>, sql
     }
 }
 
+/// What a WAL checkpoint found and did, in frames (pages).
+#[derive(Debug, Clone, Copy)]
+pub struct Checkpoint {
+    /// Frames in the WAL.
+    pub frames: i64,
+    /// Frames now copied into the database file.
+    pub copied: i64,
+}
+
 /// Copies what the WAL holds back into the database file as far as it can without waiting for
 /// readers or writers (`PRAGMA wal_checkpoint(PASSIVE)`); the next write after a complete one
-/// starts the WAL again from its beginning. Returns the pages copied.
-pub async fn checkpoint(conn: &mut AnyConnection) -> Result<i64, sqlx::Error> {
-    let (_busy, _log, copied): (i64, i64, i64) =
+/// starts the WAL again from its beginning (see [`restart_wal`]).
+pub async fn checkpoint(conn: &mut AnyConnection) -> Result<Checkpoint, sqlx::Error> {
+    let (_busy, frames, copied): (i64, i64, i64) =
         sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(conn).await?;
-    Ok(copied)
+    Ok(Checkpoint { frames, copied })
+}
+
+/// Starts the WAL again from its beginning after a complete checkpoint, on the checkpoint's
+/// connection. The first write after one does that itself, and it waits for the WAL's new header
+/// to reach the disk (an fsync, even with `synchronous = NORMAL`); made here, no chat turn's
+/// commit has to. The write is the database header's `user_version`, written back unchanged,
+/// during the direct connection's turn so that the two writers do not meet each other's lock.
+pub async fn restart_wal(db: &Db, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    let _turn = match &db.direct {
+        Some(direct) => Some(direct.gate().await),
+        None => None,
+    };
+    let (version,): (i64,) = sqlx::query_as("PRAGMA user_version").fetch_one(&mut *conn).await?;
+    // An integer read from the file, not text from outside.
+    sqlx::query(&format!("PRAGMA user_version = {version}"))
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 pub fn backend_of(url: &str) -> Option<Backend> {

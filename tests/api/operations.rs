@@ -308,6 +308,50 @@ async fn every_post_documents_an_optional_idempotency_key_and_accepts_one() {
     assert_eq!(response.header("idempotent-replayed"), None);
 }
 
+/// The number a SQLite WAL's header carries of the restarts it has had (its checkpoint sequence,
+/// bytes 12–15, big-endian); `None` while the file or its header is missing.
+fn wal_restarts(wal: &std::path::Path) -> Option<u32> {
+    let bytes = std::fs::read(wal).ok()?;
+    Some(u32::from_be_bytes(bytes.get(12..16)?.try_into().ok()?))
+}
+
+/// After a complete checkpoint the server itself starts the WAL again from its beginning
+/// (docs/DECISIONS.md, "WAL checkpoints off the request path"), so that no client's write has to
+/// wait for the WAL's new header to reach the disk: with no request at all after the writes, the
+/// WAL restarts within five seconds, and what was written reads back unchanged.
+#[tokio::test]
+async fn the_server_starts_the_sqlite_wal_again_itself_within_five_seconds() {
+    let app = TestApp::spawn().await;
+    if app._database.is_postgres() {
+        return;
+    }
+    for i in 0..3 {
+        let response = app
+            .post(
+                "/v1/agents",
+                &app.test_key,
+                json!({"name": format!("writer-{i}"), "model": "mock/echo"}),
+            )
+            .await;
+        assert_eq!(response.status, StatusCode::CREATED, "{}", response.text);
+    }
+    let wal = app._database.dir.0.join("polpo.db-wal");
+    let before = wal_restarts(&wal);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while wal_restarts(&wal) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL had not started again 5 s after the last write ({before:?})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for i in 0..3 {
+        let response = app.get(&format!("/v1/agents/writer-{i}"), &app.test_key).await;
+        assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+        assert_eq!(response.json()["model"], "mock/echo");
+    }
+}
+
 /// On SQLite the server copies the WAL back into the database file while it runs, on a
 /// connection of its own (docs/DECISIONS.md, "WAL checkpoints off the request path"): what a
 /// client wrote is in `polpo.db` itself within five seconds, so the WAL stays small and a copy
