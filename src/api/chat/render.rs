@@ -29,13 +29,15 @@ mod wire {
 
     use crate::providers::types::Usage;
 
+    /// A `chat.completion` (`choices` of [`AnswerChoice`]) or a `chat.completion.chunk` (of
+    /// [`ChunkChoice`]); a chunk has `usage` only when it is the last one and was asked for.
     #[derive(Serialize)]
-    pub struct Chunk<'a> {
+    pub struct Envelope<'a, C> {
         pub id: &'a str,
         pub object: &'static str,
         pub created: i64,
         pub model: &'a str,
-        pub choices: &'a [ChunkChoice<'a>],
+        pub choices: C,
         #[serde(skip_serializing_if = "Option::is_none")]
         pub usage: Option<Counts>,
     }
@@ -93,16 +95,6 @@ mod wire {
     }
 
     #[derive(Serialize)]
-    pub struct Answer<'a> {
-        pub id: &'a str,
-        pub object: &'static str,
-        pub created: i64,
-        pub model: &'a str,
-        pub choices: [AnswerChoice<'a>; 1],
-        pub usage: Counts,
-    }
-
-    #[derive(Serialize)]
     pub struct AnswerChoice<'a> {
         pub index: u32,
         pub message: Message<'a>,
@@ -137,12 +129,12 @@ mod wire {
 impl Completion {
     /// One `chat.completion.chunk` frame.
     fn chunk(&self, delta: wire::Delta<'_>, logprobs: &Value, finish: Option<FinishReason>) -> SseEvent {
-        frame(&wire::Chunk {
+        frame(&wire::Envelope {
             id: &self.id,
             object: "chat.completion.chunk",
             created: self.created,
             model: &self.model,
-            choices: &[wire::ChunkChoice {
+            choices: [wire::ChunkChoice {
                 index: 0,
                 delta,
                 logprobs,
@@ -154,12 +146,12 @@ impl Completion {
 
     /// The last chunk of spec §3.8 when the client asked for usage: no choices, the counts.
     fn usage_chunk(&self, usage: Usage) -> SseEvent {
-        frame(&wire::Chunk {
+        frame(&wire::Envelope {
             id: &self.id,
             object: "chat.completion.chunk",
             created: self.created,
             model: &self.model,
-            choices: &[],
+            choices: [] as [wire::ChunkChoice<'_>; 0],
             usage: Some(usage.into()),
         })
     }
@@ -321,7 +313,7 @@ pub(super) async fn collect(
                         },
                     })
                     .collect();
-                let answer = wire::Answer {
+                let answer = wire::Envelope {
                     id: &completion.id,
                     object: "chat.completion",
                     created: completion.created,
@@ -337,7 +329,7 @@ pub(super) async fn collect(
                         logprobs: logprobs.to_json(),
                         finish_reason: finish.as_str(),
                     }],
-                    usage: usage.into(),
+                    usage: Some(usage.into()),
                 };
                 return Ok(Json(answer).into_response());
             }
