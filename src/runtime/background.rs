@@ -87,7 +87,7 @@ async fn checkpoint_wal(rt: Runtime) {
             Err(e) => Err(e),
         };
         if let Err(e) = restarted {
-            tracing::warn!(error = %e, "WAL checkpoint failed; reconnecting");
+            tracing::warn!(error = %e, "WAL checkpoint or restart failed; reconnecting");
             conn = None;
         }
     }
