@@ -197,14 +197,19 @@ impl Db {
     /// Begins a transaction on a pool connection, after the direct connection's writes on
     /// SQLite (see [`Tx`]).
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        let gate = match &self.direct {
-            Some(direct) => Some(direct.gate().await),
-            None => None,
-        };
+        let gate = self.direct_turn().await;
         Ok(Tx {
             tx: self.pool.begin().await?,
             _gate: gate,
         })
+    }
+
+    /// Waits for the direct connection's turn, on a SQLite file; `None` where there is none.
+    async fn direct_turn(&self) -> Option<direct::Gate> {
+        match &self.direct {
+            Some(direct) => Some(direct.gate().await),
+            None => None,
+        }
     }
 
     /// A trivial query, for readiness.
@@ -247,10 +252,7 @@ pub async fn checkpoint(conn: &mut AnyConnection) -> Result<Checkpoint, sqlx::Er
 /// commit has to. The write is the database header's `user_version`, written back unchanged,
 /// during the direct connection's turn so that the two writers do not meet each other's lock.
 pub async fn restart_wal(db: &Db, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
-    let _turn = match &db.direct {
-        Some(direct) => Some(direct.gate().await),
-        None => None,
-    };
+    let _turn = db.direct_turn().await;
     let (version,): (i64,) = sqlx::query_as("PRAGMA user_version").fetch_one(&mut *conn).await?;
     // An integer read from the file, not text from outside.
     sqlx::query(&format!("PRAGMA user_version = {version}"))

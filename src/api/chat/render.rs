@@ -127,33 +127,33 @@ mod wire {
 }
 
 impl Completion {
-    /// One `chat.completion.chunk` frame.
-    fn chunk(&self, delta: wire::Delta<'_>, logprobs: &Value, finish: Option<FinishReason>) -> SseEvent {
-        frame(&wire::Envelope {
+    /// The fields every chunk and completion repeats, around `choices` and `usage`.
+    fn envelope<C>(&self, object: &'static str, choices: C, usage: Option<Usage>) -> wire::Envelope<'_, C> {
+        wire::Envelope {
             id: &self.id,
-            object: "chat.completion.chunk",
+            object,
             created: self.created,
             model: &self.model,
-            choices: [wire::ChunkChoice {
-                index: 0,
-                delta,
-                logprobs,
-                finish_reason: finish.map(FinishReason::as_str),
-            }],
-            usage: None,
-        })
+            choices,
+            usage: usage.map(Into::into),
+        }
+    }
+
+    /// One `chat.completion.chunk` frame.
+    fn chunk(&self, delta: wire::Delta<'_>, logprobs: &Value, finish: Option<FinishReason>) -> SseEvent {
+        let choice = wire::ChunkChoice {
+            index: 0,
+            delta,
+            logprobs,
+            finish_reason: finish.map(FinishReason::as_str),
+        };
+        frame(&self.envelope("chat.completion.chunk", [choice], None))
     }
 
     /// The last chunk of spec §3.8 when the client asked for usage: no choices, the counts.
     fn usage_chunk(&self, usage: Usage) -> SseEvent {
-        frame(&wire::Envelope {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: [] as [wire::ChunkChoice<'_>; 0],
-            usage: Some(usage.into()),
-        })
+        let none: [wire::ChunkChoice<'_>; 0] = [];
+        frame(&self.envelope("chat.completion.chunk", none, Some(usage)))
     }
 }
 
@@ -313,24 +313,18 @@ pub(super) async fn collect(
                         },
                     })
                     .collect();
-                let answer = wire::Envelope {
-                    id: &completion.id,
-                    object: "chat.completion",
-                    created: completion.created,
-                    model: &completion.model,
-                    choices: [wire::AnswerChoice {
-                        index: 0,
-                        message: wire::Message {
-                            role: "assistant",
-                            content: (tool_calls.is_empty() || !text.is_empty()).then_some(text.as_str()),
-                            refusal: None,
-                            tool_calls,
-                        },
-                        logprobs: logprobs.to_json(),
-                        finish_reason: finish.as_str(),
-                    }],
-                    usage: Some(usage.into()),
+                let choice = wire::AnswerChoice {
+                    index: 0,
+                    message: wire::Message {
+                        role: "assistant",
+                        content: (tool_calls.is_empty() || !text.is_empty()).then_some(text.as_str()),
+                        refusal: None,
+                        tool_calls,
+                    },
+                    logprobs: logprobs.to_json(),
+                    finish_reason: finish.as_str(),
                 };
+                let answer = completion.envelope("chat.completion", [choice], Some(usage));
                 return Ok(Json(answer).into_response());
             }
             TurnEvent::Failed(error) => return Err(error),
