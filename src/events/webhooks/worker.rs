@@ -59,13 +59,23 @@ const MAX_IN_FLIGHT: usize = 64;
 
 /// What the worker has to look at since it last looked: the scopes with new commits (this
 /// instance's and, on Postgres, the others'), and whether a webhook was created here. A commit in a
-/// scope without webhooks costs the worker no read; every webhook of every scope is read again at
-/// least every [`TICK`].
+/// scope without webhooks at the last full read neither wakes the worker nor costs it a read (a
+/// chat turn's commit would otherwise wake a second thread for nothing); every webhook of every
+/// scope is read again at least every [`TICK`], which is how webhooks created on another instance
+/// are found.
 #[derive(Default)]
 pub struct Pending {
-    scopes: Mutex<HashSet<Scope>>,
+    scopes: Mutex<Scopes>,
     everything: AtomicBool,
     wake: Notify,
+}
+
+#[derive(Default)]
+struct Scopes {
+    /// The scopes that held a webhook at the last full read.
+    known: HashSet<Scope>,
+    /// Those of them with news since the worker last looked.
+    news: HashSet<Scope>,
 }
 
 impl Pending {
@@ -73,8 +83,9 @@ impl Pending {
     pub fn scope(&self, scope: &Scope) {
         {
             let mut scopes = self.scopes.lock().unwrap_or_else(|p| p.into_inner());
-            if !scopes.contains(scope) {
-                scopes.insert(scope.clone());
+            // Already noted: the wake-up that noted it has not been taken yet.
+            if !scopes.known.contains(scope) || !scopes.news.insert(scope.clone()) {
+                return;
             }
         }
         self.wake.notify_one();
@@ -87,8 +98,15 @@ impl Pending {
     }
 
     fn take(&self) -> (bool, HashSet<Scope>) {
-        let scopes = std::mem::take(&mut *self.scopes.lock().unwrap_or_else(|p| p.into_inner()));
+        let scopes = std::mem::take(&mut self.scopes.lock().unwrap_or_else(|p| p.into_inner()).news);
         (self.everything.swap(false, Ordering::AcqRel), scopes)
+    }
+
+    /// After a full read: the scopes that hold a webhook now.
+    fn known(&self, known: HashSet<Scope>) {
+        let mut scopes = self.scopes.lock().unwrap_or_else(|p| p.into_inner());
+        scopes.news.retain(|s| known.contains(s));
+        scopes.known = known;
     }
 }
 
@@ -133,8 +151,6 @@ impl Worker {
         let worker = Arc::new(self);
         let in_flight = Arc::new(InFlight::default());
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        // The scopes that held a webhook at the last full read.
-        let mut known: HashSet<Scope> = HashSet::new();
         let mut next_full = TokioInstant::now();
         loop {
             tokio::select! {
@@ -147,7 +163,7 @@ impl Worker {
                 next_full = TokioInstant::now() + TICK;
                 match store::webhooks::all(&worker.db.pool).await {
                     Ok(webhooks) => {
-                        known = webhooks.iter().map(|w| w.scope.clone()).collect();
+                        worker.pending.known(webhooks.iter().map(|w| w.scope.clone()).collect());
                         webhooks
                     }
                     Err(e) => {
@@ -157,7 +173,7 @@ impl Worker {
                 }
             } else {
                 let mut webhooks = Vec::new();
-                for scope in scopes.into_iter().filter(|s| known.contains(s)) {
+                for scope in scopes {
                     match store::webhooks::of_scope(&worker.db.pool, &scope).await {
                         Ok(rows) => webhooks.extend(rows.into_iter().map(|webhook| ScopedWebhook {
                             scope: scope.clone(),
