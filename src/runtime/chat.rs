@@ -1,11 +1,13 @@
 //! The chat turn up to the provider's first chunk (spec §3.4–§3.6): resolve the target, open the
-//! session, compose what the provider receives, and hand over to the task in `turn` that drives
+//! session, compose what the provider receives, and hand over to the drive in `turn` that reads
 //! the provider stream.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 
-use tokio::sync::mpsc;
+use futures_util::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
 
 use crate::clock;
 use crate::config::ProviderKind;
@@ -125,7 +127,82 @@ pub enum TurnEvent {
 pub struct Turn {
     pub session_id: String,
     pub model: String,
-    pub events: mpsc::Receiver<TurnEvent>,
+    pub events: TurnEvents,
+}
+
+/// Where the drive puts its events for the reader; shared by the two.
+#[derive(Default)]
+pub(super) struct Outbox {
+    events: Mutex<VecDeque<TurnEvent>>,
+    /// Cancelled when the reader is gone: the client left.
+    left: CancellationToken,
+}
+
+impl Outbox {
+    /// Hands `event` to the reader; `false` when the client has left.
+    pub(super) fn send(&self, event: TurnEvent) -> bool {
+        if self.left.is_cancelled() {
+            return false;
+        }
+        self.lock().push_back(event);
+        true
+    }
+
+    /// Resolves when the client has left.
+    pub(super) async fn closed(&self) {
+        self.left.cancelled().await;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<TurnEvent>> {
+        self.events.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The events of one turn, read by whoever answers for it. The turn is driven by its reader's
+/// own task, as part of reading: a chunk goes from the provider's connection to the client's
+/// without a hand-off to another task (each of which could wake a sleeping thread to run it).
+/// The drive runs only when everything it reported has been read, so a client that reads slowly
+/// slows the provider stream down as well. When the reader
+/// goes away before the end (the client left), the rest of the turn runs in a tracked task of
+/// its own, which sees the client gone and stores what was said (spec §3.6 rule 5).
+pub struct TurnEvents {
+    drive: Option<BoxFuture<'static, ()>>,
+    outbox: Arc<Outbox>,
+    rt: Runtime,
+}
+
+impl TurnEvents {
+    /// The next event; `None` once the turn has ended.
+    pub async fn recv(&mut self) -> Option<TurnEvent> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<TurnEvent>> {
+        loop {
+            if let Some(event) = self.outbox.lock().pop_front() {
+                return Poll::Ready(Some(event));
+            }
+            let Some(drive) = self.drive.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if drive.as_mut().poll(cx).is_ready() {
+                self.drive = None;
+            } else if self.outbox.lock().is_empty() {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl Drop for TurnEvents {
+    fn drop(&mut self) {
+        let Some(drive) = self.drive.take() else { return };
+        self.outbox.left.cancel();
+        // Outside a runtime (the process is ending) the drive can only be dropped.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.rt.spawn(drive);
+        }
+    }
 }
 
 /// A failure before the provider's first chunk, with the session id when one was resolved.
@@ -156,7 +233,8 @@ fn title_of(messages: &[ChatMessage]) -> String {
         .collect()
 }
 
-/// Runs everything up to the provider's first chunk; the rest continues in a tracked task.
+/// Runs everything up to the provider's first chunk; the rest is driven by reading the turn's
+/// events.
 /// `interrupt`, when given, ends the turn early as `interrupted` with its error (the HTTP layer
 /// passes one that resolves when the caller's key is revoked; a turn without a request passes
 /// none).
@@ -264,7 +342,7 @@ pub async fn start(
 
     let provider_request = compose_request(&target, &request, &transcript, &new);
     drop(admission);
-    let (tx, mut rx) = mpsc::channel(64);
+    let outbox = Arc::new(Outbox::default());
     let drive = Drive {
         rt: rt.clone(),
         provider: target.provider.clone(),
@@ -280,12 +358,18 @@ pub async fn start(
         new_messages: new,
         hold: if request.stream { None } else { Hold::current() },
     };
-    rt.spawn(drive.run(tx, interrupt));
-    match rx.recv().await {
+    let mut events = TurnEvents {
+        drive: Some(Box::pin(
+            rt.tasks.track_future(drive.run(Arc::clone(&outbox), interrupt)),
+        )),
+        outbox,
+        rt: rt.clone(),
+    };
+    match events.recv().await {
         Some(TurnEvent::Started) => Ok(Turn {
             session_id,
             model: target.model,
-            events: rx,
+            events,
         }),
         Some(TurnEvent::Failed(error)) => Err(with_session(error)),
         _ => Err(with_session(ApiError::internal(

@@ -1,4 +1,4 @@
-//! The provider stream of one chat turn, driven in a task of its own (spec §3.6, §3.8–§3.10):
+//! The provider stream of one chat turn, driven by its reader (spec §3.6, §3.8–§3.10):
 //! waiting for the first chunk, forwarding deltas, noticing a client that left, a revoked key, a
 //! silent provider or the shutdown deadline, and storing what was said.
 
@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::Runtime;
-use super::chat::TurnEvent;
+use super::chat::{Outbox, TurnEvent};
 use crate::error::ApiError;
 use crate::events::group::{GroupWrite, Plan};
 use crate::events::{Event, Hold, UsageCounts};
@@ -135,7 +134,7 @@ pub(super) struct Drive {
 }
 
 impl Drive {
-    pub(super) async fn run(self, tx: mpsc::Sender<TurnEvent>, interrupt: Option<Interrupt>) {
+    pub(super) async fn run(self, tx: Arc<Outbox>, interrupt: Option<Interrupt>) {
         let limits = &self.rt.config.upstream;
         let deadline = Instant::now() + limits.total_timeout;
         let first_wait = limits.first_chunk_timeout.min(limits.total_timeout);
@@ -186,7 +185,7 @@ impl Drive {
                 // With the database unreachable, storing the session alone would wait for it
                 // again and fail the same way: the answer is the 503 now, not one wait later.
                 if matches!(e, ApiError::Unavailable(_)) {
-                    let _ = tx.send(TurnEvent::Failed(e)).await;
+                    tx.send(TurnEvent::Failed(e));
                     return;
                 }
                 return self.fail_early(&tx, e).await;
@@ -196,19 +195,12 @@ impl Drive {
         }
         let mut reply = Reply::default();
         let mut outcome = None;
-        if tx.send(TurnEvent::Started).await.is_err() {
+        if !tx.send(TurnEvent::Started) {
             outcome = Some(Outcome::ClientLeft);
         } else if let Some(delta) = reply.absorb(first)
-            && tx.send(TurnEvent::Delta(delta)).await.is_err()
+            && !tx.send(TurnEvent::Delta(delta))
         {
             outcome = Some(Outcome::ClientLeft);
-        }
-        if outcome.is_none() && self.stream {
-            // The first chunk goes out before the turn reads on. When the rest of the answer has
-            // already arrived and the reply is written on this thread (SQLite), nothing else
-            // would make the turn wait, and it would run to its end before the connection's task
-            // wrote a byte.
-            tokio::task::yield_now().await;
         }
         let outcome = match outcome {
             Some(outcome) => outcome,
@@ -246,13 +238,13 @@ impl Drive {
             (Outcome::Interrupted(error), _) => TurnEvent::Failed(error),
             (Outcome::ClientLeft, _) => return,
         };
-        let _ = tx.send(event).await;
+        tx.send(event);
     }
 
     /// Forwards chunks until the answer ends, the client leaves, the server stops or a limit hits.
     async fn pump(
         &self,
-        tx: &mpsc::Sender<TurnEvent>,
+        tx: &Outbox,
         upstream: &mut ChunkStream,
         reply: &mut Reply,
         deadline: Instant,
@@ -276,7 +268,7 @@ impl Drive {
                 Ok(Some(Ok(chunk))) => {
                     last_chunk = Instant::now();
                     if let Some(delta) = reply.absorb(chunk)
-                        && tx.send(TurnEvent::Delta(delta)).await.is_err()
+                        && !tx.send(TurnEvent::Delta(delta))
                     {
                         return Outcome::ClientLeft;
                     }
@@ -287,13 +279,13 @@ impl Drive {
 
     /// A failure before the first chunk: a new session is stored empty, so that its id, which
     /// the client receives, names a session it can retry in.
-    async fn fail_early(&self, tx: &mpsc::Sender<TurnEvent>, error: ApiError) {
+    async fn fail_early(&self, tx: &Outbox, error: ApiError) {
         if let Some(write) = self.messages_write(&[])
             && let Err(e) = self.rt.group.write(Box::new(write)).await
         {
             tracing::error!(session_id = %self.session_id, error = ?e, "could not store the new session");
         }
-        let _ = tx.send(TurnEvent::Failed(error)).await;
+        tx.send(TurnEvent::Failed(error));
     }
 
     /// The stored finish reason and usage (estimated when the provider gave none).

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::providers::types::{Chunk, FinishReason, Usage};
-use crate::runtime::chat::TurnEvent;
+use crate::runtime::chat::{TurnEvent, TurnEvents};
 use crate::runtime::sessions::StoredToolCall;
 
 /// The fields every chunk and completion repeats.
@@ -233,7 +233,7 @@ fn frame(value: &impl serde::Serialize) -> SseEvent {
 /// or one error frame and the end, without `[DONE]`.
 pub(super) fn stream_frames(
     completion: Completion,
-    mut events: tokio::sync::mpsc::Receiver<TurnEvent>,
+    mut events: TurnEvents,
     include_usage: bool,
     guard: crate::metrics::StreamGuard,
 ) -> impl futures_util::Stream<Item = Result<SseEvent, Infallible>> {
@@ -248,12 +248,20 @@ pub(super) fn stream_frames(
         // The provider's logprobs come just before the content they describe and go out on
         // the same chunk.
         let mut logprobs = Value::Null;
+        let mut first = true;
         while let Some(event) = events.recv().await {
             match event {
                 TurnEvent::Started => {}
                 TurnEvent::Delta(Chunk::Logprobs(value)) => logprobs = value,
                 TurnEvent::Delta(chunk) => {
                     yield Ok(completion.chunk(delta(&chunk), &logprobs.take(), None));
+                    if std::mem::take(&mut first) {
+                        // The connection writes what it holds when the stream has nothing more
+                        // ready. Reading on drives the turn, and when the rest of the answer has
+                        // already arrived it would run to its end, reply stored, before the
+                        // first chunk left: the first chunk goes out first.
+                        tokio::task::yield_now().await;
+                    }
                 }
                 TurnEvent::Completed { finish, usage } => {
                     yield Ok(completion.chunk(wire::Delta::default(), &logprobs.take(), Some(finish)));
@@ -273,10 +281,7 @@ pub(super) fn stream_frames(
 }
 
 /// A non-streamed answer: the whole reply as one `chat.completion` (spec §3.7).
-pub(super) async fn collect(
-    completion: Completion,
-    mut events: tokio::sync::mpsc::Receiver<TurnEvent>,
-) -> Result<Response, ApiError> {
+pub(super) async fn collect(completion: Completion, mut events: TurnEvents) -> Result<Response, ApiError> {
     let mut text = String::new();
     let mut calls: BTreeMap<u32, StoredToolCall> = BTreeMap::new();
     let mut logprobs = Logprobs::default();

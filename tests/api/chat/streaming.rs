@@ -1,5 +1,6 @@
 //! Streamed completions: the OpenAI frame rules, keep-alives and key revocation ending a stream,
-//! silence becoming an upstream timeout frame, and a client that leaves mid-stream.
+//! silence becoming an upstream timeout frame, and a client that leaves mid-stream (or while an
+//! answer sent whole is still being made).
 
 use std::time::Duration;
 
@@ -102,6 +103,46 @@ async fn a_client_that_leaves_cancels_the_provider_request_and_the_partial_reply
     assert!(
         reply["content"].as_str().unwrap().len() < 200 * 5,
         "the whole answer was not waited for"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_before_a_whole_answer_ends_still_has_its_partial_reply_stored() {
+    let s = setup().await;
+    let first = s
+        .chat(json!({"model": "openai:ok", "messages": user("hi")}), None)
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let session = first.headers["x-session-id"].to_str().unwrap().to_string();
+    let base = s.app.serve().await;
+    let request = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(&s.app.test_key)
+        .header("x-session-id", &session)
+        .json(&json!({"model": "openai:slow", "messages": user("tick please")}))
+        .send();
+    let waiting = tokio::spawn(request);
+    // The provider's first chunk has arrived once the server counts it: this turn's and the first.
+    let first_chunks = r#"polpo_upstream_first_chunk_seconds_count{provider="openai"}"#;
+    let answering = eventually(Duration::from_secs(5), || async {
+        s.app.metric(first_chunks).await == 2.0
+    })
+    .await;
+    assert!(answering, "the provider did not start answering within 5 s");
+    waiting.abort();
+    assert!(
+        s.openai.wait_for_abandoned_stream(Duration::from_secs(1)).await,
+        "the provider request is still open 1 s after the client left"
+    );
+    let stored = eventually(Duration::from_secs(5), || async {
+        let messages = s.messages(&session).await;
+        messages.len() == 4 && messages[2]["content"] == "tick please" && messages[3]["finishReason"] == "interrupted"
+    })
+    .await;
+    assert!(
+        stored,
+        "the new message and the partial reply were not stored within 5 s: {:?}",
+        s.messages(&session).await
     );
 }
 
