@@ -113,6 +113,13 @@ pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// is load, so it is long enough that load never turns into `503`.
 const SQLITE_QUEUE_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a Postgres connection may have been idle in the pool and still be used without a
+/// ping first. The pool pings every connection when it is given back, so one idle for less than
+/// this was answering a moment ago; a connection is pinged before use only when it has been idle
+/// longer (the server, or something between, may have dropped it meanwhile), not on every
+/// acquire, which cost every statement made through the pool a second round trip.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// WAL pages after which the pool's connection checkpoints on its own, inside the commit that
 /// crosses the mark. The server's own checkpoints ([`checkpoint`], on a connection of their
 /// own) keep the WAL far below it; it is the bound if they stop.
@@ -175,6 +182,15 @@ impl Db {
                         .await?;
                     conn.execute("PRAGMA foreign_keys = ON").await?;
                     Ok(())
+                })
+            });
+        } else {
+            pool = pool.test_before_acquire(false).before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IDLE_AFTER {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
                 })
             });
         }
