@@ -1,10 +1,14 @@
 //! Application state, router assembly, `serve`, background work and the shutdown signal.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef};
+use futures_util::task::AtomicWaker;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -96,11 +100,11 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
             let connection = http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
             tokio::pin!(connection);
             let result = tokio::select! {
-                result = connection.as_mut() => result,
+                result = repolled(connection.as_mut()) => result,
                 () = shutdown.cancelled() => {
                     // The request in progress finishes; an idle keep-alive connection closes.
                     connection.as_mut().graceful_shutdown();
-                    connection.await
+                    repolled(connection.as_mut()).await
                 }
             };
             if let Err(e) = result {
@@ -112,6 +116,79 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+/// Polls a connection again at once, up to [`REPOLLS`] times, when it wakes itself while being
+/// polled. Serving a request, a connection wakes its own task about once per request; the runtime
+/// answers a task woken during its own poll by queueing it behind the others and waking a
+/// sleeping worker thread to share the queue, and on a server that is not busy that thread finds
+/// nothing to do, having cost a wake-up that takes longer than the second poll. Wake-ups from
+/// elsewhere while it is polled (the provider's answer arriving on another thread) are taken the
+/// same way; those after it are passed on to the task's own waker as usual.
+async fn repolled<F: Future>(mut connection: Pin<&mut F>) -> F::Output {
+    let wake = Arc::new(SelfWake::default());
+    let waker = Waker::from(Arc::clone(&wake));
+    std::future::poll_fn(move |cx| wake.poll(connection.as_mut(), cx, &waker)).await
+}
+
+/// Second polls at most, per poll of the task.
+const REPOLLS: usize = 3;
+
+/// The waker a [`repolled`] connection is polled with.
+#[derive(Default)]
+struct SelfWake {
+    /// [`IDLE`], [`POLLING`] or [`WOKEN`] (while polled).
+    state: AtomicU8,
+    /// The task's own waker, for wake-ups outside a poll.
+    task: AtomicWaker,
+}
+
+const IDLE: u8 = 0;
+const POLLING: u8 = 1;
+const WOKEN: u8 = 2;
+
+impl SelfWake {
+    fn poll<F: Future>(&self, mut connection: Pin<&mut F>, cx: &mut Context<'_>, waker: &Waker) -> Poll<F::Output> {
+        self.task.register(cx.waker());
+        let mut own = Context::from_waker(waker);
+        for _ in 0..=REPOLLS {
+            self.state.store(POLLING, Ordering::Release);
+            if let Poll::Ready(output) = connection.as_mut().poll(&mut own) {
+                self.state.store(IDLE, Ordering::Release);
+                return Poll::Ready(output);
+            }
+            if self
+                .state
+                .compare_exchange(POLLING, IDLE, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Poll::Pending;
+            }
+            // Woken while polled. A task out of its time slice is woken to yield, not to go on.
+            if !tokio::task::coop::has_budget_remaining() {
+                break;
+            }
+        }
+        self.state.store(IDLE, Ordering::Release);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl Wake for SelfWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        match self
+            .state
+            .compare_exchange(POLLING, WOKEN, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) | Err(WOKEN) => {}
+            Err(_) => self.task.wake(),
+        }
+    }
 }
 
 /// A failed accept: a connection reset before it was accepted is skipped; anything else (out of
@@ -147,5 +224,71 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// A future that wakes itself `times` times while polled, then is ready; counts its polls.
+    struct WakesItself {
+        times: usize,
+        polls: Arc<AtomicUsize>,
+    }
+
+    impl Future for WakesItself {
+        type Output = ();
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            if self.times == 0 {
+                return Poll::Ready(());
+            }
+            self.times -= 1;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    /// Counts the wake-ups given to the task's own waker.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn poll_once(times: usize) -> (Poll<()>, usize, usize) {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(Arc::clone(&count));
+        let mut inner = WakesItself {
+            times,
+            polls: Arc::clone(&polls),
+        };
+        let future = repolled(Pin::new(&mut inner));
+        tokio::pin!(future);
+        let outcome = future.as_mut().poll(&mut Context::from_waker(&waker));
+        (outcome, polls.load(Ordering::Relaxed), count.0.load(Ordering::Relaxed))
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_wakes_itself_is_polled_again_before_its_task_is_woken() {
+        let (outcome, polls, wakes) = poll_once(1);
+        assert!(outcome.is_ready(), "the second poll was left to a wake-up of the task");
+        assert_eq!((polls, wakes), (2, 0));
+    }
+
+    #[tokio::test]
+    async fn one_that_keeps_waking_itself_gives_its_turn_up_and_wakes_its_task() {
+        let (outcome, polls, wakes) = poll_once(usize::MAX);
+        assert!(outcome.is_pending());
+        assert_eq!(polls, REPOLLS + 1, "polled again without bound");
+        assert_eq!(wakes, 1, "the task was not woken to poll it later");
     }
 }
