@@ -119,10 +119,10 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
 }
 
 /// Polls a connection again at once, up to [`REPOLLS`] times, when it wakes itself while being
-/// polled. Serving a request, a connection wakes its own task about once per request; the runtime
-/// answers a task woken during its own poll by queueing it behind the others and waking a
-/// sleeping worker thread to share the queue, and on a server that is not busy that thread finds
-/// nothing to do, having cost a wake-up that takes longer than the second poll. Wake-ups from
+/// polled. Serving chat turns, a connection wakes its own task in about two turns of three; the
+/// runtime answers a task woken during its own poll by queueing it behind the others and waking
+/// a sleeping worker thread to share the queue, and on a server that is not busy that thread
+/// finds nothing to do, having cost a wake-up that takes longer than the second poll. Wake-ups from
 /// elsewhere while it is polled (the provider's answer arriving on another thread) are taken the
 /// same way; those after it are passed on to the task's own waker as usual.
 async fn repolled<F: Future>(mut connection: Pin<&mut F>) -> F::Output {

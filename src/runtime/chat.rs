@@ -111,9 +111,9 @@ async fn resolve_target(rt: &Runtime, scope: &Scope, request: &CompletionRequest
     }
 }
 
-/// Events the driving task reports to the HTTP side, in this order: `Started` once the provider
+/// Events the turn's drive reports to the HTTP side, in this order: `Started` once the provider
 /// produced its first chunk (the new messages are then being stored), then deltas, then one of
-/// `Completed` (the new messages and the reply are committed) or `Failed`. A task whose client
+/// `Completed` (the new messages and the reply are committed) or `Failed`. A turn whose client
 /// left reports nothing more.
 #[derive(Debug)]
 pub enum TurnEvent {
