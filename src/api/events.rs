@@ -4,11 +4,12 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::api::sse::Event as SseEvent;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
-use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -18,7 +19,7 @@ use crate::app::AppState;
 use crate::auth::AuthContext;
 use crate::error::ApiError;
 use crate::events::filter::Filter;
-use crate::events::hub::StoredEvent;
+use crate::events::hub::{LiveEvent, StoredEvent};
 use crate::runtime::Runtime;
 use crate::runtime::event_log::{self, Opening};
 
@@ -27,11 +28,12 @@ fn read_filter(query: &mut QueryParams) -> Result<Filter, ApiError> {
         .map_err(|problem| ApiError::invalid_field("filter", problem))
 }
 
-fn frame(event: &StoredEvent) -> Result<SseEvent, Infallible> {
-    Ok(SseEvent::default()
+fn frame(event: &StoredEvent) -> Bytes {
+    SseEvent::default()
         .id(event.seq.to_string())
         .event(&event.name)
-        .data(&event.payload))
+        .data(&event.payload)
+        .into()
 }
 
 /// Stream events as they are committed, resuming after `Last-Event-ID` (spec §7.1–§7.5).
@@ -70,10 +72,14 @@ pub async fn stream_events(
     let frames = async_stream::stream! {
         let _open = guard;
         tokio::pin!(revoked);
-        yield Ok::<_, Infallible>(SseEvent::default().retry(Duration::from_millis(3000)));
+        // Made once, not for every event: each wait for a cancellation joins a list every
+        // stream shares.
+        let stopping = shutdown.cancelled();
+        tokio::pin!(stopping);
+        yield Ok::<Bytes, Infallible>(SseEvent::default().retry(Duration::from_millis(3000)).into());
         if let Some(oldest) = reset {
             let data = json!({"reason": "expired", "oldestAvailable": oldest, "timestamp": crate::clock::format_ms(crate::clock::now_ms())});
-            yield Ok(SseEvent::default().event("reset").data(data.to_string()));
+            yield Ok(SseEvent::default().event("reset").data(data.to_string()).into());
         }
         let mut last = start;
         loop {
@@ -88,7 +94,7 @@ pub async fn stream_events(
             for event in batch {
                 last = event.seq;
                 if filter.matches(&event.name) {
-                    yield frame(&event);
+                    yield Ok(frame(&event));
                 }
             }
             if !full {
@@ -96,9 +102,9 @@ pub async fn stream_events(
             }
         }
         loop {
-            let next: Option<Arc<StoredEvent>> = tokio::select! {
+            let next: Option<Arc<LiveEvent>> = tokio::select! {
                 // Streams close at the start of the drain; clients reconnect elsewhere.
-                () = shutdown.cancelled() => return,
+                () = &mut stopping => return,
                 () = &mut revoked => return,
                 next = subscription.events.recv() => next,
             };
@@ -107,13 +113,14 @@ pub async fn stream_events(
             if event.seq > last {
                 last = event.seq;
                 if filter.matches(&event.name) {
-                    yield frame(&event);
+                    // The subscribers of a scope share the frame.
+                    yield Ok(event.wire(frame));
                 }
             }
         }
     };
     let keepalive = rt.config.events.keepalive;
-    Ok(super::sse(super::holding(frames, slot), keepalive))
+    Ok(super::sse::response(super::holding(frames, slot), keepalive))
 }
 
 /// One event in the history (spec §7.6).

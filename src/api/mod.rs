@@ -13,6 +13,7 @@ pub mod missions;
 pub mod models;
 pub mod openapi;
 pub mod sessions;
+pub mod sse;
 pub mod tasks;
 pub mod webhooks;
 
@@ -118,23 +119,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::list_deliveries))
 }
 
-/// An SSE response with `: ping` keep-alives and the header that keeps proxies from buffering
-/// it (spec §3.8, §5.6, §7.1).
-pub fn sse<S>(frames: S, keepalive: std::time::Duration) -> axum::response::Response
-where
-    S: futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>> + Send + 'static,
-{
-    use axum::response::IntoResponse;
-    use axum::response::sse::{KeepAlive, Sse};
-    let mut response = Sse::new(frames)
-        .keep_alive(KeepAlive::new().interval(keepalive).text("ping"))
-        .into_response();
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", axum::http::HeaderValue::from_static("no"));
-    response
-}
-
 /// One frame of a task or mission stream: the chat-chunk envelope with its own `object` (spec
 /// §5.6, §6.9), and the `polpo` member when given.
 pub fn chunk_frame(
@@ -143,7 +127,7 @@ pub fn chunk_frame(
     delta: serde_json::Value,
     finish: Option<&str>,
     polpo: Option<serde_json::Value>,
-) -> Result<axum::response::sse::Event, std::convert::Infallible> {
+) -> Result<sse::Event, std::convert::Infallible> {
     let mut frame = serde_json::json!({
         "id": id, "object": object, "created": crate::clock::now_ms() / 1000,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
@@ -151,13 +135,17 @@ pub fn chunk_frame(
     if let Some(polpo) = polpo {
         frame["polpo"] = polpo;
     }
-    Ok(axum::response::sse::Event::default().data(frame.to_string()))
+    Ok(sse::Event::default()
+        .json_data(&frame)
+        .unwrap_or_else(|_| sse::Event::default().data("{}")))
 }
 
 /// The one OpenAI-shaped error frame that ends a task or mission stream (spec §3.9).
-pub fn error_frame(error: &crate::error::ApiError) -> Result<axum::response::sse::Event, std::convert::Infallible> {
+pub fn error_frame(error: &crate::error::ApiError) -> Result<sse::Event, std::convert::Infallible> {
     let body = serde_json::json!({"error": error.report().openai_error()});
-    Ok(axum::response::sse::Event::default().data(body.to_string()))
+    Ok(sse::Event::default()
+        .json_data(&body)
+        .unwrap_or_else(|_| sse::Event::default().data("{}")))
 }
 
 /// Keeps a stream slot of the key (spec §1.7) for as long as `frames` is open.

@@ -5,9 +5,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,9 +21,31 @@ pub use crate::store::events::EventRow as StoredEvent;
 
 type ScopeKey = (String, Environment);
 
+/// An event as the feed hands it to every subscriber of its scope: the stored row, and the bytes
+/// its readers write, made by the first reader that writes it and shared by the others.
+pub struct LiveEvent {
+    row: StoredEvent,
+    wire: OnceLock<Bytes>,
+}
+
+impl LiveEvent {
+    /// The event's wire form, made by `render` for the first reader that asks.
+    pub fn wire(&self, render: impl FnOnce(&StoredEvent) -> Bytes) -> Bytes {
+        self.wire.get_or_init(|| render(&self.row)).clone()
+    }
+}
+
+impl std::ops::Deref for LiveEvent {
+    type Target = StoredEvent;
+
+    fn deref(&self) -> &StoredEvent {
+        &self.row
+    }
+}
+
 struct Subscriber {
     id: u64,
-    tx: mpsc::Sender<Arc<StoredEvent>>,
+    tx: mpsc::Sender<Arc<LiveEvent>>,
 }
 
 struct Feed {
@@ -58,7 +81,7 @@ pub struct Hub {
 
 /// A live subscription; dropping it unsubscribes.
 pub struct Subscription {
-    pub events: mpsc::Receiver<Arc<StoredEvent>>,
+    pub events: mpsc::Receiver<Arc<LiveEvent>>,
     feed: Arc<Feed>,
     id: u64,
 }
@@ -213,7 +236,15 @@ impl Hub {
                 let Some(last) = batch.last() else { break };
                 cursor = last.seq;
                 let full = batch.len() == 500;
-                let events: Vec<Arc<StoredEvent>> = batch.into_iter().map(Arc::new).collect();
+                let events: Vec<Arc<LiveEvent>> = batch
+                    .into_iter()
+                    .map(|row| {
+                        Arc::new(LiveEvent {
+                            row,
+                            wire: OnceLock::new(),
+                        })
+                    })
+                    .collect();
                 let mut subscribers = feed.subscribers.lock().unwrap_or_else(|p| p.into_inner());
                 // A subscriber that cannot take an event is disconnected; it resumes by id.
                 subscribers.retain(|s| events.iter().all(|e| s.tx.try_send(Arc::clone(e)).is_ok()));

@@ -252,12 +252,17 @@ impl Drive {
     ) -> Outcome {
         let idle_timeout = self.rt.config.upstream.idle_timeout;
         let mut last_chunk = Instant::now();
+        // Made once, not for every chunk: each wait for a cancellation joins a list (the hard
+        // stop's, every turn's).
+        let left = tx.closed();
+        let stopping = self.rt.hard_stop.cancelled();
+        tokio::pin!(left, stopping);
         loop {
             let wait_until = (last_chunk + idle_timeout).min(deadline);
             let next = tokio::select! {
                 biased;
-                () = tx.closed() => return Outcome::ClientLeft,
-                () = self.rt.hard_stop.cancelled() => return Outcome::Shutdown,
+                () = &mut left => return Outcome::ClientLeft,
+                () = &mut stopping => return Outcome::Shutdown,
                 error = &mut *interrupt => return Outcome::Interrupted(error),
                 next = timeout_at(wait_until, upstream.next()) => next,
             };

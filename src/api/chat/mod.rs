@@ -85,7 +85,7 @@ pub async fn create_chat_completion(
         let keepalive = rt.config.events.keepalive;
         let guard = rt.metrics.open_stream("chat");
         let frames = render::stream_frames(completion, turn.events, include_usage, guard);
-        let mut response = super::sse(super::holding(frames, slot), keepalive);
+        let mut response = super::sse::response(super::holding(frames, slot), keepalive);
         response.headers_mut().extend(headers);
         return Ok(response);
     }

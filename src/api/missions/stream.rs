@@ -8,8 +8,8 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::api::sse::Event as SseEvent;
 use axum::response::Response;
-use axum::response::sse::Event as SseEvent;
 use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
@@ -157,5 +157,5 @@ pub async fn follow(state: AppState, auth: AuthContext, mission_id: String) -> R
             }
         }
     };
-    Ok(crate::api::sse(crate::api::holding(frames, slot), keepalive))
+    Ok(crate::api::sse::response(crate::api::holding(frames, slot), keepalive))
 }

@@ -5,8 +5,8 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use crate::api::sse::Event as SseEvent;
 use axum::response::Response;
-use axum::response::sse::Event as SseEvent;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -134,5 +134,5 @@ pub async fn follow(state: AppState, auth: AuthContext, id: String) -> Result<Re
             }
         }
     };
-    Ok(crate::api::sse(crate::api::holding(frames, slot), keepalive))
+    Ok(crate::api::sse::response(crate::api::holding(frames, slot), keepalive))
 }
