@@ -2,7 +2,6 @@
 
 use axum::extract::Request;
 use axum::http::header;
-use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::error::{ApiError, ErrorReport, ErrorShape};
@@ -23,9 +22,12 @@ pub fn shape_for(path: &str) -> ErrorShape {
 #[derive(Debug, Clone, Copy)]
 pub struct Shaped;
 
-pub async fn normalize(req: Request, next: Next) -> Response {
+pub async fn normalize<F>(req: Request, next: impl FnOnce(Request) -> F) -> Response
+where
+    F: Future<Output = Response>,
+{
     let shape = shape_for(req.uri().path());
-    let response = next.run(req).await;
+    let response = next(req).await;
     if response.extensions().get::<Shaped>().is_some() {
         return response;
     }

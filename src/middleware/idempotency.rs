@@ -12,9 +12,8 @@
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
@@ -36,12 +35,15 @@ const ABANDONED_AFTER: Duration = Duration::from_secs(600);
 /// Attempts at claiming a key that keeps changing under us (released, expired, taken over).
 const CLAIM_TRIES: usize = 3;
 
-pub async fn replay_or_record(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn replay_or_record<F>(state: &AppState, req: Request, next: impl FnOnce(Request) -> F) -> Response
+where
+    F: Future<Output = Response>,
+{
     if req.method() != Method::POST {
-        return next.run(req).await;
+        return next(req).await;
     }
     let (Some(value), Some(auth)) = (req.headers().get(HEADER), req.extensions().get::<AuthContext>()) else {
-        return next.run(req).await;
+        return next(req).await;
     };
     let Some(key) = valid_key(value) else {
         return ApiError::invalid_field("Idempotency-Key", "must be 1 to 255 printable ASCII characters")
@@ -68,9 +70,7 @@ pub async fn replay_or_record(State(state): State<AppState>, req: Request, next:
         Err(e) => return e.into_response(),
     }
     let hold = Hold::default();
-    let response = hold
-        .around(next.run(Request::from_parts(parts, Body::from(bytes))))
-        .await;
+    let response = hold.around(next(Request::from_parts(parts, Body::from(bytes)))).await;
     claim.settle(hold, response, &path).await
 }
 

@@ -3,7 +3,6 @@
 //! of the path. (Beyond these, the HTTP parser itself refuses a request with a bare 431.)
 
 use axum::extract::Request;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
@@ -13,7 +12,10 @@ pub const MAX_HEADERS: usize = 64;
 /// Bytes of header names and values one request may carry.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-pub async fn check(req: Request, next: Next) -> Response {
+pub async fn check<F>(req: Request, next: impl FnOnce(Request) -> F) -> Response
+where
+    F: Future<Output = Response>,
+{
     let headers = req.headers();
     let bytes: usize = headers
         .iter()
@@ -26,5 +28,5 @@ pub async fn check(req: Request, next: Next) -> Response {
         return ApiError::HeadersTooLarge(format!("a request's headers may hold at most {MAX_HEADER_BYTES} bytes"))
             .into_response();
     }
-    next.run(req).await
+    next(req).await
 }

@@ -1,20 +1,21 @@
 //! Request counts and durations by method, route template and status (spec §9).
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
-use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::metrics::Metrics;
 
-pub async fn record(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+pub async fn record<F>(metrics: &Metrics, req: Request, next: impl FnOnce(Request) -> F) -> Response
+where
+    F: Future<Output = Response>,
+{
     let started = Instant::now();
     let method = method_label(req.method());
     let route = req.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(req).await;
+    let response = next(req).await;
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     metrics.record_request(method, route, response.status().as_u16(), started.elapsed());
     response

@@ -9,10 +9,10 @@ mod metrics;
 pub mod rate_limit;
 mod request_log;
 
-use std::sync::Arc;
-
 use axum::Router;
-use axum::middleware::{from_fn, from_fn_with_state};
+use axum::extract::{Request, State};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::Response;
 
 use crate::app::AppState;
 
@@ -33,15 +33,11 @@ use crate::app::AppState;
 ///
 /// and, when origins are configured, `cors` outside them all, so that a browser's preflight
 /// is answered without a key and every answer carries the CORS headers.
+///
+/// The seven steps are one layer ([`steps`]), each calling the next: a layer of its own each
+/// would clone everything below it, the route included, for every request.
 pub fn apply(router: Router<AppState>, state: &AppState) -> Router<AppState> {
-    let router = router
-        .layer(from_fn_with_state(state.clone(), idempotency::replay_or_record))
-        .layer(from_fn_with_state(state.clone(), rate_limit::limit))
-        .layer(from_fn_with_state(state.clone(), auth::authenticate))
-        .layer(from_fn(limits::check))
-        .layer(from_fn(errors::normalize))
-        .layer(from_fn_with_state(Arc::clone(&state.runtime.metrics), metrics::record))
-        .layer(from_fn(request_log::log));
+    let router = router.layer(from_fn_with_state(state.clone(), steps));
     match cors::layer(&state.runtime.config.server.cors_allowed_origins) {
         Ok(Some(cors)) => router.layer(cors),
         Ok(None) => router,
@@ -51,4 +47,23 @@ pub fn apply(router: Router<AppState>, state: &AppState) -> Router<AppState> {
             router
         }
     }
+}
+
+/// Steps 1–7 of [`apply`], in that order, around the route.
+async fn steps(State(state): State<AppState>, req: Request, route: Next) -> Response {
+    let state = &state;
+    request_log::log(req, |req| {
+        metrics::record(&state.runtime.metrics, req, |req| {
+            errors::normalize(req, |req| {
+                limits::check(req, |req| {
+                    auth::authenticate(state, req, |req| {
+                        rate_limit::limit(state, req, |req| {
+                            idempotency::replay_or_record(state, req, |req| route.run(req))
+                        })
+                    })
+                })
+            })
+        })
+    })
+    .await
 }

@@ -14,9 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::HeaderValue;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::app::AppState;
@@ -350,14 +349,17 @@ fn go_duration(d: Duration) -> String {
 
 /// Takes a token for every authenticated request (authentication runs first, so refusals
 /// and public routes take none) and writes the headers.
-pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn limit<F>(state: &AppState, req: Request, next: impl FnOnce(Request) -> F) -> Response
+where
+    F: Future<Output = Response>,
+{
     let Some(auth) = req.extensions().get::<AuthContext>().cloned() else {
-        return next.run(req).await;
+        return next(req).await;
     };
     let limits = state.limiter.limits(&auth);
     match state.limiter.take(&state.runtime, &auth).await {
         Ok(quota) => {
-            let mut response = next.run(req).await;
+            let mut response = next(req).await;
             let headers = response.headers_mut();
             headers.insert("x-ratelimit-limit-requests", HeaderValue::from(quota.limit));
             headers.insert("x-ratelimit-remaining-requests", HeaderValue::from(quota.remaining));

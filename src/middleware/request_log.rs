@@ -4,7 +4,6 @@ use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
-use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 
@@ -12,7 +11,10 @@ use crate::error::ErrorReport;
 
 /// Opens the request span around the rest of the stack, so that the layers and handlers inside
 /// log with the request id without being handed it; `key_id` is left empty for `auth` to record.
-pub async fn log(req: Request, next: Next) -> Response {
+pub async fn log<F>(req: Request, next: impl FnOnce(Request) -> F) -> Response
+where
+    F: Future<Output = Response>,
+{
     let started = Instant::now();
     let request_id = crate::ids::new_id("req_");
     let route = req
@@ -23,7 +25,7 @@ pub async fn log(req: Request, next: Next) -> Response {
     let span = tracing::info_span!("request", request_id = %request_id, method = %req.method(), route = %route,
         key_id = tracing::field::Empty);
 
-    let mut response = next.run(req).instrument(span.clone()).await;
+    let mut response = next(req).instrument(span.clone()).await;
 
     // The client sees only "internal error"; the cause is logged here, where the request id is.
     if let Some(cause) = response
