@@ -16,8 +16,8 @@ use axum::response::Response;
 
 use crate::app::AppState;
 
-/// Wraps every route (and the fallback) in the request middleware. Layers are added after routing
-/// so that `MatchedPath` is known; the last one added runs first:
+/// Wraps every route (and the fallback) in the request middleware, added after routing so that
+/// `MatchedPath` is known. Its steps, outermost first:
 ///
 /// 1. `request_log`, outermost, so that every answer, including a refusal, gets a request id
 ///    and an access line, and everything inside runs in the request span;
@@ -29,7 +29,7 @@ use crate::app::AppState;
 /// 6. `rate_limit`, so that only authenticated requests take a token, every one of them, with
 ///    the headers on whatever the route answers, a replay included;
 /// 7. `idempotency`, innermost, so that it sees the key's scope and the route's own answer, and
-///    never records a refusal of the layers above;
+///    never records a refusal of the steps above;
 ///
 /// and, when origins are configured, `cors` outside them all, so that a browser's preflight
 /// is answered without a key and every answer carries the CORS headers.
