@@ -135,17 +135,13 @@ pub fn chunk_frame(
     if let Some(polpo) = polpo {
         frame["polpo"] = polpo;
     }
-    Ok(sse::Event::default()
-        .json_data(&frame)
-        .unwrap_or_else(|_| sse::Event::default().data("{}")))
+    Ok(sse::Event::default().json_data(&frame))
 }
 
 /// The one OpenAI-shaped error frame that ends a task or mission stream (spec §3.9).
 pub fn error_frame(error: &crate::error::ApiError) -> Result<sse::Event, std::convert::Infallible> {
     let body = serde_json::json!({"error": error.report().openai_error()});
-    Ok(sse::Event::default()
-        .json_data(&body)
-        .unwrap_or_else(|_| sse::Event::default().data("{}")))
+    Ok(sse::Event::default().json_data(&body))
 }
 
 /// Keeps a stream slot of the key (spec §1.7) for as long as `frames` is open.

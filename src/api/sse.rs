@@ -43,17 +43,18 @@ impl Event {
         }
     }
 
-    /// The `data` field holding `value` as compact JSON, which has no line breaks.
-    pub fn json_data(mut self, value: &impl serde::Serialize) -> Result<Self, serde_json::Error> {
+    /// The `data` field holding `value` as compact JSON, which has no line breaks; `{}` for a
+    /// value JSON cannot hold (a map whose keys are not strings), which no caller passes.
+    pub fn json_data(mut self, value: &impl serde::Serialize) -> Self {
         let start = self.buf.len();
         self.buf.reserve(256);
         self.buf.put_slice(b"data: ");
-        if let Err(e) = serde_json::to_writer((&mut self.buf).writer(), value) {
+        if serde_json::to_writer((&mut self.buf).writer(), value).is_err() {
             self.buf.truncate(start);
-            return Err(e);
+            return self.data("{}");
         }
         self.buf.put_u8(b'\n');
-        Ok(self)
+        self
     }
 
     /// The `event` field (the event's name).
@@ -178,8 +179,13 @@ mod tests {
         );
         let retry = Event::default().retry(Duration::from_millis(3000));
         assert_eq!(text(retry), "retry: 3000\n\n");
-        let json = Event::default().json_data(&serde_json::json!({"a": "x\ny"})).unwrap();
+        let json = Event::default().json_data(&serde_json::json!({"a": "x\ny"}));
         assert_eq!(text(json), "data: {\"a\":\"x\\ny\"}\n\n");
+        let keys_not_strings = std::collections::BTreeMap::from([((1, 2), 3)]);
+        assert_eq!(
+            text(Event::default().id("7").json_data(&keys_not_strings)),
+            "id: 7\ndata: {}\n\n"
+        );
         assert_eq!(text(Event::default().event("bad\nname")), "event: bad name\n\n");
     }
 

@@ -223,10 +223,7 @@ fn delta(chunk: &Chunk) -> wire::Delta<'_> {
 
 /// One SSE frame whose data is `value`'s JSON text, written straight into the frame.
 fn frame(value: &impl serde::Serialize) -> SseEvent {
-    // Serialising these shapes cannot fail: every map in them has string keys.
-    SseEvent::default()
-        .json_data(value)
-        .unwrap_or_else(|_| SseEvent::default().data("{}"))
+    SseEvent::default().json_data(value)
 }
 
 /// The stream of spec §3.8: role chunk, deltas, finish chunk, optional usage chunk, `[DONE]`;
