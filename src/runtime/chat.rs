@@ -112,7 +112,8 @@ async fn resolve_target(rt: &Runtime, scope: &Scope, request: &CompletionRequest
 }
 
 /// Events the turn's drive reports to the HTTP side, in this order: `Started` once the provider
-/// produced its first chunk (the new messages are then being stored), then deltas, then one of
+/// produced its first chunk, then deltas (a streamed answer's new messages are stored once the
+/// first has been taken), then one of
 /// `Completed` (the new messages and the reply are committed) or `Failed`. A turn whose client
 /// left reports nothing more.
 #[derive(Debug)]
@@ -146,6 +147,20 @@ impl Outbox {
         }
         self.lock().push_back(event);
         true
+    }
+
+    /// Resolves once the reader has taken every event handed to it, or the client has left.
+    /// Needs no wake-up: the reader polls the drive only when it has taken everything, and a
+    /// drive left by its reader runs with `left` cancelled.
+    pub(super) async fn taken(&self) {
+        std::future::poll_fn(|_| {
+            if self.left.is_cancelled() || self.lock().is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
     }
 
     /// Resolves when the client has left.

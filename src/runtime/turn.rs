@@ -20,7 +20,7 @@ use crate::metrics;
 use crate::providers::types::{
     ChatMessage, ChatRequest, Chunk, ChunkStream, FinishReason, ModelClient, ProviderError, Usage,
 };
-use crate::runtime::sessions::{self, MESSAGE_PREFIX, StoredToolCall, StoredUsage};
+use crate::runtime::sessions::{MESSAGE_PREFIX, StoredToolCall, StoredUsage};
 use crate::scope::Scope;
 use crate::store;
 
@@ -111,6 +111,14 @@ enum Outcome {
     Shutdown,
     Interrupted(ApiError),
     Failed(ApiError),
+    /// The new messages of a streamed answer could not be stored.
+    Unstored(ApiError),
+}
+
+/// The provider's stream, its first chunk already read.
+struct Upstream<'a> {
+    first: Option<Chunk>,
+    rest: &'a mut ChunkStream,
 }
 
 pub(super) struct Drive {
@@ -175,39 +183,21 @@ impl Drive {
             &[("provider", &self.provider)],
             sent.elapsed(),
         );
-        // A streamed answer stores the new messages before its first chunk goes out, so that
-        // the session its header names can be read at once (spec §3.6 rule 5). An answer sent
-        // whole names its session only when it ends: its new messages are committed with the
-        // reply then, in one transaction.
-        let mut pending = None;
-        if self.stream {
-            if let Err(e) = self.store_new_messages().await {
-                // With the database unreachable, storing the session alone would wait for it
-                // again and fail the same way: the answer is the 503 now, not one wait later.
-                if matches!(e, ApiError::Unavailable(_)) {
-                    tx.send(TurnEvent::Failed(e));
-                    return;
-                }
-                return self.fail_early(&tx, e).await;
-            }
-        } else {
-            pending = self.messages_write(&self.new_messages);
-        }
+        // The new messages are stored once the provider has answered (spec §3.6 rule 5): in a
+        // streamed answer right after its first delta has been handed over, so that storing
+        // them does not delay it; in an answer sent whole, which names its session only when
+        // it ends, with the reply, in one transaction.
+        let mut unstored = self.messages_write(&self.new_messages);
         let mut reply = Reply::default();
-        let mut outcome = None;
-        if !tx.send(TurnEvent::Started) {
-            outcome = Some(Outcome::ClientLeft);
-        } else if let Some(delta) = reply.absorb(first)
-            && !tx.send(TurnEvent::Delta(delta))
-        {
-            outcome = Some(Outcome::ClientLeft);
-        }
-        let outcome = match outcome {
-            Some(outcome) => outcome,
-            None => {
-                self.pump(&tx, &mut upstream, &mut reply, deadline, &mut interrupt)
-                    .await
-            }
+        let outcome = if tx.send(TurnEvent::Started) {
+            let stream = Upstream {
+                first: Some(first),
+                rest: &mut upstream,
+            };
+            self.pump(&tx, stream, &mut reply, &mut unstored, deadline, &mut interrupt)
+                .await
+        } else {
+            Outcome::ClientLeft
         };
         // Dropping the stream closes the upstream request; nothing can interrupt the turn now.
         drop(upstream);
@@ -216,7 +206,17 @@ impl Drive {
         let hold = matches!(outcome, Outcome::Finished)
             .then_some(self.hold.as_ref())
             .flatten();
-        let stored = self.store_reply(pending, &reply, &finish, usage, estimated, hold).await;
+        let stored = match &outcome {
+            // Nothing of a turn whose new messages could not be stored is stored after them.
+            Outcome::Unstored(e) => {
+                tracing::error!(session_id = %self.session_id, error = ?e, "could not store the new messages");
+                Ok(())
+            }
+            _ => {
+                self.store_reply(unstored, &reply, &finish, usage, estimated, hold)
+                    .await
+            }
+        };
         if let Err(e) = &stored {
             tracing::error!(session_id = %self.session_id, error = ?e, "could not store the chat reply");
         }
@@ -228,6 +228,7 @@ impl Drive {
                 finish: reply.finish.unwrap_or(FinishReason::Stop),
                 usage,
             },
+            (Outcome::Unstored(error), _) => TurnEvent::Failed(error),
             (Outcome::Failed(error), _) => {
                 let report = error.report();
                 tracing::warn!(session_id = %self.session_id, code = report.code, cause = report.log_cause.as_deref(),
@@ -242,11 +243,14 @@ impl Drive {
     }
 
     /// Forwards chunks until the answer ends, the client leaves, the server stops or a limit hits.
+    /// Each delta is handed over before the next chunk is read; a streamed answer's new
+    /// messages (`unstored`) are stored after the first.
     async fn pump(
         &self,
         tx: &Outbox,
-        upstream: &mut ChunkStream,
+        mut upstream: Upstream<'_>,
         reply: &mut Reply,
+        unstored: &mut Option<StoreMessages>,
         deadline: Instant,
         interrupt: &mut Interrupt,
     ) -> Outcome {
@@ -258,26 +262,40 @@ impl Drive {
         let stopping = self.rt.hard_stop.cancelled();
         tokio::pin!(left, stopping);
         loop {
-            let wait_until = (last_chunk + idle_timeout).min(deadline);
-            let next = tokio::select! {
-                biased;
-                () = &mut left => return Outcome::ClientLeft,
-                () = &mut stopping => return Outcome::Shutdown,
-                error = &mut *interrupt => return Outcome::Interrupted(error),
-                next = timeout_at(wait_until, upstream.next()) => next,
-            };
-            match next {
-                Err(_) => return Outcome::Failed(ApiError::UpstreamTimeout),
-                Ok(None) => return Outcome::Finished,
-                Ok(Some(Err(e))) => return Outcome::Failed(provider_error(e)),
-                Ok(Some(Ok(chunk))) => {
-                    last_chunk = Instant::now();
-                    if let Some(delta) = reply.absorb(chunk)
-                        && !tx.send(TurnEvent::Delta(delta))
-                    {
-                        return Outcome::ClientLeft;
+            let chunk = match upstream.first.take() {
+                Some(first) => first,
+                None => {
+                    let wait_until = (last_chunk + idle_timeout).min(deadline);
+                    let next = tokio::select! {
+                        biased;
+                        () = &mut left => return Outcome::ClientLeft,
+                        () = &mut stopping => return Outcome::Shutdown,
+                        error = &mut *interrupt => return Outcome::Interrupted(error),
+                        next = timeout_at(wait_until, upstream.rest.next()) => next,
+                    };
+                    match next {
+                        Err(_) => return Outcome::Failed(ApiError::UpstreamTimeout),
+                        Ok(None) => return Outcome::Finished,
+                        Ok(Some(Err(e))) => return Outcome::Failed(provider_error(e)),
+                        Ok(Some(Ok(chunk))) => {
+                            last_chunk = Instant::now();
+                            chunk
+                        }
                     }
                 }
+            };
+            let Some(delta) = reply.absorb(chunk) else { continue };
+            if !tx.send(TurnEvent::Delta(delta)) {
+                return Outcome::ClientLeft;
+            }
+            // The reader passes the delta on (a stream writes it out) before the turn reads on
+            // or writes to the database.
+            tx.taken().await;
+            if self.stream
+                && let Some(write) = unstored.take()
+                && let Err(e) = self.rt.group.write(Box::new(write)).await
+            {
+                return Outcome::Unstored(e.into());
             }
         }
     }
@@ -305,7 +323,7 @@ impl Drive {
                 reply.finish.unwrap_or(default).as_str().to_string()
             }
             Outcome::ClientLeft | Outcome::Shutdown | Outcome::Interrupted(_) => "interrupted".to_string(),
-            Outcome::Failed(_) => "error".to_string(),
+            Outcome::Failed(_) | Outcome::Unstored(_) => "error".to_string(),
         };
         match reply.usage {
             Some(usage) => (finish, usage, false),
@@ -329,19 +347,6 @@ impl Drive {
                 };
                 (finish, usage, true)
             }
-        }
-    }
-
-    /// Stores N: the new session (if this turn creates one) or the existing session's counters,
-    /// and the new messages, with their events.
-    async fn store_new_messages(&self) -> Result<(), ApiError> {
-        let Some(write) = self.messages_write(&self.new_messages) else {
-            return Ok(());
-        };
-        if self.rt.group.write(Box::new(write)).await? {
-            Ok(())
-        } else {
-            Err(sessions::not_found(&self.session_id))
         }
     }
 

@@ -435,8 +435,12 @@ async fn a_reply_whose_session_was_deleted_during_its_stream_is_not_stored() {
     assert_eq!(response.status(), 200);
     let session = response.headers()["x-session-id"].to_str().unwrap().to_string();
     let mut text = String::from_utf8_lossy(&response.chunk().await.unwrap().unwrap()).to_string();
-    // The new message is stored before the first chunk.
-    assert_eq!(s.messages(&session).await.len(), 1);
+    // The new message is stored once the first chunk is on its way, while the answer goes on.
+    let stored = eventually(Duration::from_secs(5), || async {
+        s.messages(&session).await.len() == 1
+    })
+    .await;
+    assert!(stored, "the new message was not stored while the answer went on");
     let deleted = s.app.delete(&format!("/v1/chat/sessions/{session}"), key).await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text);
     while let Some(bytes) = response.chunk().await.unwrap() {
@@ -513,6 +517,74 @@ async fn a_turn_that_meets_another_writers_lock_waits_for_it_and_is_stored() {
     let answered = turn.join_next().await.unwrap().unwrap();
     assert_eq!(answered.status(), 200);
     let session = answered.headers()["x-session-id"].to_str().unwrap().to_string();
+    let stored = s.messages(&session).await;
+    let roles: Vec<&str> = stored.iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["user", "assistant"], "{stored:?}");
+}
+
+/// A streamed answer's first words do not wait for the database: with another writer holding
+/// the write lock, they arrive while nothing of the turn can be stored; the rest, `[DONE]`
+/// included, once the lock is released, and then both messages are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_answer_sends_its_first_words_before_its_messages_are_stored() {
+    use sqlx::{Connection, Executor};
+
+    let s = setup().await;
+    // A first turn, so that the key's first use and its rate-limit tokens are already written.
+    let first = s
+        .chat(json!({"model": "openai:echo", "messages": user("before")}), None)
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    let mut other = sqlx::AnyConnection::connect(&s.app._database.url).await.unwrap();
+    if s.app._database.is_postgres() {
+        other.execute("BEGIN").await.unwrap();
+        other
+            .execute("LOCK TABLE chat_messages IN EXCLUSIVE MODE")
+            .await
+            .unwrap();
+    } else {
+        other.execute("BEGIN IMMEDIATE").await.unwrap();
+    }
+    let base = s.app.serve().await;
+    let mut response = crate::helpers::client()
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(&s.app.test_key)
+        .json(&json!({"model": "openai:ok", "stream": true, "messages": user("while locked")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let session = response.headers()["x-session-id"].to_str().unwrap().to_string();
+    let has_words = |text: &str| {
+        data_frames(text).iter().any(|frame| {
+            serde_json::from_str::<Value>(frame)
+                .ok()
+                .and_then(|v| v["choices"][0]["delta"]["content"].as_str().map(|c| !c.is_empty()))
+                .unwrap_or(false)
+        })
+    };
+    let mut text = String::new();
+    let words = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(bytes) = response.chunk().await.unwrap() {
+            text.push_str(&String::from_utf8_lossy(&bytes));
+            if has_words(&text) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(words, Ok(true), "no words arrived while the lock was held: {text}");
+    assert!(
+        !text.contains("[DONE]"),
+        "the answer ended before it could be stored: {text}"
+    );
+    other.execute("COMMIT").await.unwrap();
+
+    while let Some(bytes) = response.chunk().await.unwrap() {
+        text.push_str(&String::from_utf8_lossy(&bytes));
+    }
+    assert_eq!(data_frames(&text).last().map(String::as_str), Some("[DONE]"), "{text}");
     let stored = s.messages(&session).await;
     let roles: Vec<&str> = stored.iter().map(|m| m["role"].as_str().unwrap()).collect();
     assert_eq!(roles, ["user", "assistant"], "{stored:?}");
