@@ -257,7 +257,7 @@ pub(super) fn stream_frames(
                         // ready. Reading on drives the turn, and when the rest of the answer has
                         // already arrived it would run to its end, reply stored, before the
                         // first chunk left: the first chunk goes out first.
-                        tokio::task::yield_now().await;
+                        pause_once().await;
                     }
                 }
                 TurnEvent::Completed { finish, usage } => {
@@ -275,6 +275,23 @@ pub(super) fn stream_frames(
             }
         }
     }
+}
+
+/// `Pending` once, the task woken at once. Unlike `tokio::task::yield_now`, which defers the
+/// wake-up until the worker has run its other tasks, the wake-up comes inside the connection's
+/// poll, where the accept loop polls the connection again at once (`app::repolled`) instead of
+/// queueing it, and waking a sleeping worker thread to share the queue.
+async fn pause_once() {
+    let mut paused = false;
+    std::future::poll_fn(|cx| {
+        if std::mem::replace(&mut paused, true) {
+            std::task::Poll::Ready(())
+        } else {
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await;
 }
 
 /// A non-streamed answer: the whole reply as one `chat.completion` (spec §3.7).
