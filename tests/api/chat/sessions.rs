@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use polpo_api::config::Config;
 use serde_json::{Value, json};
 
-use super::{data_frames, setup, stream, user};
+use super::{Setup, data_frames, setup, stream, user};
 use crate::helpers::eventually;
 
 #[tokio::test]
@@ -436,8 +436,10 @@ async fn a_reply_whose_session_was_deleted_during_its_stream_is_not_stored() {
     let session = response.headers()["x-session-id"].to_str().unwrap().to_string();
     let mut text = String::from_utf8_lossy(&response.chunk().await.unwrap().unwrap()).to_string();
     // The new message is stored once the first chunk is on its way, while the answer goes on.
+    let path = format!("/v1/chat/sessions/{session}/messages");
     let stored = eventually(Duration::from_secs(5), || async {
-        s.messages(&session).await.len() == 1
+        let listed = s.app.get(&path, key).await;
+        listed.status == StatusCode::OK && listed.json().as_array().map(Vec::len) == Some(1)
     })
     .await;
     assert!(stored, "the new message was not stored while the answer went on");
@@ -470,15 +472,12 @@ async fn a_reply_whose_session_was_deleted_during_its_stream_is_not_stored() {
     assert_eq!(s.messages(&next_session).await.len(), 2);
 }
 
-/// Another process writing to the database (a CLI command beside the server, a migration tool)
-/// holds its write lock: a turn that ends meanwhile waits for it instead of failing, then
-/// commits, and its messages are readable once it answers.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_turn_that_meets_another_writers_lock_waits_for_it_and_is_stored() {
+/// A connection of another writer that holds the database's write lock (on Postgres, the lock
+/// of the messages table), taken after a first turn, so that the key's first use and its
+/// rate-limit tokens are already written.
+async fn another_writer_holding_the_lock(s: &Setup) -> sqlx::AnyConnection {
     use sqlx::{Connection, Executor};
 
-    let s = setup().await;
-    // A first turn, so that the key's first use and its rate-limit tokens are already written.
     let first = s
         .chat(json!({"model": "openai:echo", "messages": user("before")}), None)
         .await;
@@ -493,6 +492,18 @@ async fn a_turn_that_meets_another_writers_lock_waits_for_it_and_is_stored() {
     } else {
         other.execute("BEGIN IMMEDIATE").await.unwrap();
     }
+    other
+}
+
+/// Another process writing to the database (a CLI command beside the server, a migration tool)
+/// holds its write lock: a turn that ends meanwhile waits for it instead of failing, then
+/// commits, and its messages are readable once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_that_meets_another_writers_lock_waits_for_it_and_is_stored() {
+    use sqlx::Executor;
+
+    let s = setup().await;
+    let mut other = another_writer_holding_the_lock(&s).await;
     let base = s.app.serve().await;
     let key = s.app.test_key.clone();
     let mut turn = tokio::task::JoinSet::new();
@@ -527,24 +538,10 @@ async fn a_turn_that_meets_another_writers_lock_waits_for_it_and_is_stored() {
 /// included, once the lock is released, and then both messages are stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_answer_sends_its_first_words_before_its_messages_are_stored() {
-    use sqlx::{Connection, Executor};
+    use sqlx::Executor;
 
     let s = setup().await;
-    // A first turn, so that the key's first use and its rate-limit tokens are already written.
-    let first = s
-        .chat(json!({"model": "openai:echo", "messages": user("before")}), None)
-        .await;
-    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
-    let mut other = sqlx::AnyConnection::connect(&s.app._database.url).await.unwrap();
-    if s.app._database.is_postgres() {
-        other.execute("BEGIN").await.unwrap();
-        other
-            .execute("LOCK TABLE chat_messages IN EXCLUSIVE MODE")
-            .await
-            .unwrap();
-    } else {
-        other.execute("BEGIN IMMEDIATE").await.unwrap();
-    }
+    let mut other = another_writer_holding_the_lock(&s).await;
     let base = s.app.serve().await;
     let mut response = crate::helpers::client()
         .post(format!("{base}/v1/chat/completions"))
