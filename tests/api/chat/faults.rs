@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use polpo_api::config::Config;
 use serde_json::json;
 
-use super::{data_frames, setup_with, stream, user};
+use super::{data_frames, send_completion, setup_with, stream, user};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_turns_with_injected_faults_each_get_their_documented_answer() {
@@ -46,13 +46,7 @@ async fn fifty_concurrent_turns_with_injected_faults_each_get_their_documented_a
                     None => format!("{}", status.as_u16()),
                 }
             } else {
-                let response = crate::helpers::client()
-                    .post(format!("{base}/v1/chat/completions"))
-                    .bearer_auth(&key)
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap();
+                let response = send_completion(&base, &key, &body).await;
                 let status = response.status().as_u16();
                 let retry = response.headers().get("retry-after").is_some();
                 let text = response.text().await.unwrap();

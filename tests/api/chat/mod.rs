@@ -95,14 +95,20 @@ fn data_frames(text: &str) -> Vec<String> {
     frames
 }
 
-async fn stream(base: &str, key: &str, body: Value) -> (reqwest::StatusCode, reqwest::header::HeaderMap, String) {
-    let response = client()
+/// A chat completion request sent over HTTP; its response as it starts, to be read whole or
+/// chunk by chunk.
+async fn send_completion(base: &str, key: &str, body: &Value) -> reqwest::Response {
+    client()
         .post(format!("{base}/v1/chat/completions"))
         .bearer_auth(key)
-        .json(&body)
+        .json(body)
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn stream(base: &str, key: &str, body: Value) -> (reqwest::StatusCode, reqwest::header::HeaderMap, String) {
+    let response = send_completion(base, key, &body).await;
     let status = response.status();
     let headers = response.headers().clone();
     // A cut stream may end with a transport error after its last frame; keep what arrived.

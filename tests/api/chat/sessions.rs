@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use polpo_api::config::Config;
 use serde_json::{Value, json};
 
-use super::{Setup, data_frames, setup, stream, user};
+use super::{Setup, data_frames, send_completion, setup, stream, user};
 use crate::helpers::eventually;
 
 #[tokio::test]
@@ -425,13 +425,8 @@ async fn a_reply_whose_session_was_deleted_during_its_stream_is_not_stored() {
     let s = setup().await;
     let key = &s.app.test_key;
     let base = s.app.serve().await;
-    let mut response = crate::helpers::client()
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth(key)
-        .json(&json!({"model": "openai:pace-300", "stream": true, "messages": user("hello")}))
-        .send()
-        .await
-        .unwrap();
+    let body = json!({"model": "openai:pace-300", "stream": true, "messages": user("hello")});
+    let mut response = send_completion(&base, key, &body).await;
     assert_eq!(response.status(), 200);
     let session = response.headers()["x-session-id"].to_str().unwrap().to_string();
     let mut text = String::from_utf8_lossy(&response.chunk().await.unwrap().unwrap()).to_string();
@@ -508,13 +503,12 @@ async fn a_turn_that_meets_another_writers_lock_waits_for_it_and_is_stored() {
     let key = s.app.test_key.clone();
     let mut turn = tokio::task::JoinSet::new();
     turn.spawn(async move {
-        crate::helpers::client()
-            .post(format!("{base}/v1/chat/completions"))
-            .bearer_auth(key)
-            .json(&json!({"model": "openai:echo", "messages": user("while locked")}))
-            .send()
-            .await
-            .unwrap()
+        send_completion(
+            &base,
+            &key,
+            &json!({"model": "openai:echo", "messages": user("while locked")}),
+        )
+        .await
     });
     assert!(
         eventually(Duration::from_secs(5), || async { s.openai.requests().len() == 2 }).await,
@@ -543,13 +537,8 @@ async fn a_streamed_answer_sends_its_first_words_before_its_messages_are_stored(
     let s = setup().await;
     let mut other = another_writer_holding_the_lock(&s).await;
     let base = s.app.serve().await;
-    let mut response = crate::helpers::client()
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth(&s.app.test_key)
-        .json(&json!({"model": "openai:ok", "stream": true, "messages": user("while locked")}))
-        .send()
-        .await
-        .unwrap();
+    let body = json!({"model": "openai:ok", "stream": true, "messages": user("while locked")});
+    let mut response = send_completion(&base, &s.app.test_key, &body).await;
     assert_eq!(response.status(), 200);
     let session = response.headers()["x-session-id"].to_str().unwrap().to_string();
     let has_words = |text: &str| {

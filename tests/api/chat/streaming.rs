@@ -7,7 +7,7 @@ use std::time::Duration;
 use polpo_api::config::Config;
 use serde_json::{Value, json};
 
-use super::{data_frames, json_frames, setup, setup_with, stream, user};
+use super::{data_frames, json_frames, send_completion, setup, setup_with, stream, user};
 use crate::fakes::OK_TEXT;
 use crate::helpers::{client, eventually};
 
@@ -75,13 +75,8 @@ async fn a_streamed_completion_follows_the_openai_frame_rules() {
 async fn a_client_that_leaves_cancels_the_provider_request_and_the_partial_reply_is_stored() {
     let s = setup().await;
     let base = s.app.serve().await;
-    let mut response = client()
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth(&s.app.test_key)
-        .json(&json!({"model": "openai:slow", "stream": true, "messages": user("tick please")}))
-        .send()
-        .await
-        .unwrap();
+    let body = json!({"model": "openai:slow", "stream": true, "messages": user("tick please")});
+    let mut response = send_completion(&base, &s.app.test_key, &body).await;
     let session = response.headers()["x-session-id"].to_str().unwrap().to_string();
     let mut seen = String::new();
     while !seen.contains("tick") {
@@ -152,13 +147,8 @@ async fn a_stream_carries_keep_alives_and_ends_when_its_key_is_revoked() {
     config.events.keepalive = Duration::from_millis(30);
     let s = setup_with(config).await;
     let base = s.app.serve().await;
-    let mut response = client()
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth(&s.app.test_key)
-        .json(&json!({"model": "openai:slow", "stream": true, "messages": user("tick")}))
-        .send()
-        .await
-        .unwrap();
+    let body = json!({"model": "openai:slow", "stream": true, "messages": user("tick")});
+    let mut response = send_completion(&base, &s.app.test_key, &body).await;
     let session = response.headers()["x-session-id"].to_str().unwrap().to_string();
     let mut text = String::new();
     while !text.contains("\n: ping\n") {
