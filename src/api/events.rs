@@ -4,7 +4,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::sse::Event as SseEvent;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
@@ -15,6 +14,7 @@ use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use super::input::QueryParams;
+use super::sse::Event as SseEvent;
 use crate::app::AppState;
 use crate::auth::AuthContext;
 use crate::error::ApiError;
