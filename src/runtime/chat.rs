@@ -112,10 +112,9 @@ async fn resolve_target(rt: &Runtime, scope: &Scope, request: &CompletionRequest
 }
 
 /// Events the turn's drive reports to the HTTP side, in this order: `Started` once the provider
-/// produced its first chunk, then deltas (a streamed answer's new messages are stored once the
-/// first has been taken), then one of
-/// `Completed` (the new messages and the reply are committed) or `Failed`. A turn whose client
-/// left reports nothing more.
+/// produced its first chunk (a streamed answer's new messages are then stored), then deltas,
+/// then one of `Completed` (the new messages and the reply are committed) or `Failed`. A turn
+/// whose client left reports nothing more.
 #[derive(Debug)]
 pub enum TurnEvent {
     Started,

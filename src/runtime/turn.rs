@@ -20,7 +20,7 @@ use crate::metrics;
 use crate::providers::types::{
     ChatMessage, ChatRequest, Chunk, ChunkStream, FinishReason, ModelClient, ProviderError, Usage,
 };
-use crate::runtime::sessions::{MESSAGE_PREFIX, StoredToolCall, StoredUsage};
+use crate::runtime::sessions::{self, MESSAGE_PREFIX, StoredToolCall, StoredUsage};
 use crate::scope::Scope;
 use crate::store;
 
@@ -111,8 +111,6 @@ enum Outcome {
     Shutdown,
     Interrupted(ApiError),
     Failed(ApiError),
-    /// The new messages of a streamed answer could not be stored.
-    Unstored(ApiError),
 }
 
 /// The provider's stream, its first chunk already read.
@@ -183,19 +181,37 @@ impl Drive {
             &[("provider", &self.provider)],
             sent.elapsed(),
         );
-        // The new messages are stored once the provider has answered (spec §3.6 rule 5): in a
-        // streamed answer right after its first delta has been handed over, so that storing
-        // them does not delay it; in an answer sent whole, which names its session only when
-        // it ends, with the reply, in one transaction.
-        let mut unstored = self.messages_write(&self.new_messages);
+        // A streamed answer stores the new messages before its first chunk goes out, so that
+        // the session its header names can be read at once (spec §3.6 rule 5). An answer sent
+        // whole names its session only when it ends: its new messages are committed with the
+        // reply then, in one transaction.
+        let mut pending = self.messages_write(&self.new_messages);
+        if self.stream
+            && let Some(write) = pending.take()
+        {
+            let stored = match self.rt.group.write(Box::new(write)).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(sessions::not_found(&self.session_id)),
+                Err(e) => Err(ApiError::from(e)),
+            };
+            match stored {
+                Ok(()) => {}
+                // With the database unreachable, storing the session alone would wait for it
+                // again and fail the same way: the answer is the 503 now, not one wait later.
+                Err(e @ ApiError::Unavailable(_)) => {
+                    tx.send(TurnEvent::Failed(e));
+                    return;
+                }
+                Err(e) => return self.fail_early(&tx, e).await,
+            }
+        }
         let mut reply = Reply::default();
         let outcome = if tx.send(TurnEvent::Started) {
             let stream = Upstream {
                 first: Some(first),
                 rest: &mut upstream,
             };
-            self.pump(&tx, stream, &mut reply, &mut unstored, deadline, &mut interrupt)
-                .await
+            self.pump(&tx, stream, &mut reply, deadline, &mut interrupt).await
         } else {
             Outcome::ClientLeft
         };
@@ -206,17 +222,7 @@ impl Drive {
         let hold = matches!(outcome, Outcome::Finished)
             .then_some(self.hold.as_ref())
             .flatten();
-        let stored = match &outcome {
-            // Nothing of a turn whose new messages could not be stored is stored after them.
-            Outcome::Unstored(e) => {
-                tracing::error!(session_id = %self.session_id, error = ?e, "could not store the new messages");
-                Ok(())
-            }
-            _ => {
-                self.store_reply(unstored, &reply, &finish, usage, estimated, hold)
-                    .await
-            }
-        };
+        let stored = self.store_reply(pending, &reply, &finish, usage, estimated, hold).await;
         if let Err(e) = &stored {
             tracing::error!(session_id = %self.session_id, error = ?e, "could not store the chat reply");
         }
@@ -228,7 +234,6 @@ impl Drive {
                 finish: reply.finish.unwrap_or(FinishReason::Stop),
                 usage,
             },
-            (Outcome::Unstored(error), _) => TurnEvent::Failed(error),
             (Outcome::Failed(error), _) => {
                 let report = error.report();
                 tracing::warn!(session_id = %self.session_id, code = report.code, cause = report.log_cause.as_deref(),
@@ -243,14 +248,12 @@ impl Drive {
     }
 
     /// Forwards chunks until the answer ends, the client leaves, the server stops or a limit hits.
-    /// Each delta is handed over before the next chunk is read; a streamed answer's new
-    /// messages (`unstored`) are stored after the first.
+    /// Each delta is handed over before the next chunk is read.
     async fn pump(
         &self,
         tx: &Outbox,
         mut upstream: Upstream<'_>,
         reply: &mut Reply,
-        unstored: &mut Option<StoreMessages>,
         deadline: Instant,
         interrupt: &mut Interrupt,
     ) -> Outcome {
@@ -291,12 +294,6 @@ impl Drive {
             // The reader passes the delta on (a stream writes it out) before the turn reads on
             // or writes to the database.
             tx.taken().await;
-            if self.stream
-                && let Some(write) = unstored.take()
-                && let Err(e) = self.rt.group.write(Box::new(write)).await
-            {
-                return Outcome::Unstored(e.into());
-            }
         }
     }
 
@@ -323,7 +320,7 @@ impl Drive {
                 reply.finish.unwrap_or(default).as_str().to_string()
             }
             Outcome::ClientLeft | Outcome::Shutdown | Outcome::Interrupted(_) => "interrupted".to_string(),
-            Outcome::Failed(_) | Outcome::Unstored(_) => "error".to_string(),
+            Outcome::Failed(_) => "error".to_string(),
         };
         match reply.usage {
             Some(usage) => (finish, usage, false),

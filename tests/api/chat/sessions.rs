@@ -8,7 +8,7 @@ use polpo_api::config::Config;
 use serde_json::{Value, json};
 
 use super::{Setup, data_frames, send_completion, setup, stream, user};
-use crate::helpers::eventually;
+use crate::helpers::{client, eventually};
 
 #[tokio::test]
 async fn sessions_give_the_model_the_stored_history_once() {
@@ -430,14 +430,8 @@ async fn a_reply_whose_session_was_deleted_during_its_stream_is_not_stored() {
     assert_eq!(response.status(), 200);
     let session = response.headers()["x-session-id"].to_str().unwrap().to_string();
     let mut text = String::from_utf8_lossy(&response.chunk().await.unwrap().unwrap()).to_string();
-    // The new message is stored once the first chunk is on its way, while the answer goes on.
-    let path = format!("/v1/chat/sessions/{session}/messages");
-    let stored = eventually(Duration::from_secs(5), || async {
-        let listed = s.app.get(&path, key).await;
-        listed.status == StatusCode::OK && listed.json().as_array().map(Vec::len) == Some(1)
-    })
-    .await;
-    assert!(stored, "the new message was not stored while the answer went on");
+    // The new message is stored before the first chunk.
+    assert_eq!(s.messages(&session).await.len(), 1);
     let deleted = s.app.delete(&format!("/v1/chat/sessions/{session}"), key).await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text);
     while let Some(bytes) = response.chunk().await.unwrap() {
@@ -527,49 +521,54 @@ async fn a_turn_that_meets_another_writers_lock_waits_for_it_and_is_stored() {
     assert_eq!(roles, ["user", "assistant"], "{stored:?}");
 }
 
-/// A streamed answer's first words do not wait for the database: with another writer holding
-/// the write lock, they arrive while nothing of the turn can be stored; the rest, `[DONE]`
-/// included, once the lock is released, and then both messages are stored.
+/// The session a streamed answer names in its head is readable, with its new messages, as
+/// soon as the head arrives, even when storing them had to wait for another writer's lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_streamed_answer_sends_its_first_words_before_its_messages_are_stored() {
+async fn a_streamed_answer_names_a_session_that_is_readable_when_its_head_arrives() {
     use sqlx::Executor;
 
     let s = setup().await;
     let mut other = another_writer_holding_the_lock(&s).await;
     let base = s.app.serve().await;
-    let body = json!({"model": "openai:ok", "stream": true, "messages": user("while locked")});
-    let mut response = send_completion(&base, &s.app.test_key, &body).await;
-    assert_eq!(response.status(), 200);
-    let session = response.headers()["x-session-id"].to_str().unwrap().to_string();
-    let has_words = |text: &str| {
-        data_frames(text).iter().any(|frame| {
-            serde_json::from_str::<Value>(frame)
-                .ok()
-                .and_then(|v| v["choices"][0]["delta"]["content"].as_str().map(|c| !c.is_empty()))
-                .unwrap_or(false)
-        })
-    };
-    let mut text = String::new();
-    let words = tokio::time::timeout(Duration::from_secs(5), async {
+    let key = s.app.test_key.clone();
+    let mut turn = tokio::task::JoinSet::new();
+    turn.spawn(async move {
+        let body = json!({"model": "openai:ok", "stream": true, "messages": user("while locked")});
+        let mut response = send_completion(&base, &key, &body).await;
+        let session = response.headers()["x-session-id"].to_str().unwrap().to_string();
+        let at_head = client()
+            .get(format!("{base}/v1/chat/sessions/{session}/messages"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        let at_head = (at_head.status(), at_head.text().await.unwrap());
+        let mut text = String::new();
         while let Some(bytes) = response.chunk().await.unwrap() {
             text.push_str(&String::from_utf8_lossy(&bytes));
-            if has_words(&text) {
-                return true;
-            }
         }
-        false
-    })
-    .await;
-    assert_eq!(words, Ok(true), "no words arrived while the lock was held: {text}");
+        (response.status(), session, at_head, text)
+    });
     assert!(
-        !text.contains("[DONE]"),
-        "the answer ended before it could be stored: {text}"
+        eventually(Duration::from_secs(5), || async { s.openai.requests().len() == 2 }).await,
+        "the provider was never asked"
     );
+    // The other writer keeps its lock a while after the provider has answered.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     other.execute("COMMIT").await.unwrap();
 
-    while let Some(bytes) = response.chunk().await.unwrap() {
-        text.push_str(&String::from_utf8_lossy(&bytes));
-    }
+    let (status, session, at_head, text) = turn.join_next().await.unwrap().unwrap();
+    assert_eq!(status, 200);
+    let (at_head_status, at_head) = at_head;
+    assert_eq!(
+        at_head_status, 200,
+        "the session was not readable when the head arrived: {at_head}"
+    );
+    // The reply may be stored by then too: the head carries the first chunk, after which the
+    // turn reads on.
+    let listed: Vec<Value> = serde_json::from_str(&at_head).unwrap();
+    assert_eq!(listed[0]["role"], "user", "{at_head}");
+    assert_eq!(listed[0]["content"], "while locked", "{at_head}");
     assert_eq!(data_frames(&text).last().map(String::as_str), Some("[DONE]"), "{text}");
     let stored = s.messages(&session).await;
     let roles: Vec<&str> = stored.iter().map(|m| m["role"].as_str().unwrap()).collect();
