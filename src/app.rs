@@ -10,7 +10,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef};
 use futures_util::task::AtomicWaker;
 use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
@@ -68,11 +68,21 @@ pub fn router(state: AppState) -> Router {
 /// Runs the server on `listener` until `shutdown` is cancelled, then lets in-flight requests
 /// finish (the caller bounds that with the shutdown deadline).
 ///
+/// A connection that sends no whole request head within `server.header_read_timeout` (an idle
+/// keep-alive connection included) is closed.
+///
 /// HTTP/1.1 only, served by hyper's HTTP/1 connection directly: a server that also detects
 /// HTTP/2 reads each connection's first 24 bytes apart, and the request read after them doubles
 /// the connection's read buffer to 16 kB, which every open stream then holds.
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
     let shutdown = state.runtime.shutdown.clone();
+    let mut http = http1::Builder::new();
+    // Without a limit, a client that never finishes a request head (or keeps a connection idle)
+    // holds its connection for good, and enough of them use up the process's descriptors.
+    match state.runtime.config.server.header_read_timeout {
+        timeout if timeout.is_zero() => http.header_read_timeout(None),
+        timeout => http.timer(TokioTimer::new()).header_read_timeout(timeout),
+    };
     // One router for every connection (a clone shares its routes): serving a `Router` through
     // axum's make-service would rebuild every route for each new connection, which an open stream
     // then holds as long as it lasts.
@@ -95,9 +105,9 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
         let service = TowerToHyperService::new(router.clone());
+        let connection = http.serve_connection(TokioIo::new(tcp), service);
         let shutdown = shutdown.clone();
         connections.spawn(async move {
-            let connection = http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
             tokio::pin!(connection);
             let result = tokio::select! {
                 result = repolled(connection.as_mut()) => result,

@@ -44,6 +44,11 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Browser origins allowed to call the API (spec §1.1); empty: CORS off.
     pub cors_allowed_origins: Vec<String>,
+    /// How long a connection may take to send a request's head, counted from when the server
+    /// starts waiting for it (an idle keep-alive connection included); then it is closed.
+    /// Zero: no limit.
+    #[serde(deserialize_with = "de_duration")]
+    pub header_read_timeout: Duration,
     /// Chat turns that may wait for this instance's database at once (reading what the turn
     /// needs, or queued to commit); a turn beyond it is answered `503 unavailable` with
     /// `Retry-After` at once instead of queueing without bound.
@@ -318,6 +323,7 @@ impl Default for ServerConfig {
             body_limit: 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),
             cors_allowed_origins: Vec::new(),
+            header_read_timeout: Duration::from_secs(30),
             chat_backlog: 256,
         }
     }
@@ -499,6 +505,7 @@ mod tests {
         assert_eq!(file.server.body_limit, built_in.server.body_limit);
         assert_eq!(file.server.shutdown_timeout, built_in.server.shutdown_timeout);
         assert_eq!(file.server.chat_backlog, built_in.server.chat_backlog);
+        assert_eq!(file.server.header_read_timeout, built_in.server.header_read_timeout);
         assert_eq!(file.database.max_connections, built_in.database.max_connections);
         assert_eq!(file.database.acquire_timeout, built_in.database.acquire_timeout);
         assert_eq!(file.auth.cache_ttl, built_in.auth.cache_ttl);

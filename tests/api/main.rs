@@ -5,6 +5,7 @@
 mod agents;
 mod auth;
 mod chat;
+mod connections;
 mod cors;
 mod errors;
 mod events;
