@@ -1,5 +1,6 @@
-//! Connections (spec §10.4, `server.header_read_timeout`): one that sends no whole request head in
-//! time is closed, an idle keep-alive connection included; a response in progress is not cut.
+//! Connections (`server.header_read_timeout`, docs/DECISIONS.md): one that sends no whole
+//! request head in time is closed, an idle keep-alive connection included; a response in
+//! progress is not cut.
 
 use std::time::{Duration, Instant};
 
