@@ -189,13 +189,9 @@ impl Drive {
         if self.stream
             && let Some(write) = pending.take()
         {
-            let stored = match self.rt.group.write(Box::new(write)).await {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(sessions::not_found(&self.session_id)),
-                Err(e) => Err(ApiError::from(e)),
-            };
-            match stored {
-                Ok(()) => {}
+            match self.rt.group.write(Box::new(write)).await.map_err(ApiError::from) {
+                Ok(true) => {}
+                Ok(false) => return self.fail_early(&tx, sessions::not_found(&self.session_id)).await,
                 // With the database unreachable, storing the session alone would wait for it
                 // again and fail the same way: the answer is the 503 now, not one wait later.
                 Err(e @ ApiError::Unavailable(_)) => {
