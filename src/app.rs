@@ -79,10 +79,12 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
     let mut http = http1::Builder::new();
     // Without a limit, a client that never finishes a request head (or keeps a connection idle)
     // holds its connection for good, and enough of them use up the process's descriptors.
-    match state.runtime.config.server.header_read_timeout {
-        timeout if timeout.is_zero() => http.header_read_timeout(None),
-        timeout => http.timer(TokioTimer::new()).header_read_timeout(timeout),
-    };
+    let header_timeout = state.runtime.config.server.header_read_timeout;
+    if header_timeout.is_zero() {
+        http.header_read_timeout(None);
+    } else {
+        http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    }
     // One router for every connection (a clone shares its routes): serving a `Router` through
     // axum's make-service would rebuild every route for each new connection, which an open stream
     // then holds as long as it lasts.
