@@ -403,7 +403,29 @@ impl Config {
     }
 
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        let config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Refuses settings that would not fail a request but break the server: a stream pinging
+    /// without pause, a task runner that cannot beat, a lease that lapses between two beats.
+    fn check(&self) -> Result<(), String> {
+        let workers = &self.workers;
+        if self.events.keepalive.is_zero() {
+            return Err("events.keepalive must be longer than 0s".into());
+        }
+        if workers.heartbeat_interval.is_zero() {
+            return Err("workers.heartbeat_interval must be longer than 0s".into());
+        }
+        if workers.heartbeat_interval >= workers.lease_duration {
+            return Err(format!(
+                "workers.heartbeat_interval ({:?}) must be shorter than workers.lease_duration ({:?}), \
+                 or a running task's lease lapses between two heartbeats",
+                workers.heartbeat_interval, workers.lease_duration
+            ));
+        }
+        Ok(())
     }
 
     fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
@@ -511,6 +533,25 @@ mod tests {
         assert_eq!(file.auth.cache_ttl, built_in.auth.cache_ttl);
         assert_eq!(file.idempotency.ttl, built_in.idempotency.ttl);
         assert_eq!(file.log.format, built_in.log.format);
+    }
+
+    #[test]
+    fn settings_that_would_break_streams_or_the_task_runner_are_refused() {
+        for (text, name) in [
+            ("[events]\nkeepalive = \"0s\"", "events.keepalive"),
+            ("[workers]\nheartbeat_interval = \"0ms\"", "workers.heartbeat_interval"),
+            (
+                "[workers]\nlease_duration = \"10s\"\nheartbeat_interval = \"10s\"",
+                "workers.lease_duration",
+            ),
+        ] {
+            let error = Config::from_toml(text).unwrap_err();
+            assert!(error.contains(name), "{text:?}: {error}");
+        }
+        let fine = Config::from_toml(
+            "[events]\nkeepalive = \"1ms\"\n\n[workers]\nlease_duration = \"2s\"\nheartbeat_interval = \"1999ms\"",
+        );
+        assert!(fine.is_ok(), "{fine:?}");
     }
 
     #[test]
