@@ -330,9 +330,8 @@ async fn serve(config: Config, no_migrate: bool) -> Result<(), String> {
     let state = AppState::new(db.clone(), config, providers)?;
     let rt = state.runtime.clone();
     rt.start_background();
-    // The accept loop runs on the runtime's workers, not on this thread: a connection accepted
-    // here would be handed to a worker (a thread woken) before its first byte is read.
-    let mut server = rt.tasks.spawn(app::serve(listener, state));
+    let server = app::serve(listener, state);
+    tokio::pin!(server);
     tokio::select! {
         () = app::shutdown_signal() => {
             tracing::info!(deadline_s = deadline.as_secs_f64(), "shutting down");
@@ -346,13 +345,8 @@ async fn serve(config: Config, no_migrate: bool) -> Result<(), String> {
                 let _ = tokio::time::timeout(Duration::from_millis(500), &mut server).await;
             }
         }
-        result = &mut server => match result {
-            Ok(served) => served.map_err(|e| format!("server failed: {e}"))?,
-            Err(e) => return Err(format!("server failed: {e}")),
-        },
+        result = &mut server => result.map_err(|e| format!("server failed: {e}"))?,
     }
-    // Connections run in tasks of their own; only the accept loop and its wait for them end.
-    server.abort();
     // Chat turns store their replies and workers release what they hold before the pool closes.
     if rt.drain(DRAIN).await {
         tracing::info!("drained");
