@@ -259,13 +259,13 @@ impl GroupCommit {
         let mut plans: Vec<Plan> = writes.iter().map(|write| write.plan(at)).collect();
         if let Some(direct) = &self.db.direct {
             let (outcomes, logs) = direct
-                .transaction(|tx| {
+                .transaction(|tx, slots| {
                     let mut outcomes = Vec::with_capacity(writes.len());
                     for plan in &plans {
-                        outcomes.push(plan.script.run_direct(tx)?);
+                        outcomes.push(plan.script.run_direct(tx, slots)?);
                     }
                     let logs = logs(writes, &mut plans, &outcomes);
-                    appends(&logs, at).run_direct(tx)?;
+                    appends(&logs, at).run_direct(tx, slots)?;
                     Ok((outcomes, logs))
                 })
                 .await?;

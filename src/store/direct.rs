@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use super::script::Slots;
+
 /// The longest a write waits for the database file's write lock, held by another process, before
 /// the database counts as unavailable.
 const BUSY_WAIT: Duration = Duration::from_secs(10);
@@ -32,12 +34,18 @@ const PREPARED_STATEMENTS: usize = 64;
 
 /// The second connection to a SQLite file, for writes made on the calling thread.
 #[derive(Clone)]
-pub struct Direct(Arc<Mutex<Connection>>);
+pub struct Direct(Arc<Mutex<Conn>>);
+
+/// The connection, with the parameters of the statements it ran lately.
+struct Conn {
+    conn: Connection,
+    slots: Slots,
+}
 
 /// The turn of a transaction on the pool's connection; the direct connection writes again once
 /// it is dropped.
 pub struct Gate {
-    _turn: OwnedMutexGuard<Connection>,
+    _turn: OwnedMutexGuard<Conn>,
 }
 
 impl Direct {
@@ -58,7 +66,10 @@ impl Direct {
             conn.set_prepared_statement_cache_capacity(PREPARED_STATEMENTS);
             Ok(conn)
         };
-        Ok(Self(Arc::new(Mutex::new(open().map_err(error)?))))
+        Ok(Self(Arc::new(Mutex::new(Conn {
+            conn: open().map_err(error)?,
+            slots: Slots::default(),
+        }))))
     }
 
     /// Waits for the turn of a transaction on the pool's connection.
@@ -69,20 +80,26 @@ impl Direct {
     }
 
     /// Runs `write` in one `BEGIN IMMEDIATE` transaction on the calling thread and commits it;
-    /// an `Err` from `write` rolls it back. While another process holds the file's write lock,
+    /// an `Err` from `write` rolls it back. `write` gets the connection's [`Slots`] for its
+    /// statements. While another process holds the file's write lock,
     /// the lock is asked for again after a pause that doubles from a millisecond, with the
     /// thread free meanwhile; `write` runs once, when the transaction holds the lock.
     pub async fn transaction<T>(
         &self,
-        write: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+        write: impl FnOnce(&Transaction<'_>, &mut Slots) -> rusqlite::Result<T>,
     ) -> Result<T, sqlx::Error> {
         let deadline = Instant::now() + BUSY_WAIT;
         let mut pause = Duration::from_millis(1);
         loop {
             let attempt = {
-                let mut conn = self.0.lock().await;
+                let mut turn = self.0.lock().await;
+                let Conn { conn, slots } = &mut *turn;
                 match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-                    Ok(tx) => return write(&tx).and_then(|out| tx.commit().map(|()| out)).map_err(error),
+                    Ok(tx) => {
+                        return write(&tx, slots)
+                            .and_then(|out| tx.commit().map(|()| out))
+                            .map_err(error);
+                    }
                     Err(e) => e,
                 }
             };

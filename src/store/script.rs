@@ -3,6 +3,10 @@
 //! pool connection, and [`Script::run_direct`] the same inside a transaction of SQLite's direct
 //! connection (`store::direct`). Each statement numbers its placeholders from `$1`.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
 use sqlx::any::AnyArguments;
 use sqlx::{Any, AnyConnection, Executor};
 
@@ -77,17 +81,17 @@ impl Script {
         Ok(true)
     }
 
-    /// As [`Script::run`], on SQLite's direct connection, inside `tx`.
-    pub fn run_direct(&self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<bool> {
+    /// As [`Script::run`], on SQLite's direct connection, inside `tx`; `slots` keeps which
+    /// value each parameter takes, by statement text.
+    pub fn run_direct(&self, tx: &rusqlite::Transaction<'_>, slots: &mut Slots) -> rusqlite::Result<bool> {
         for statement in &self.statements {
             let mut prepared = tx.prepare_cached(&statement.sql)?;
-            for index in 1..=prepared.parameter_count() {
-                // `$N` names the statement's N-th value wherever it appears.
-                let value = prepared
-                    .parameter_name(index)
-                    .and_then(|name| name.strip_prefix('$'))
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .and_then(|n| statement.values.get(n.checked_sub(1)?))
+            let taken = slots.of(&statement.sql, &prepared)?;
+            for (i, slot) in taken.iter().enumerate() {
+                let index = i + 1;
+                let value = statement
+                    .values
+                    .get(*slot)
                     .ok_or(rusqlite::Error::InvalidParameterCount(index, statement.values.len()))?;
                 match value {
                     Value::Text(v) => prepared.raw_bind_parameter(index, v.as_str())?,
@@ -101,6 +105,65 @@ impl Script {
             }
         }
         Ok(true)
+    }
+}
+
+/// Statement texts whose parameters [`Slots`] keeps at most; past that it starts again.
+const SLOTS_KEPT: usize = 64;
+
+/// Which value each parameter of a statement takes (`$N` names the statement's N-th value
+/// wherever it appears; SQLite numbers the parameters by first appearance), by statement text,
+/// for the direct connection. SQLite finds a parameter's name by walking the statement's list of
+/// names, so asking for every name at each run would cost the square of the parameters, and a
+/// batch's events insert has three per event.
+#[derive(Debug, Default)]
+pub struct Slots(HashMap<Box<str>, Arc<[usize]>, BuildHasherDefault<Ends>>);
+
+impl Slots {
+    /// The value (counted from 0) each parameter of `prepared`, the statement `sql`, takes.
+    fn of(&mut self, sql: &str, prepared: &rusqlite::Statement<'_>) -> rusqlite::Result<Arc<[usize]>> {
+        if let Some(taken) = self.0.get(sql) {
+            return Ok(Arc::clone(taken));
+        }
+        let taken = (1..=prepared.parameter_count())
+            .map(|index| {
+                prepared
+                    .parameter_name(index)
+                    .and_then(|name| name.strip_prefix('$'))
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .and_then(|n| n.checked_sub(1))
+                    .ok_or_else(|| rusqlite::Error::InvalidParameterName(format!("parameter {index}")))
+            })
+            .collect::<rusqlite::Result<Arc<[usize]>>>()?;
+        if self.0.len() >= SLOTS_KEPT {
+            self.0.clear();
+        }
+        self.0.insert(sql.into(), Arc::clone(&taken));
+        Ok(taken)
+    }
+}
+
+/// A statement text's hash from its length and its two ends, not from every byte: the texts of
+/// one shape differ in length (the number of rows), those of different shapes in their first
+/// words, and the map compares whole texts when hashes meet.
+#[derive(Debug, Default)]
+struct Ends(u64);
+
+impl Hasher for Ends {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        const ENDS: usize = 32;
+        let head = &bytes[..bytes.len().min(ENDS)];
+        let tail = &bytes[bytes.len().saturating_sub(ENDS)..];
+        // FNV-1a over the length and the ends.
+        let mut hash = (self.0 ^ 0xcbf2_9ce4_8422_2325) ^ bytes.len() as u64;
+        for &byte in head.iter().chain(tail) {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = hash;
     }
 }
 
@@ -156,13 +219,40 @@ mod tests {
             "INSERT INTO t (a, b) VALUES ($1, $2)",
             vec![Value::Text("two".into()), Value::Text("after a failed guard".into())],
         );
+        let mut slots = Slots::default();
         let tx = conn.transaction().unwrap();
-        assert!(insert.run_direct(&tx).unwrap());
-        assert!(!guarded.run_direct(&tx).unwrap());
+        assert!(insert.run_direct(&tx, &mut slots).unwrap());
+        assert!(!guarded.run_direct(&tx, &mut slots).unwrap());
         tx.commit().unwrap();
         assert_eq!(names(&conn), [("one".to_string(), "first".to_string(), None)]);
         let n: i64 = conn.query_row("SELECT n FROM t", [], |row| row.get(0)).unwrap();
         assert_eq!(n, 13);
+
+        // The same text again, its parameters' values now known: each still takes its own.
+        let mut again = Script::default();
+        again.push(
+            "INSERT INTO t (b, a, c, n) VALUES ($2, $1, $3, length($1) + $4)",
+            vec![
+                Value::Text("three".into()),
+                Value::Text("second".into()),
+                Value::MaybeText(Some("c".into())),
+                Value::Int(100),
+            ],
+        );
+        let tx = conn.transaction().unwrap();
+        assert!(again.run_direct(&tx, &mut slots).unwrap());
+        tx.commit().unwrap();
+        assert_eq!(
+            names(&conn),
+            [
+                ("one".to_string(), "first".to_string(), None),
+                ("three".to_string(), "second".to_string(), Some("c".to_string())),
+            ]
+        );
+        let n: i64 = conn
+            .query_row("SELECT n FROM t WHERE a = 'three'", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(n, 105);
 
         let mut short = Script::default();
         short.push(
@@ -170,6 +260,14 @@ mod tests {
             vec![Value::Text("three".into())],
         );
         let tx = conn.transaction().unwrap();
-        assert!(short.run_direct(&tx).is_err(), "a statement missing a value runs");
+        assert!(
+            short.run_direct(&tx, &mut slots).is_err(),
+            "a statement missing a value runs"
+        );
+        // Known or not, the text of a statement missing a value fails again.
+        assert!(
+            short.run_direct(&tx, &mut slots).is_err(),
+            "a statement missing a value runs"
+        );
     }
 }
