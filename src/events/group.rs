@@ -36,6 +36,9 @@ pub const MAX_BATCH: usize = 64;
 /// busy is still written at once by its caller.
 const GATHER_YIELDS: usize = 2;
 
+/// Changes queued that make a batch worth taking without yielding first.
+const GATHERED: usize = 8;
+
 /// A change of one scope that can be written inside someone else's transaction.
 pub trait GroupWrite: Send + Sync + 'static {
     fn scope(&self) -> &Scope;
@@ -185,10 +188,15 @@ impl GroupCommit {
             armed: true,
         };
         loop {
-            // Before it takes a batch, the writer lets the runtime run what is ready (the turns
-            // whose answers have just arrived among them) twice over, so that they join this
-            // batch rather than wait for the next transaction.
+            // Before it takes a short batch, the writer lets the runtime run what is ready (the
+            // turns whose answers have just arrived among them) twice over, so that they join
+            // this batch rather than wait for the next transaction. A long queue is taken at
+            // once: under overload the runtime's queue is long too, and a writer waiting behind
+            // it would hold every admitted turn.
             for _ in 0..GATHER_YIELDS {
+                if self.queue.lock().unwrap_or_else(PoisonError::into_inner).jobs.len() >= GATHERED {
+                    break;
+                }
                 tokio::task::yield_now().await;
             }
             let jobs: Vec<Job> = {
