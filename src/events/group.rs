@@ -33,7 +33,7 @@ pub const MAX_BATCH: usize = 64;
 /// Times the writer task yields to the runtime before it takes a batch. At saturation this
 /// doubles the changes per transaction (about 3 to about 6 with 32 turns at once), for less
 /// processor time per turn and a shorter tail (bench/RESULTS.md); a change that finds no writer
-/// busy is still written at once by its caller.
+/// busy is still written at once by its caller, and a queue of [`GATHERED`] is taken at once.
 const GATHER_YIELDS: usize = 2;
 
 /// Changes queued that make a batch worth taking without yielding first.
