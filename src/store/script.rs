@@ -198,18 +198,21 @@ mod tests {
         let mut conn = rusqlite::Connection::open_in_memory().unwrap();
         conn.execute_batch("CREATE TABLE t (a TEXT PRIMARY KEY, b TEXT NOT NULL, c TEXT, n INTEGER)")
             .unwrap();
-        let mut insert = Script::default();
         // `$2` comes before `$1` in the text and `$1` appears twice: SQLite numbers named
         // parameters by first appearance, so binding by position would swap them.
-        insert.push(
-            "INSERT INTO t (b, a, c, n) VALUES ($2, $1, $3, length($1) + $4)",
-            vec![
-                Value::Text("one".into()),
-                Value::Text("first".into()),
-                Value::MaybeText(None),
-                Value::Int(10),
-            ],
-        );
+        let insert = |a: &str, b: &str, c: Option<&str>, n: i64| {
+            let mut script = Script::default();
+            script.push(
+                "INSERT INTO t (b, a, c, n) VALUES ($2, $1, $3, length($1) + $4)",
+                vec![
+                    Value::Text(a.into()),
+                    Value::Text(b.into()),
+                    Value::MaybeText(c.map(Into::into)),
+                    Value::Int(n),
+                ],
+            );
+            script
+        };
         let mut guarded = Script::default();
         guarded.push_guard(
             "UPDATE t SET b = $2 WHERE a = $1",
@@ -221,7 +224,7 @@ mod tests {
         );
         let mut slots = Slots::default();
         let tx = conn.transaction().unwrap();
-        assert!(insert.run_direct(&tx, &mut slots).unwrap());
+        assert!(insert("one", "first", None, 10).run_direct(&tx, &mut slots).unwrap());
         assert!(!guarded.run_direct(&tx, &mut slots).unwrap());
         tx.commit().unwrap();
         assert_eq!(names(&conn), [("one".to_string(), "first".to_string(), None)]);
@@ -229,18 +232,12 @@ mod tests {
         assert_eq!(n, 13);
 
         // The same text again, its parameters' values now known: each still takes its own.
-        let mut again = Script::default();
-        again.push(
-            "INSERT INTO t (b, a, c, n) VALUES ($2, $1, $3, length($1) + $4)",
-            vec![
-                Value::Text("three".into()),
-                Value::Text("second".into()),
-                Value::MaybeText(Some("c".into())),
-                Value::Int(100),
-            ],
-        );
         let tx = conn.transaction().unwrap();
-        assert!(again.run_direct(&tx, &mut slots).unwrap());
+        assert!(
+            insert("three", "second", Some("c"), 100)
+                .run_direct(&tx, &mut slots)
+                .unwrap()
+        );
         tx.commit().unwrap();
         assert_eq!(
             names(&conn),
