@@ -81,9 +81,9 @@ impl Direct {
 
     /// Runs `write` in one `BEGIN IMMEDIATE` transaction on the calling thread and commits it;
     /// an `Err` from `write` rolls it back. `write` gets the connection's [`Slots`] for its
-    /// statements. While another process holds the file's write lock,
-    /// the lock is asked for again after a pause that doubles from a millisecond, with the
-    /// thread free meanwhile; `write` runs once, when the transaction holds the lock.
+    /// statements. While another process holds the file's write lock, the lock is asked for
+    /// again after a pause that doubles from a millisecond, with the thread free meanwhile;
+    /// `write` runs once, when the transaction holds the lock.
     pub async fn transaction<T>(
         &self,
         write: impl FnOnce(&Transaction<'_>, &mut Slots) -> rusqlite::Result<T>,
