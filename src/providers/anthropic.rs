@@ -13,7 +13,7 @@ use super::types::Reasoning;
 use super::types::{
     ChatMessage, ChatRequest, Chunk, ChunkStream, FinishReason, ModelClient, ProviderError, Role, Usage, scrub_secrets,
 };
-use super::upstream::Client;
+use super::upstream::{Client, Endpoint};
 
 const API_VERSION: &str = "2023-06-01";
 /// Anthropic requires `max_tokens`; used when neither the request nor the agent set one.
@@ -27,6 +27,8 @@ const JSON_ONLY: &str = "Respond with a single JSON object and nothing else.";
 pub struct AnthropicClient {
     http: Client,
     base_url: String,
+    /// `{base_url}/v1/messages`.
+    endpoint: Result<Endpoint, String>,
     api_key: Option<String>,
 }
 
@@ -35,6 +37,7 @@ impl AnthropicClient {
     pub fn new(http: Client, base_url: String, api_key: Option<String>) -> Self {
         Self {
             http,
+            endpoint: http::endpoint(&base_url, "/v1/messages"),
             base_url,
             api_key,
         }
@@ -58,8 +61,7 @@ impl ModelClient for AnthropicClient {
                 // A malformed key fails without being echoed (the client names the header only).
                 headers.push(("x-api-key", key.as_str()));
             }
-            let url = format!("{}/v1/messages", self.base_url);
-            let response = http::send(&self.http, &url, &headers, &to_wire(&request)).await?;
+            let response = http::send(&self.http, &self.endpoint, &headers, &to_wire(&request)).await?;
             if !(200..300).contains(&response.status()) {
                 return Err(http::error_for(response, error_message).await);
             }

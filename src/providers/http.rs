@@ -6,18 +6,25 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::types::{ProviderError, scrub_secrets};
-use super::upstream::{Client, Response};
+use super::upstream::{Client, Endpoint, Response};
+
+/// A provider's endpoint, read from its base URL and `path` when its client is built; a URL that
+/// cannot be called fails each request with its reason.
+pub fn endpoint(base_url: &str, path: &str) -> Result<Endpoint, String> {
+    Endpoint::parse(&format!("{base_url}{path}")).map_err(|e| e.to_string())
+}
 
 /// Sends a JSON body; a transport failure is an upstream error.
 pub async fn send(
     client: &Client,
-    url: &str,
+    endpoint: &Result<Endpoint, String>,
     headers: &[(&'static str, &str)],
     body: &Value,
 ) -> Result<Response, ProviderError> {
+    let endpoint = endpoint.as_ref().map_err(|e| ProviderError::Upstream(e.clone()))?;
     let body = serde_json::to_vec(body).map_err(|e| ProviderError::Upstream(format!("request not encodable: {e}")))?;
     client
-        .post_json(url, headers, &body)
+        .post_json(endpoint, headers, &body)
         .await
         .map_err(|e| ProviderError::Upstream(e.to_string()))
 }

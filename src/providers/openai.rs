@@ -10,11 +10,12 @@ use super::http;
 use super::sse;
 use super::types::Reasoning;
 use super::types::{ChatMessage, ChatRequest, Chunk, ChunkStream, FinishReason, ModelClient, ProviderError, Usage};
-use super::upstream::{Client, Response};
+use super::upstream::{Client, Endpoint, Response};
 
 pub struct OpenAiClient {
     http: Client,
-    base_url: String,
+    /// `{base_url}/chat/completions`.
+    endpoint: Result<Endpoint, String>,
     api_key: Option<String>,
     /// OpenAI itself wants `max_completion_tokens`; most compatible APIs still take `max_tokens`.
     max_tokens_field: &'static str,
@@ -29,7 +30,7 @@ impl OpenAiClient {
         };
         Self {
             http,
-            base_url,
+            endpoint: http::endpoint(&base_url, "/chat/completions"),
             api_key,
             max_tokens_field,
         }
@@ -45,8 +46,7 @@ impl ModelClient for OpenAiClient {
                 Some(value) => &[("authorization", value.as_str())],
                 None => &[],
             };
-            let url = format!("{}/chat/completions", self.base_url);
-            let response = http::send(&self.http, &url, headers, &body).await?;
+            let response = http::send(&self.http, &self.endpoint, headers, &body).await?;
             if !(200..300).contains(&response.status()) {
                 return Err(http::error_for(response, error_message).await);
             }

@@ -78,8 +78,43 @@ struct Shared {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Origin {
     tls: bool,
-    host: String,
+    host: Arc<str>,
     port: u16,
+}
+
+/// Where a provider's requests go: its URL read once, when the provider's client is built, with
+/// the part of every request's head that does not change.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    origin: Origin,
+    /// The request line and the `host` and `content-type` headers, up to the value of
+    /// `content-length`.
+    head: Arc<[u8]>,
+}
+
+impl Endpoint {
+    pub fn parse(url: &str) -> Result<Self, Error> {
+        let url = Url::parse(url).map_err(|e| Error::Url(e.to_string()))?;
+        let origin = Origin::of(&url)?;
+        let mut head = Vec::with_capacity(128);
+        head.extend_from_slice(b"POST ");
+        head.extend_from_slice(url.path().as_bytes());
+        if let Some(query) = url.query() {
+            head.push(b'?');
+            head.extend_from_slice(query.as_bytes());
+        }
+        head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        // `host_str` keeps an IPv6 address in brackets, as the header wants it.
+        head.extend_from_slice(url.host_str().unwrap_or(&origin.host).as_bytes());
+        if let Some(port) = url.port() {
+            head.extend_from_slice(format!(":{port}").as_bytes());
+        }
+        head.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
+        Ok(Self {
+            origin,
+            head: head.into(),
+        })
+    }
 }
 
 struct Idle {
@@ -110,23 +145,27 @@ impl Client {
         })))
     }
 
-    /// Sends `body` as `POST url` with `content-type: application/json` and `headers`, and reads
-    /// the answer's head. A kept connection the other side has closed meanwhile is replaced by a
-    /// new one, once.
-    pub async fn post_json(&self, url: &str, headers: &[(&'static str, &str)], body: &[u8]) -> Result<Response, Error> {
-        let url = Url::parse(url).map_err(|e| Error::Url(e.to_string()))?;
-        let origin = Origin::of(&url)?;
-        let message = request(&url, &origin, headers, body)?;
+    /// Sends `body` as `POST` to `endpoint` with `content-type: application/json` and `headers`,
+    /// and reads the answer's head. A kept connection the other side has closed meanwhile is
+    /// replaced by a new one, once.
+    pub async fn post_json(
+        &self,
+        endpoint: &Endpoint,
+        headers: &[(&'static str, &str)],
+        body: &[u8],
+    ) -> Result<Response, Error> {
+        let origin = &endpoint.origin;
+        let message = request(endpoint, headers, body)?;
         let mut reuse = true;
         loop {
-            let kept = if reuse { self.checkout(&origin) } else { None };
+            let kept = if reuse { self.checkout(origin) } else { None };
             let reused = kept.is_some();
             let mut conn = match kept {
                 Some(conn) => conn,
-                None => self.connect(&origin).await?,
+                None => self.connect(origin).await?,
             };
             match conn.exchange(&message).await {
-                Ok(head) => return Ok(Response::new(head, conn, self.clone(), origin)),
+                Ok(head) => return Ok(Response::new(head, conn, self.clone(), origin.clone())),
                 // Nothing came back on a kept connection: it was closed while idle, and the
                 // request was not read (a server closes only between requests).
                 Err(Exchange::Closed(_)) if reused => reuse = false,
@@ -170,7 +209,7 @@ impl Client {
     }
 
     async fn open(&self, origin: &Origin) -> Result<Conn, Error> {
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((origin.host.as_str(), origin.port))
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((&*origin.host, origin.port))
             .await
             .map_err(|e| Error::Connect(format!("cannot resolve the host: {e}")))?
             .collect();
@@ -180,7 +219,7 @@ impl Client {
                 Ok(tcp) => {
                     tcp.set_nodelay(true).map_err(|e| Error::Connect(e.to_string()))?;
                     let io = if origin.tls {
-                        let name = rustls::pki_types::ServerName::try_from(origin.host.clone())
+                        let name = rustls::pki_types::ServerName::try_from(origin.host.to_string())
                             .map_err(|e| Error::Connect(e.to_string()))?;
                         let tls = self
                             .0
@@ -213,9 +252,9 @@ impl Origin {
             other => return Err(Error::Url(format!("the scheme {other} is not http or https"))),
         };
         let host = match url.host() {
-            Some(Host::Domain(d)) => d.to_string(),
-            Some(Host::Ipv4(ip)) => ip.to_string(),
-            Some(Host::Ipv6(ip)) => ip.to_string(),
+            Some(Host::Domain(d)) => d.into(),
+            Some(Host::Ipv4(ip)) => ip.to_string().into(),
+            Some(Host::Ipv6(ip)) => ip.to_string().into(),
             None => return Err(Error::Url("no host".into())),
         };
         let port = url
@@ -226,21 +265,9 @@ impl Origin {
 }
 
 /// The request as it goes on the wire: head and body in one buffer, one write.
-fn request(url: &Url, origin: &Origin, headers: &[(&'static str, &str)], body: &[u8]) -> Result<Vec<u8>, Error> {
+fn request(endpoint: &Endpoint, headers: &[(&'static str, &str)], body: &[u8]) -> Result<Vec<u8>, Error> {
     let mut out = Vec::with_capacity(256 + body.len());
-    out.extend_from_slice(b"POST ");
-    out.extend_from_slice(url.path().as_bytes());
-    if let Some(query) = url.query() {
-        out.push(b'?');
-        out.extend_from_slice(query.as_bytes());
-    }
-    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-    // `host_str` keeps an IPv6 address in brackets, as the header wants it.
-    out.extend_from_slice(url.host_str().unwrap_or(&origin.host).as_bytes());
-    if let Some(port) = url.port() {
-        out.extend_from_slice(format!(":{port}").as_bytes());
-    }
-    out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
+    out.extend_from_slice(&endpoint.head);
     out.extend_from_slice(body.len().to_string().as_bytes());
     out.extend_from_slice(b"\r\n");
     for (name, value) in headers {
@@ -768,7 +795,7 @@ mod tests {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CA.to_vec().into()).unwrap();
         let client = Client::with_roots(Duration::from_secs(5), roots).unwrap();
-        let url = format!("https://localhost:{port}/v1/x?q=1");
+        let url = Endpoint::parse(&format!("https://localhost:{port}/v1/x?q=1")).unwrap();
         for _ in 0..3 {
             let mut response = client
                 .post_json(&url, &[("authorization", "Bearer k")], b"{}")
@@ -817,7 +844,7 @@ mod tests {
             tcp.write_all(b"HTTP/1.1 500 Oops\r\n\r\nall of it").await.unwrap();
         });
         let client = Client::new(Duration::from_secs(5)).unwrap();
-        let url = format!("http://127.0.0.1:{port}/");
+        let url = Endpoint::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
         let response = client.post_json(&url, &[], b"{}").await.unwrap();
         assert_eq!(response.status(), 429);
         assert_eq!(response.header("retry-after"), Some("2"));
@@ -858,7 +885,7 @@ mod tests {
             }
         });
         let client = Client::new(Duration::from_secs(5)).unwrap();
-        let url = format!("http://127.0.0.1:{port}/");
+        let url = Endpoint::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
         for _ in 0..2 {
             let mut response = client.post_json(&url, &[], b"{}").await.unwrap();
             let mut body = Vec::new();
@@ -874,7 +901,11 @@ mod tests {
     async fn a_header_value_with_a_line_break_is_refused_without_being_repeated() {
         let client = Client::new(Duration::from_secs(5)).unwrap();
         let error = client
-            .post_json("http://127.0.0.1:9/", &[("x-api-key", "sk-secret\r\nx: y")], b"{}")
+            .post_json(
+                &Endpoint::parse("http://127.0.0.1:9/").unwrap(),
+                &[("x-api-key", "sk-secret\r\nx: y")],
+                b"{}",
+            )
             .await
             .err()
             .unwrap();
