@@ -1,6 +1,6 @@
 //! Chat sessions and their messages (spec §3.6, §3.13).
 
-use super::script::{Script, Value};
+use super::script::{Script, Texts, Value};
 use super::{Exec, changed_one, scoped, scoped_as};
 use crate::scope::Scope;
 
@@ -126,29 +126,40 @@ pub async fn delete_messages<'c>(ex: impl Exec<'c>, scope: &Scope, session_id: &
 /// Messages one statement inserts at most (10 values each, within every backend's limit).
 const MESSAGES_PER_STATEMENT: usize = 100;
 
+/// The texts of the messages insert, for as many messages as a turn usually adds.
+static INSERT_MESSAGES_TEXTS: Texts<16> = Texts::new();
+
 /// Adds the insert of `messages` to `script`, in order, each stamped `created_at` (their own
 /// `created_at` is not read).
 pub fn insert_messages(script: &mut Script, scope: &Scope, messages: &[MessageRow], created_at: i64) {
     for chunk in messages.chunks(MESSAGES_PER_STATEMENT) {
-        // Only placeholders are formatted into the text; every value is bound.
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let b = 3 + i * 10;
-                format!(
-                    "($1, $2, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b,
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7,
-                    b + 8,
-                    b + 9
-                )
-            })
-            .collect();
+        let sql = INSERT_MESSAGES_TEXTS.get(chunk.len(), || {
+            // Only placeholders are formatted into the text; every value is bound.
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = 3 + i * 10;
+                    format!(
+                        "($1, $2, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                        b,
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6,
+                        b + 7,
+                        b + 8,
+                        b + 9
+                    )
+                })
+                .collect();
+            format!(
+                "INSERT INTO chat_messages (project, environment, id, session_id, role, content, tool_calls,
+                                            tool_call_id, model, finish_reason, usage, created_at)
+                 VALUES {}",
+                rows.join(", ")
+            )
+        });
         let mut values = Value::scope(scope, chunk.len() * 10);
         for m in chunk {
             values.extend([
@@ -164,15 +175,7 @@ pub fn insert_messages(script: &mut Script, scope: &Scope, messages: &[MessageRo
                 Value::Int(created_at),
             ]);
         }
-        script.push(
-            format!(
-                "INSERT INTO chat_messages (project, environment, id, session_id, role, content, tool_calls,
-                                            tool_call_id, model, finish_reason, usage, created_at)
-                 VALUES {}",
-                rows.join(", ")
-            ),
-            values,
-        );
+        script.push(sql, values);
     }
 }
 

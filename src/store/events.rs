@@ -1,6 +1,6 @@
 //! The event log: `events` rows and the per-scope `event_counters` row that numbers them.
 
-use super::script::{Script, Value};
+use super::script::{Script, Texts, Value};
 use super::{Exec, scoped_as, scoped_scalar};
 use crate::scope::Scope;
 
@@ -22,19 +22,23 @@ pub fn append(script: &mut Script, scope: &Scope, entries: Vec<(String, String)>
             values
         },
     );
-    // Only placeholders are formatted into the text; every value is bound. Entry i is numbered
-    // `last - (count - 1 - i)`.
-    let rows: Vec<String> = (0..entries.len())
-        .map(|i| {
-            let base = 4 + i * 3;
-            format!(
-                "($1, $2, (SELECT last_seq FROM event_counters WHERE project = $1 AND environment = $2) - ${}, ${}, ${}, $3)",
-                base,
-                base + 1,
-                base + 2
-            )
-        })
-        .collect();
+    // Entry i is numbered `last - (count - 1 - i)`, the counter's row read once for them all.
+    let sql = APPEND_TEXTS.get(entries.len(), || {
+        // Only placeholders are formatted into the text; every value is bound.
+        let rows: Vec<String> = (0..entries.len())
+            .map(|i| {
+                let base = 4 + i * 3;
+                format!("(${}, ${}, ${})", base, base + 1, base + 2)
+            })
+            .collect();
+        format!(
+            "INSERT INTO events (project, environment, seq, name, payload, created_at)
+             SELECT c.project, c.environment, c.last_seq - v.column1, v.column2, v.column3, $3
+             FROM event_counters AS c, (VALUES {}) AS v
+             WHERE c.project = $1 AND c.environment = $2",
+            rows.join(", ")
+        )
+    });
     let mut values = Value::scope(scope, 1 + entries.len() * 3);
     values.push(Value::Int(created_at));
     for (behind, (name, payload)) in (0..count).rev().zip(entries) {
@@ -42,14 +46,12 @@ pub fn append(script: &mut Script, scope: &Scope, entries: Vec<(String, String)>
         values.push(Value::Text(name));
         values.push(Value::Text(payload));
     }
-    script.push(
-        format!(
-            "INSERT INTO events (project, environment, seq, name, payload, created_at) VALUES {}",
-            rows.join(", ")
-        ),
-        values,
-    );
+    script.push(sql, values);
 }
+
+/// The texts of the events insert, for up to as many events as a busy group commit writes in
+/// one scope.
+static APPEND_TEXTS: Texts<64> = Texts::new();
 
 /// A stored event.
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -3,9 +3,10 @@
 //! pool connection, and [`Script::run_direct`] the same inside a transaction of SQLite's direct
 //! connection (`store::direct`). Each statement numbers its placeholders from `$1`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use sqlx::any::AnyArguments;
 use sqlx::{Any, AnyConnection, Executor};
@@ -16,6 +17,8 @@ use crate::scope::Scope;
 #[derive(Debug, Clone)]
 pub enum Value {
     Text(String),
+    /// A text known when the server is built, such as an environment's name.
+    Name(&'static str),
     MaybeText(Option<String>),
     Int(i64),
 }
@@ -25,14 +28,39 @@ impl Value {
     pub fn scope(scope: &Scope, more: usize) -> Vec<Value> {
         let mut values = Vec::with_capacity(2 + more);
         values.push(Value::Text(scope.project.clone()));
-        values.push(Value::Text(scope.environment.as_str().to_string()));
+        values.push(Value::Name(scope.environment.as_str()));
         values
+    }
+}
+
+/// The texts of a statement that writes several rows at once, by number of rows, each made the
+/// first time it is needed and kept for the life of the process; past `N` rows each is made
+/// anew.
+pub struct Texts<const N: usize>([OnceLock<String>; N]);
+
+impl<const N: usize> Texts<N> {
+    pub const fn new() -> Self {
+        Self([const { OnceLock::new() }; N])
+    }
+
+    /// The text for `rows` rows, made by `make` when it is not kept.
+    pub fn get(&'static self, rows: usize, make: impl FnOnce() -> String) -> Cow<'static, str> {
+        match rows.checked_sub(1).and_then(|i| self.0.get(i)) {
+            Some(kept) => Cow::Borrowed(kept.get_or_init(make).as_str()),
+            None => Cow::Owned(make()),
+        }
+    }
+}
+
+impl<const N: usize> Default for Texts<N> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
 #[derive(Debug, Clone)]
 struct Statement {
-    sql: String,
+    sql: Cow<'static, str>,
     values: Vec<Value>,
     /// Must change a row for the rest of its script to be written.
     guard: bool,
@@ -46,7 +74,7 @@ pub struct Script {
 
 impl Script {
     /// Adds a statement.
-    pub fn push(&mut self, sql: impl Into<String>, values: Vec<Value>) {
+    pub fn push(&mut self, sql: impl Into<Cow<'static, str>>, values: Vec<Value>) {
         self.statements.push(Statement {
             sql: sql.into(),
             values,
@@ -56,7 +84,7 @@ impl Script {
 
     /// Adds a statement that must change a row for the write to go on: when it changes none (the
     /// row is gone), nothing of the script is written. Guards come before the other statements.
-    pub fn push_guard(&mut self, sql: impl Into<String>, values: Vec<Value>) {
+    pub fn push_guard(&mut self, sql: impl Into<Cow<'static, str>>, values: Vec<Value>) {
         debug_assert!(
             self.statements.iter().all(|s| s.guard),
             "a guard follows a write of its script"
@@ -95,6 +123,7 @@ impl Script {
                     .ok_or(rusqlite::Error::InvalidParameterCount(index, statement.values.len()))?;
                 match value {
                     Value::Text(v) => prepared.raw_bind_parameter(index, v.as_str())?,
+                    Value::Name(v) => prepared.raw_bind_parameter(index, *v)?,
                     Value::MaybeText(v) => prepared.raw_bind_parameter(index, v.as_deref())?,
                     Value::Int(v) => prepared.raw_bind_parameter(index, *v)?,
                 }
@@ -174,6 +203,7 @@ fn bind_all<'q>(
     for value in values {
         query = match value {
             Value::Text(v) => query.bind(v.as_str()),
+            Value::Name(v) => query.bind(*v),
             Value::MaybeText(v) => query.bind(v.as_deref()),
             Value::Int(v) => query.bind(*v),
         };
@@ -191,6 +221,24 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap()
+    }
+
+    #[test]
+    fn a_kept_text_is_made_once_for_its_row_count_and_longer_ones_each_time() {
+        static TEXTS: Texts<2> = Texts::new();
+        let mut made = 0;
+        let mut text = |rows: usize| {
+            TEXTS.get(rows, || {
+                made += 1;
+                format!("{rows} rows")
+            })
+        };
+        assert!(matches!(text(1), Cow::Borrowed("1 rows")));
+        assert!(matches!(text(2), Cow::Borrowed("2 rows")));
+        assert!(matches!(text(1), Cow::Borrowed("1 rows")));
+        assert!(matches!(text(3), Cow::Owned(t) if t == "3 rows"));
+        assert!(matches!(text(3), Cow::Owned(t) if t == "3 rows"));
+        assert_eq!(made, 4, "kept texts were made again");
     }
 
     #[test]
