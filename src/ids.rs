@@ -23,9 +23,12 @@ fn next_ulid() -> Ulid {
 
 /// A new id: `prefix` followed by 26 lowercase base32 characters.
 pub fn new_id(prefix: &str) -> String {
-    let mut id = String::with_capacity(prefix.len() + 26);
+    let mut suffix = [0u8; ulid::ULID_LEN];
+    let suffix = next_ulid().array_to_str(&mut suffix);
+    suffix.make_ascii_lowercase();
+    let mut id = String::with_capacity(prefix.len() + suffix.len());
     id.push_str(prefix);
-    id.push_str(&next_ulid().to_string().to_ascii_lowercase());
+    id.push_str(suffix);
     id
 }
 
