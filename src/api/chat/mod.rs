@@ -21,6 +21,10 @@ use crate::ids;
 use crate::runtime::chat::{self, StartError};
 use render::Completion;
 
+/// Headers an answer ends up with: the session's, the rate limit's three, the request id, its
+/// type, length and date; the map is made that large at once rather than grown on the way out.
+const ANSWER_HEADERS: usize = 10;
+
 fn session_header(session_id: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     if let Ok(value) = HeaderValue::from_str(session_id) {
@@ -85,12 +89,19 @@ pub async fn create_chat_completion(
         let keepalive = rt.config.events.keepalive;
         let guard = rt.metrics.open_stream("chat");
         let frames = render::stream_frames(completion, turn.events, include_usage, guard);
-        let mut response = super::sse::response(super::holding(frames, slot), keepalive);
-        response.headers_mut().extend(headers);
-        return Ok(response);
+        let response = super::sse::response(super::holding(frames, slot), keepalive);
+        return Ok(with_headers(response, headers));
     }
-    render::collect(completion, turn.events)
-        .await
-        .map(|answer| (headers.clone(), answer).into_response())
-        .map_err(|error| (headers, error).into_response())
+    match render::collect(completion, turn.events).await {
+        Ok(answer) => Ok(with_headers(answer, headers)),
+        Err(error) => Err((headers, error).into_response()),
+    }
+}
+
+fn with_headers(mut response: Response, session: HeaderMap) -> Response {
+    let mut headers = HeaderMap::with_capacity(ANSWER_HEADERS);
+    headers.extend(std::mem::take(response.headers_mut()));
+    headers.extend(session);
+    *response.headers_mut() = headers;
+    response
 }
