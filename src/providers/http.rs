@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use serde::Serialize;
 use serde_json::Value;
 
 use super::types::{ProviderError, scrub_secrets};
@@ -19,7 +20,7 @@ pub async fn send(
     client: &Client,
     endpoint: &Result<Endpoint, String>,
     headers: &[(&'static str, &str)],
-    body: &Value,
+    body: &impl Serialize,
 ) -> Result<Response, ProviderError> {
     let endpoint = endpoint.as_ref().map_err(|e| ProviderError::Upstream(e.clone()))?;
     let body = serde_json::to_vec(body).map_err(|e| ProviderError::Upstream(format!("request not encodable: {e}")))?;

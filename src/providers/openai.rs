@@ -4,12 +4,16 @@
 
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
+use serde_json::{Map, Value};
 
 use super::http;
 use super::sse;
 use super::types::Reasoning;
-use super::types::{ChatMessage, ChatRequest, Chunk, ChunkStream, FinishReason, ModelClient, ProviderError, Usage};
+use super::types::{
+    ChatMessage, ChatRequest, Chunk, ChunkStream, FinishReason, ModelClient, ProviderError, ToolCall, Usage,
+};
 use super::upstream::{Client, Endpoint, Response};
 
 pub struct OpenAiClient {
@@ -61,68 +65,135 @@ fn error_message(body: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
-fn message_to_wire(message: &ChatMessage) -> Value {
-    let mut out = Map::new();
-    out.insert("role".into(), json!(message.role.as_str()));
-    out.insert("content".into(), message.content.clone().unwrap_or(Value::Null));
-    if let Some(name) = &message.name {
-        out.insert("name".into(), json!(name));
-    }
-    if !message.tool_calls.is_empty() {
-        let calls: Vec<Value> = message
-            .tool_calls
-            .iter()
-            .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
-            .collect();
-        out.insert("tool_calls".into(), Value::Array(calls));
-    }
-    if let Some(id) = &message.tool_call_id {
-        out.insert("tool_call_id".into(), json!(id));
-    }
-    Value::Object(out)
+/// The request body in OpenAI form, written from the request as it is serialised, without a tree
+/// of values built first. A parameter in `openai_only` takes the place of a same-named one.
+pub struct Wire<'a> {
+    request: &'a ChatRequest,
+    max_tokens_field: &'a str,
 }
 
-/// The request body in OpenAI form.
-pub fn to_wire(request: &ChatRequest, max_tokens_field: &str) -> Value {
-    let p = &request.params;
-    let mut body = Map::new();
-    body.insert("model".into(), json!(request.model));
-    body.insert(
-        "messages".into(),
-        request.messages.iter().map(message_to_wire).collect(),
-    );
-    body.insert("stream".into(), json!(true));
-    body.insert("stream_options".into(), json!({"include_usage": true}));
-    let mut put = |key: &str, value: Option<Value>| {
-        if let Some(value) = value {
-            body.insert(key.to_string(), value);
-        }
-    };
-    put("temperature", p.temperature.map(|v| json!(v)));
-    put("top_p", p.top_p.map(|v| json!(v)));
-    put(max_tokens_field, p.max_tokens.map(|v| json!(v)));
-    put("stop", p.stop.as_ref().map(|v| json!(v)));
-    put("seed", p.seed.map(|v| json!(v)));
-    put("presence_penalty", p.presence_penalty.map(|v| json!(v)));
-    put("frequency_penalty", p.frequency_penalty.map(|v| json!(v)));
-    put("tools", p.tools.as_ref().map(|v| json!(v)));
-    put("tool_choice", p.tool_choice.clone());
-    put("parallel_tool_calls", p.parallel_tool_calls.map(|v| json!(v)));
-    put("response_format", p.response_format.clone());
-    put("user", p.user.as_ref().map(|v| json!(v)));
-    let effort = match p.reasoning {
-        None | Some(Reasoning::Off) => None,
-        Some(Reasoning::Minimal) => Some("minimal"),
-        Some(Reasoning::Low) => Some("low"),
-        Some(Reasoning::Medium) => Some("medium"),
-        Some(Reasoning::High) => Some("high"),
-        Some(Reasoning::Xhigh) => Some("xhigh"),
-    };
-    put("reasoning_effort", effort.map(|v| json!(v)));
-    for (key, value) in &p.openai_only {
-        body.insert(key.clone(), value.clone());
+pub fn to_wire<'a>(request: &'a ChatRequest, max_tokens_field: &'a str) -> Wire<'a> {
+    Wire {
+        request,
+        max_tokens_field,
     }
-    Value::Object(body)
+}
+
+impl Serialize for Wire<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let request = self.request;
+        let p = &request.params;
+        let extra = &p.openai_only;
+        let effort = match p.reasoning {
+            None | Some(Reasoning::Off) => None,
+            Some(Reasoning::Minimal) => Some("minimal"),
+            Some(Reasoning::Low) => Some("low"),
+            Some(Reasoning::Medium) => Some("medium"),
+            Some(Reasoning::High) => Some("high"),
+            Some(Reasoning::Xhigh) => Some("xhigh"),
+        };
+        let mut map = s.serialize_map(None)?;
+        entry(&mut map, extra, "model", Some(&request.model))?;
+        entry(&mut map, extra, "messages", Some(&WireMessages(&request.messages)))?;
+        entry(&mut map, extra, "stream", Some(&true))?;
+        entry(
+            &mut map,
+            extra,
+            "stream_options",
+            Some(&StreamOptions { include_usage: true }),
+        )?;
+        entry(&mut map, extra, "temperature", p.temperature.as_ref())?;
+        entry(&mut map, extra, "top_p", p.top_p.as_ref())?;
+        entry(&mut map, extra, self.max_tokens_field, p.max_tokens.as_ref())?;
+        entry(&mut map, extra, "stop", p.stop.as_ref())?;
+        entry(&mut map, extra, "seed", p.seed.as_ref())?;
+        entry(&mut map, extra, "presence_penalty", p.presence_penalty.as_ref())?;
+        entry(&mut map, extra, "frequency_penalty", p.frequency_penalty.as_ref())?;
+        entry(&mut map, extra, "tools", p.tools.as_ref())?;
+        entry(&mut map, extra, "tool_choice", p.tool_choice.as_ref())?;
+        entry(&mut map, extra, "parallel_tool_calls", p.parallel_tool_calls.as_ref())?;
+        entry(&mut map, extra, "response_format", p.response_format.as_ref())?;
+        entry(&mut map, extra, "user", p.user.as_ref())?;
+        entry(&mut map, extra, "reasoning_effort", effort.as_ref())?;
+        for (key, value) in extra {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+/// One member of the body, unless absent or given in `openai_only` instead.
+fn entry<M: SerializeMap, V: Serialize + ?Sized>(
+    map: &mut M,
+    extra: &Map<String, Value>,
+    key: &str,
+    value: Option<&V>,
+) -> Result<(), M::Error> {
+    match value {
+        Some(value) if !extra.contains_key(key) => map.serialize_entry(key, value),
+        _ => Ok(()),
+    }
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+struct WireMessages<'a>(&'a [ChatMessage]);
+
+impl Serialize for WireMessages<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|m| WireMessage {
+            role: m.role.as_str(),
+            content: &m.content,
+            name: m.name.as_deref(),
+            tool_calls: (!m.tool_calls.is_empty()).then_some(WireCalls(&m.tool_calls)),
+            tool_call_id: m.tool_call_id.as_deref(),
+        }))
+    }
+}
+
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    role: &'static str,
+    /// `null` when the message has none, as OpenAI writes it.
+    content: &'a Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<WireCalls<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'a str>,
+}
+
+struct WireCalls<'a>(&'a [ToolCall]);
+
+impl Serialize for WireCalls<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|c| WireCall {
+            id: &c.id,
+            r#type: "function",
+            function: WireFunction {
+                name: &c.name,
+                arguments: &c.arguments,
+            },
+        }))
+    }
+}
+
+/// A tool call as OpenAI writes it: `{"id", "type": "function", "function": {"name", "arguments"}}`.
+#[derive(Serialize)]
+struct WireCall<'a> {
+    id: &'a str,
+    r#type: &'static str,
+    function: WireFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct WireFunction<'a> {
+    name: &'a str,
+    arguments: &'a str,
 }
 
 fn finish_reason(text: &str) -> FinishReason {
@@ -367,7 +438,8 @@ fn chunks(response: Response) -> impl futures_util::Stream<Item = Result<Chunk, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::types::{Params, Role, ToolCall};
+    use crate::providers::types::{Params, Role};
+    use serde_json::json;
 
     #[test]
     fn requests_always_stream_with_usage_and_map_reasoning() {
@@ -393,7 +465,7 @@ mod tests {
                 ..Params::default()
             },
         };
-        let body = to_wire(&request, "max_completion_tokens");
+        let body = serde_json::to_value(to_wire(&request, "max_completion_tokens")).unwrap();
         assert_eq!(body["stream"], true);
         assert_eq!(body["stream_options"]["include_usage"], true);
         assert_eq!(body["max_completion_tokens"], 50);
@@ -401,6 +473,26 @@ mod tests {
         assert!(body["messages"][1]["content"].is_null());
         assert_eq!(body["messages"][1]["tool_calls"][0]["function"]["name"], "f");
         assert!(body.get("temperature").is_none());
+    }
+
+    #[test]
+    fn a_parameter_given_for_openai_alone_is_sent_once_in_place_of_a_same_named_one() {
+        let mut request = ChatRequest {
+            model: "gpt-4o".into(),
+            messages: vec![ChatMessage::text(Role::User, "hi")],
+            params: Params {
+                temperature: Some(0.5),
+                ..Params::default()
+            },
+        };
+        request.params.openai_only.insert("temperature".into(), json!(0.1));
+        request.params.openai_only.insert("logprobs".into(), json!(true));
+        let text = serde_json::to_string(&to_wire(&request, "max_tokens")).unwrap();
+        assert_eq!(text.matches("\"temperature\"").count(), 1, "{text}");
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(body["temperature"], 0.1);
+        assert_eq!(body["logprobs"], true);
+        assert_eq!(body["messages"], json!([{"role": "user", "content": "hi"}]));
     }
 
     #[test]
