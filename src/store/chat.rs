@@ -102,13 +102,14 @@ pub fn touch_session(script: &mut Script, scope: &Scope, id: &str, added: i64, n
     );
 }
 
+/// The statement of [`purge_empty_sessions`]: it finds its rows through the partial index
+/// `chat_sessions_empty_idx`, which holds the empty sessions alone, not by reading every session.
+pub const PURGE_EMPTY_SESSIONS: &str = "DELETE FROM chat_sessions WHERE message_count = 0 AND created_at < $1";
+
 /// Deletes sessions of every scope that never received a message and were created before
 /// `before`; returns how many.
 pub async fn purge_empty_sessions<'c>(ex: impl Exec<'c>, before: i64) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM chat_sessions WHERE message_count = 0 AND created_at < $1")
-        .bind(before)
-        .execute(ex)
-        .await?;
+    let done = sqlx::query(PURGE_EMPTY_SESSIONS).bind(before).execute(ex).await?;
     Ok(done.rows_affected())
 }
 

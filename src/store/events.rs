@@ -89,10 +89,12 @@ pub async fn oldest<'c>(ex: impl Exec<'c>, scope: &Scope) -> Result<Option<i64>,
     scoped_scalar(sql, scope).fetch_one(ex).await
 }
 
+/// The statement of [`purge`]: it finds its rows through `events_created_idx`.
+pub const PURGE: &str = "DELETE FROM events WHERE created_at < $1";
+
 /// Deletes events created before `before` (retention, spec §7.3 rule 4); returns how many.
 pub async fn purge<'c>(ex: impl Exec<'c>, before: i64) -> Result<u64, sqlx::Error> {
-    let sql = "DELETE FROM events WHERE created_at < $1";
-    Ok(sqlx::query(sql).bind(before).execute(ex).await?.rows_affected())
+    Ok(sqlx::query(PURGE).bind(before).execute(ex).await?.rows_affected())
 }
 
 /// The Postgres channel whose notifications wake event feeds; the payload is

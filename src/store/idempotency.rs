@@ -100,8 +100,10 @@ pub async fn release<'c>(ex: impl Exec<'c>, scope: &Scope, key: &str, token: &st
     Ok(())
 }
 
+/// The statement of [`purge`]: it finds its rows through `idempotency_records_created_idx`.
+pub const PURGE: &str = "DELETE FROM idempotency_records WHERE created_at < $1";
+
 /// Deletes records created before `cutoff` (retention, spec §1.8).
 pub async fn purge<'c>(ex: impl Exec<'c>, cutoff: i64) -> Result<u64, sqlx::Error> {
-    let sql = "DELETE FROM idempotency_records WHERE created_at < $1";
-    Ok(sqlx::query(sql).bind(cutoff).execute(ex).await?.rows_affected())
+    Ok(sqlx::query(PURGE).bind(cutoff).execute(ex).await?.rows_affected())
 }

@@ -55,6 +55,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0007_idempotency.sql"),
         postgres: include_str!("../../migrations/postgres/0007_idempotency.sql"),
     },
+    Migration {
+        version: 8,
+        name: "purge_indexes",
+        sqlite: include_str!("../../migrations/sqlite/0008_purge_indexes.sql"),
+        postgres: include_str!("../../migrations/postgres/0008_purge_indexes.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the migration lock among Postgres advisory locks.

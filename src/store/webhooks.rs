@@ -238,8 +238,15 @@ pub async fn list_deliveries<'c>(
         .await
 }
 
+/// The statement of [`purge_deliveries`]: it finds its rows through
+/// `webhook_deliveries_created_idx`.
+pub const PURGE_DELIVERIES: &str = "DELETE FROM webhook_deliveries WHERE created_at < $1";
+
 /// Deletes delivery records of events past retention.
 pub async fn purge_deliveries<'c>(ex: impl Exec<'c>, before: i64) -> Result<u64, sqlx::Error> {
-    let sql = "DELETE FROM webhook_deliveries WHERE created_at < $1";
-    Ok(sqlx::query(sql).bind(before).execute(ex).await?.rows_affected())
+    Ok(sqlx::query(PURGE_DELIVERIES)
+        .bind(before)
+        .execute(ex)
+        .await?
+        .rows_affected())
 }
