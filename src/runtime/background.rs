@@ -14,6 +14,12 @@ use crate::store;
 /// How often expired events are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 
+/// Rows one statement of the purge deletes at most. On SQLite a statement holds the database's
+/// write lock while it runs, and every turn's commit waits for it: the events of one minute at
+/// 100 turns a second (24,000 rows) took 124 ms to delete in one statement, a thousand of them
+/// a few milliseconds (bench/RESULTS.md, item 42).
+const PURGE_BATCH: i64 = 1000;
+
 /// How often the WAL of a SQLite file is copied back into the file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
@@ -129,7 +135,7 @@ async fn trim_heap(rt: Runtime) {
 
 /// Deletes events and webhook deliveries past `events.retention` (spec §7.3 rule 4), idempotency
 /// records past `idempotency.ttl` (§1.8), and chat sessions that stayed empty past
-/// `sessions.empty_retention`.
+/// `sessions.empty_retention`: once at start, then every minute.
 async fn purge(rt: Runtime) {
     let mut every = tokio::time::interval(PURGE_EVERY);
     loop {
@@ -137,27 +143,62 @@ async fn purge(rt: Runtime) {
             () = rt.shutdown.cancelled() => return,
             _ = every.tick() => {}
         }
-        let cutoff = crate::clock::now_ms().saturating_sub(crate::clock::duration_ms(rt.config.events.retention));
-        match store::events::purge(&rt.db.pool, cutoff).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "purged events past retention"),
-            Err(e) => tracing::warn!(error = %e, "event purge failed"),
+        rt.purge_expired(PURGE_BATCH).await;
+    }
+}
+
+impl Runtime {
+    /// One pass of the retention purge, each table in statements of at most `batch` rows.
+    pub async fn purge_expired(&self, batch: i64) {
+        let now = crate::clock::now_ms();
+        let cutoff = |kept: Duration| now.saturating_sub(crate::clock::duration_ms(kept));
+        let retained = cutoff(self.config.events.retention);
+        let statements = [
+            (store::events::PURGE, retained, "events past retention"),
+            (
+                store::webhooks::PURGE_DELIVERIES,
+                retained,
+                "webhook deliveries past retention",
+            ),
+            (
+                store::idempotency::PURGE,
+                cutoff(self.config.idempotency.ttl),
+                "expired idempotency records",
+            ),
+            // A session whose first call failed before the provider answered stays empty; it
+            // is kept for a while so that the client can retry in it (spec §3.6 rule 5).
+            (
+                store::chat::PURGE_EMPTY_SESSIONS,
+                cutoff(self.config.sessions.empty_retention),
+                "empty chat sessions",
+            ),
+        ];
+        for (sql, before, what) in statements {
+            match self.purge_all(sql, before, batch).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "purged {what}"),
+                Err(e) => tracing::warn!(error = %e, "purge of {what} failed"),
+            }
         }
-        if let Err(e) = store::webhooks::purge_deliveries(&rt.db.pool, cutoff).await {
-            tracing::warn!(error = %e, "webhook delivery purge failed");
-        }
-        let kept = crate::clock::duration_ms(rt.config.idempotency.ttl);
-        if let Err(e) = store::idempotency::purge(&rt.db.pool, crate::clock::now_ms().saturating_sub(kept)).await {
-            tracing::warn!(error = %e, "idempotency record purge failed");
-        }
-        // A session whose first call failed before the provider answered stays empty; it is
-        // kept for a while so that the client can retry in it (spec §3.6 rule 5).
-        let empty_for = crate::clock::duration_ms(rt.config.sessions.empty_retention);
-        let cutoff = crate::clock::now_ms().saturating_sub(empty_for);
-        match store::chat::purge_empty_sessions(&rt.db.pool, cutoff).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "purged empty chat sessions"),
-            Err(e) => tracing::warn!(error = %e, "empty session purge failed"),
+    }
+
+    /// Runs the purge statement `sql` (see [`store::purge_batch`]) until it deletes fewer
+    /// than `batch` rows or the server shuts down; returns how many rows it deleted in all. Each
+    /// statement is a transaction of its own, which on SQLite takes its turn with the turns'
+    /// commits on the direct connection ([`store::Db::begin`]): those queued meanwhile write
+    /// before the next statement, instead of asking SQLite for its lock again and again.
+    async fn purge_all(&self, sql: &str, before: i64, batch: i64) -> Result<u64, sqlx::Error> {
+        let full = u64::try_from(batch).unwrap_or(0);
+        let mut deleted = 0;
+        loop {
+            let mut tx = self.db.begin().await?;
+            let n = store::purge_batch(&mut *tx, sql, before, batch).await?;
+            tx.commit().await?;
+            deleted += n;
+            if n < full || self.shutdown.is_cancelled() {
+                return Ok(deleted);
+            }
+            tokio::task::yield_now().await;
         }
     }
 }

@@ -102,16 +102,13 @@ pub fn touch_session(script: &mut Script, scope: &Scope, id: &str, added: i64, n
     );
 }
 
-/// The statement of [`purge_empty_sessions`]: it finds its rows through the partial index
-/// `chat_sessions_empty_idx`, which holds the empty sessions alone, not by reading every session.
-pub const PURGE_EMPTY_SESSIONS: &str = "DELETE FROM chat_sessions WHERE message_count = 0 AND created_at < $1";
-
-/// Deletes sessions of every scope that never received a message and were created before
-/// `before`; returns how many.
-pub async fn purge_empty_sessions<'c>(ex: impl Exec<'c>, before: i64) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(PURGE_EMPTY_SESSIONS).bind(before).execute(ex).await?;
-    Ok(done.rows_affected())
-}
+/// The purge's statement for empty sessions ([`super::purge_batch`]): it finds its rows through
+/// the partial index `chat_sessions_empty_idx`, which holds the empty sessions alone, not by
+/// reading every session, then each through the primary key. The outer `message_count = 0` is checked again on the row
+/// it deletes: on Postgres a session that received its first message meanwhile is kept.
+pub const PURGE_EMPTY_SESSIONS: &str =
+    "DELETE FROM chat_sessions WHERE message_count = 0 AND (project, environment, id) IN
+    (SELECT project, environment, id FROM chat_sessions WHERE message_count = 0 AND created_at < $1 LIMIT $2)";
 
 pub async fn delete_session<'c>(ex: impl Exec<'c>, scope: &Scope, id: &str) -> Result<bool, sqlx::Error> {
     let sql = "DELETE FROM chat_sessions WHERE project = $1 AND environment = $2 AND id = $3";

@@ -89,13 +89,10 @@ pub async fn oldest<'c>(ex: impl Exec<'c>, scope: &Scope) -> Result<Option<i64>,
     scoped_scalar(sql, scope).fetch_one(ex).await
 }
 
-/// The statement of [`purge`]: it finds its rows through `events_created_idx`.
-pub const PURGE: &str = "DELETE FROM events WHERE created_at < $1";
-
-/// Deletes events created before `before` (retention, spec §7.3 rule 4); returns how many.
-pub async fn purge<'c>(ex: impl Exec<'c>, before: i64) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(PURGE).bind(before).execute(ex).await?.rows_affected())
-}
+/// The retention purge's statement for events (spec §7.3 rule 4; [`super::purge_batch`]): it
+/// finds its rows through `events_created_idx`, then each through the primary key.
+pub const PURGE: &str = "DELETE FROM events WHERE (project, environment, seq) IN
+    (SELECT project, environment, seq FROM events WHERE created_at < $1 LIMIT $2)";
 
 /// The Postgres channel whose notifications wake event feeds; the payload is
 /// `project/environment`.

@@ -100,10 +100,7 @@ pub async fn release<'c>(ex: impl Exec<'c>, scope: &Scope, key: &str, token: &st
     Ok(())
 }
 
-/// The statement of [`purge`]: it finds its rows through `idempotency_records_created_idx`.
-pub const PURGE: &str = "DELETE FROM idempotency_records WHERE created_at < $1";
-
-/// Deletes records created before `cutoff` (retention, spec §1.8).
-pub async fn purge<'c>(ex: impl Exec<'c>, cutoff: i64) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(PURGE).bind(cutoff).execute(ex).await?.rows_affected())
-}
+/// The retention purge's statement for idempotency records (spec §1.8; [`super::purge_batch`]):
+/// it finds its rows through `idempotency_records_created_idx`, then each through the primary key.
+pub const PURGE: &str = "DELETE FROM idempotency_records WHERE (project, environment, idem_key) IN
+    (SELECT project, environment, idem_key FROM idempotency_records WHERE created_at < $1 LIMIT $2)";

@@ -366,6 +366,17 @@ pub async fn changed_one<'q, 'c>(
     Ok(query.execute(ex).await?.rows_affected() == 1)
 }
 
+/// Runs one batch of a purge: `sql` deletes at most `$2` rows created before `$1`. Returns how
+/// many it deleted; fewer than `limit` means none is left.
+pub async fn purge_batch<'c>(ex: impl Exec<'c>, sql: &str, before: i64, limit: i64) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(sql)
+        .bind(before)
+        .bind(limit)
+        .execute(ex)
+        .await?
+        .rows_affected())
+}
+
 /// Maps a unique violation to a caller's error (for example a `409`); other errors convert as usual.
 pub trait ResultExt<T> {
     /// `f()` when the error violates the unique constraint `constraint`. Postgres names the

@@ -238,15 +238,7 @@ pub async fn list_deliveries<'c>(
         .await
 }
 
-/// The statement of [`purge_deliveries`]: it finds its rows through
-/// `webhook_deliveries_created_idx`.
-pub const PURGE_DELIVERIES: &str = "DELETE FROM webhook_deliveries WHERE created_at < $1";
-
-/// Deletes delivery records of events past retention.
-pub async fn purge_deliveries<'c>(ex: impl Exec<'c>, before: i64) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(PURGE_DELIVERIES)
-        .bind(before)
-        .execute(ex)
-        .await?
-        .rows_affected())
-}
+/// The retention purge's statement for webhook deliveries ([`super::purge_batch`]): it finds its
+/// rows through `webhook_deliveries_created_idx`, then each through the primary key.
+pub const PURGE_DELIVERIES: &str = "DELETE FROM webhook_deliveries WHERE (project, environment, webhook_id, seq) IN
+    (SELECT project, environment, webhook_id, seq FROM webhook_deliveries WHERE created_at < $1 LIMIT $2)";

@@ -386,7 +386,7 @@ async fn history_pages_and_reports_retention_resets() {
     }
 
     // Retention deletes the first 25; a reader resuming after 5 is told and starts at the oldest.
-    polpo_api::store::events::purge(&app.db.pool, polpo_api::clock::now_ms() + 1)
+    store::purge_batch(&app.db.pool, store::events::PURGE, polpo_api::clock::now_ms() + 1, 1000)
         .await
         .unwrap();
     produce(&app, &scope, 3, "u").await;
@@ -436,7 +436,7 @@ async fn every_background_purge_finds_its_rows_through_an_index() {
         store::idempotency::PURGE,
         store::chat::PURGE_EMPTY_SESSIONS,
     ] {
-        let sql = sql.replace("$1", "0");
+        let sql = sql.replace("$1", "0").replace("$2", "1");
         let (explain, column) = if postgres {
             (format!("EXPLAIN {sql}"), "QUERY PLAN")
         } else {
@@ -454,6 +454,67 @@ async fn every_background_purge_finds_its_rows_through_an_index() {
         assert!(searched, "{sql}:\n{plan}");
     }
     conn.detach();
+}
+
+/// The purge deletes what is past retention a few rows per statement, so that on SQLite the
+/// turns' commits go between its statements, and it goes on until nothing expired is left:
+/// seven expired rows of each kind with three per statement, six empty sessions (a last
+/// statement that finds none), and nothing younger or still in use.
+#[tokio::test]
+async fn the_purge_deletes_every_expired_row_a_few_per_statement_and_nothing_else() {
+    let app = TestApp::spawn_idle().await;
+    let now = polpo_api::clock::now_ms();
+    let insert_event = "INSERT INTO events (project, environment, seq, name, payload, created_at)
+                        VALUES ('acme', 'test', $1, 'session:created', '{}', $2)";
+    let insert_delivery = "INSERT INTO webhook_deliveries (project, environment, webhook_id, seq, event,
+                           payload, status, attempts, next_attempt_at, lease_until, created_at)
+                           VALUES ('acme', 'test', 'whk_1', $1, 'session:created', '{}', 'delivered', 1, 0, 0, $2)";
+    let insert_record = "INSERT INTO idempotency_records (project, environment, idem_key, fingerprint, state,
+                         token, locked_at, created_at)
+                         VALUES ('acme', 'test', $1, 'f', 'done', 't', 0, $2)";
+    let insert_session = "INSERT INTO chat_sessions (project, environment, id, metadata, title, message_count,
+                          created_at, updated_at)
+                          VALUES ('acme', 'test', $1, '{}', '', $2, $3, $3)";
+    for i in 0..9_i64 {
+        // The first seven are past every retention, the last two are new.
+        let at = if i < 7 { 1 } else { now };
+        for sql in [insert_event, insert_delivery] {
+            sqlx::query(sql).bind(i).bind(at).execute(&app.db.pool).await.unwrap();
+        }
+        sqlx::query(insert_record)
+            .bind(format!("key-{i}"))
+            .bind(at)
+            .execute(&app.db.pool)
+            .await
+            .unwrap();
+        // Six old empty sessions, one old session with a message, two new empty ones.
+        let messages = i64::from(i == 6);
+        sqlx::query(insert_session)
+            .bind(format!("ses_{i}"))
+            .bind(messages)
+            .bind(at)
+            .execute(&app.db.pool)
+            .await
+            .unwrap();
+    }
+
+    app.state.runtime.purge_expired(3).await;
+
+    for (table, kept) in [
+        ("events", "seq"),
+        ("webhook_deliveries", "seq"),
+        ("idempotency_records", "idem_key"),
+        ("chat_sessions", "id"),
+    ] {
+        let sql = format!("SELECT CAST({kept} AS TEXT) FROM {table} ORDER BY created_at, {kept}");
+        let left: Vec<String> = sqlx::query_scalar(&sql).fetch_all(&app.db.pool).await.unwrap();
+        let expected: Vec<String> = match table {
+            "idempotency_records" => vec!["key-7".into(), "key-8".into()],
+            "chat_sessions" => vec!["ses_6".into(), "ses_7".into(), "ses_8".into()],
+            _ => vec!["7".into(), "8".into()],
+        };
+        assert_eq!(left, expected, "{table}");
+    }
 }
 
 #[tokio::test]

@@ -131,7 +131,19 @@ impl TestApp {
     }
 
     /// An app whose per-key limits are exactly the configuration's, defaults included.
-    pub async fn spawn_limited(mut config: Config) -> Self {
+    pub async fn spawn_limited(config: Config) -> Self {
+        Self::build(config, true).await
+    }
+
+    /// An app whose background work (purge, workers, checkpoints) does not run: a test calls
+    /// what it examines itself.
+    pub async fn spawn_idle() -> Self {
+        let mut config = Config::default();
+        unlimited_unless_set(&mut config);
+        Self::build(config, false).await
+    }
+
+    async fn build(mut config: Config, background: bool) -> Self {
         let database = TestDatabase::new().await;
         config.database.url = Some(database.url.clone());
         let db = Db::connect(Some(&database.url), 5).await.unwrap();
@@ -139,7 +151,9 @@ impl TestApp {
         let providers = Providers::from_config(&config.providers, &fake_provider_env).unwrap();
         let state = AppState::new(db.clone(), config, providers).unwrap();
         let router = app::router(state.clone());
-        state.runtime.start_background();
+        if background {
+            state.runtime.start_background();
+        }
         admin::create_project(&db, "acme").await.unwrap();
         let test_key = admin::create_key(&db, "acme", Environment::Test, None, None)
             .await
