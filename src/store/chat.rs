@@ -104,8 +104,9 @@ pub fn touch_session(script: &mut Script, scope: &Scope, id: &str, added: i64, n
 
 /// The purge's statement for empty sessions ([`super::purge_batch`]): it finds its rows through
 /// the partial index `chat_sessions_empty_idx`, which holds the empty sessions alone, not by
-/// reading every session, then each through the primary key. The outer `message_count = 0` is checked again on the row
-/// it deletes: on Postgres a session that received its first message meanwhile is kept.
+/// reading every session, then each through the primary key. The outer `message_count = 0` is
+/// checked again on the row it deletes: on Postgres a session that received its first message
+/// meanwhile is kept.
 pub const PURGE_EMPTY_SESSIONS: &str =
     "DELETE FROM chat_sessions WHERE message_count = 0 AND (project, environment, id) IN
     (SELECT project, environment, id FROM chat_sessions WHERE message_count = 0 AND created_at < $1 LIMIT $2)";
