@@ -42,6 +42,7 @@ impl Runtime {
             pending: Arc::clone(&self.hub.webhooks),
             shutdown: self.shutdown.clone(),
             tasks: self.tasks.clone(),
+            clients: Default::default(),
         };
         self.spawn(worker.run());
         self.spawn(purge(self.clone()));

@@ -1,10 +1,13 @@
 //! Spec §8: webhook endpoints, URL rules, signed at-least-once delivery in order, retries and
 //! restarts.
 
+use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, StatusCode};
 use hmac::{Hmac, Mac};
 use polpo_api::config::Config;
@@ -13,43 +16,55 @@ use sha2::Sha256;
 
 use crate::helpers::{TestApp, eventually};
 
-/// A webhook receiver on loopback that answers with scripted statuses (then 200) and records
-/// every request.
+/// A webhook receiver on loopback that answers with scripted statuses (then 200, with a short
+/// body) and records every request and the connection it came on.
 pub struct Receiver {
     pub url: String,
     received: Arc<Mutex<Vec<(HeaderMap, String, u16)>>>,
+    peers: Arc<Mutex<HashSet<SocketAddr>>>,
 }
 
 impl Receiver {
     pub async fn start(script: Vec<u16>) -> Self {
         let received: Arc<Mutex<Vec<(HeaderMap, String, u16)>>> = Arc::default();
+        let peers: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
         let script = Arc::new(Mutex::new(script));
-        let (log, plan) = (received.clone(), script.clone());
+        let (log, plan, seen) = (received.clone(), script.clone(), peers.clone());
         let router = Router::new().route(
             "/hook",
-            axum::routing::post(move |headers: HeaderMap, body: String| {
-                let (log, plan) = (log.clone(), plan.clone());
-                async move {
-                    let status = {
-                        let mut plan = plan.lock().unwrap();
-                        if plan.is_empty() { 200 } else { plan.remove(0) }
-                    };
-                    log.lock().unwrap().push((headers, body, status));
-                    StatusCode::from_u16(status).unwrap()
-                }
-            }),
+            axum::routing::post(
+                move |ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: String| {
+                    let (log, plan, seen) = (log.clone(), plan.clone(), seen.clone());
+                    async move {
+                        let status = {
+                            let mut plan = plan.lock().unwrap();
+                            if plan.is_empty() { 200 } else { plan.remove(0) }
+                        };
+                        log.lock().unwrap().push((headers, body, status));
+                        seen.lock().unwrap().insert(peer);
+                        (StatusCode::from_u16(status).unwrap(), "received")
+                    }
+                },
+            ),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, service).await.unwrap() });
         Self {
             url: format!("http://{addr}/hook"),
             received,
+            peers,
         }
     }
 
     pub fn requests(&self) -> Vec<(HeaderMap, String, u16)> {
         self.received.lock().unwrap().clone()
+    }
+
+    /// How many connections the requests came on.
+    pub fn connections(&self) -> usize {
+        self.peers.lock().unwrap().len()
     }
 }
 
@@ -289,6 +304,29 @@ async fn deliveries_are_signed_retried_and_recorded() {
             .status,
         StatusCode::BAD_REQUEST
     );
+}
+
+/// The deliveries to one endpoint, one after another, all go over one connection instead of
+/// opening one each (over https, with a TLS handshake each).
+#[tokio::test]
+async fn deliveries_to_one_endpoint_share_a_connection() {
+    let app = TestApp::spawn_with(loopback_config()).await;
+    let receiver = Receiver::start(vec![]).await;
+    let hook = subscribe(&app, &receiver, json!(["*"])).await;
+    for _ in 0..3 {
+        chat(&app).await;
+    }
+    let path = format!("/v1/webhooks/{}/deliveries", hook["id"].as_str().unwrap());
+    let delivered = eventually(Duration::from_secs(10), || async {
+        let list = app.get(&path, &app.test_key).await.json();
+        let list = list.as_array().cloned().unwrap_or_default();
+        list.len() >= 3 && list.iter().all(|d| d["status"] == "succeeded")
+    })
+    .await;
+    assert!(delivered, "the deliveries did not all succeed within 10 s");
+    let requests = receiver.requests().len();
+    assert!(requests >= 3, "{requests} requests");
+    assert_eq!(receiver.connections(), 1, "{requests} deliveries");
 }
 
 #[tokio::test]

@@ -2,8 +2,8 @@
 //! them, in order per webhook, with exponential backoff. All of it is driven from the database,
 //! so deliveries survive restarts and several instances share the work through leases.
 
-use std::collections::HashSet;
-use std::net::IpAddr;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use tokio::time::Instant as TokioInstant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::destination::check_url;
+use super::destination::{Destination, check_url};
 use super::signing::sign;
 use crate::clock;
 use crate::config::WebhooksConfig;
@@ -118,6 +118,52 @@ pub struct Worker {
     pub shutdown: CancellationToken,
     /// Where each delivery runs, tracked for shutdown.
     pub tasks: TaskTracker,
+    pub clients: Clients,
+}
+
+/// The most of an answer's body a delivery reads (it is not kept).
+const ANSWER_READ: usize = 64 * 1024;
+
+/// Clients kept at most; past it the kept ones are dropped (their connections close) and the
+/// count starts again.
+const CLIENTS_KEPT: usize = 256;
+
+/// The HTTP clients of past deliveries, one per destination host and checked address, so that
+/// the deliveries to one place reuse its connections (and TLS sessions) instead of opening one
+/// each. A client only ever connects to the address it was made for, which the delivery's own
+/// check has just allowed; a host that resolves elsewhere gets another client.
+#[derive(Default)]
+pub struct Clients {
+    kept: Mutex<HashMap<(String, Option<SocketAddr>), reqwest::Client>>,
+}
+
+impl Clients {
+    /// The client for `destination`, made now if none is kept.
+    fn get(&self, destination: &Destination, settings: &WebhooksConfig) -> reqwest::Result<reqwest::Client> {
+        let key = (destination.host.clone(), destination.addrs.first().copied());
+        if let Some(client) = self.kept.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(client.clone());
+        }
+        // No proxy from the environment: a proxy would reach the destination by its own lookup,
+        // past the address checks.
+        let mut builder = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none());
+        // Connect to the address that was checked, never to a second lookup's answer.
+        if destination.host.parse::<IpAddr>().is_err()
+            && let Some(addr) = key.1
+        {
+            builder = builder.resolve(&destination.host, addr);
+        }
+        let client = builder.build()?;
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() >= CLIENTS_KEPT {
+            kept.clear();
+        }
+        kept.insert(key, client.clone());
+        Ok(client)
+    }
 }
 
 /// Which webhooks have a delivery in flight here, and the bound on all of them.
@@ -315,22 +361,13 @@ impl Worker {
         let destination = check_url(&w.webhook.url, &self.settings)
             .await
             .map_err(|e| (None, format!("refused: {e}")))?;
-        // No proxy from the environment: a proxy would reach the destination by its own lookup,
-        // past the address checks.
-        let mut builder = reqwest::Client::builder()
-            .timeout(self.settings.timeout)
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none());
-        // Connect to the address that was checked, never to a second lookup's answer.
-        if destination.host.parse::<IpAddr>().is_err()
-            && let Some(addr) = destination.addrs.first()
-        {
-            builder = builder.resolve(&destination.host, *addr);
-        }
-        let client = builder.build().map_err(|e| (None, format!("client: {e}")))?;
+        let client = self
+            .clients
+            .get(&destination, &self.settings)
+            .map_err(|e| (None, format!("client: {e}")))?;
         let body = body(delivery).map_err(|e| (None, format!("the stored event cannot be read: {e}")))?;
         let signature = sign(&w.webhook.secret, clock::now_ms() / 1000, &body);
-        let response = client
+        let mut response = client
             .post(destination.url)
             .header("content-type", "application/json")
             .header("user-agent", concat!("polpo-webhooks/", env!("CARGO_PKG_VERSION")))
@@ -342,7 +379,15 @@ impl Worker {
             .await
             .map_err(|e| (None, describe(&e)))?;
         let status = response.status().as_u16();
-        if response.status().is_success() {
+        // The answer's body is read, up to a bound, so that its connection can carry the next
+        // delivery; the connection of a longer one closes.
+        let mut read = 0;
+        while read <= ANSWER_READ
+            && let Ok(Some(chunk)) = response.chunk().await
+        {
+            read += chunk.len();
+        }
+        if (200..300).contains(&status) {
             Ok(status)
         } else {
             Err((Some(status), format!("answered {status}")))
