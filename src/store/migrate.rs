@@ -61,6 +61,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0008_purge_indexes.sql"),
         postgres: include_str!("../../migrations/postgres/0008_purge_indexes.sql"),
     },
+    Migration {
+        version: 9,
+        name: "delivery_head_index",
+        sqlite: include_str!("../../migrations/sqlite/0009_delivery_head_index.sql"),
+        postgres: include_str!("../../migrations/postgres/0009_delivery_head_index.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the migration lock among Postgres advisory locks.

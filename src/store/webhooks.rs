@@ -158,13 +158,14 @@ pub async fn insert_delivery<'c>(
     Ok(())
 }
 
+/// Where [`head`] finds a webhook's next delivery: through `webhook_deliveries_head_idx`, which
+/// holds the pending deliveries alone, not by reading every delivery the webhook has had.
+pub const HEAD_WHERE: &str = "WHERE project = $1 AND environment = $2 AND webhook_id = $3 AND status = 'pending'
+     ORDER BY seq LIMIT 1";
+
 /// The oldest pending delivery of a webhook: the only one that may be sent (in order).
 pub async fn head<'c>(ex: impl Exec<'c>, scope: &Scope, webhook_id: &str) -> Result<Option<DeliveryRow>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries
-         WHERE project = $1 AND environment = $2 AND webhook_id = $3 AND status = 'pending'
-         ORDER BY seq LIMIT 1"
-    );
+    let sql = format!("SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries {HEAD_WHERE}");
     scoped_as(&sql, scope).bind(webhook_id).fetch_optional(ex).await
 }
 
