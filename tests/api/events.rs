@@ -414,37 +414,51 @@ async fn history_pages_and_reports_retention_resets() {
     );
 }
 
-/// The purge that runs every minute deletes what is past retention through an index on either
-/// database: a statement that read whole tables would take longer as they grow, and on SQLite it
-/// holds the write lock, and every chat turn's commit waits, for all that time.
-#[tokio::test]
-async fn every_background_purge_finds_its_rows_through_an_index() {
-    let app = TestApp::spawn().await;
+/// The plans of `statements` (parameters written in) on `app`'s database, each as the lines
+/// its `EXPLAIN` gives. On PostgreSQL sequential scans are ruled out first: small tables are
+/// read whole by choice, and with that ruled out the plan shows whether an index serves the
+/// statement (the connection leaves the pool afterwards).
+async fn plans(app: &TestApp, statements: &[String]) -> Vec<String> {
     let postgres = app.db.backend == Backend::Postgres;
     let mut conn = app.db.pool.acquire().await.unwrap();
     if postgres {
-        // Small tables are read whole by choice; with that ruled out, the plan shows whether an
-        // index serves the statement. The connection leaves the pool at the end.
         sqlx::query("SET enable_seqscan = off")
             .execute(&mut *conn)
             .await
             .unwrap();
     }
-    for sql in [
-        store::events::PURGE,
-        store::webhooks::PURGE_DELIVERIES,
-        store::idempotency::PURGE,
-        store::chat::PURGE_EMPTY_SESSIONS,
-    ] {
-        let sql = sql.replace("$1", "0").replace("$2", "1");
+    let mut plans = Vec::new();
+    for sql in statements {
         let (explain, column) = if postgres {
             (format!("EXPLAIN {sql}"), "QUERY PLAN")
         } else {
             (format!("EXPLAIN QUERY PLAN {sql}"), "detail")
         };
         let rows = sqlx::query(&explain).fetch_all(&mut *conn).await.unwrap();
-        let plan: Vec<String> = rows.iter().map(|row| row.get::<String, _>(column)).collect();
-        let plan = plan.join("\n");
+        let lines: Vec<String> = rows.iter().map(|row| row.get::<String, _>(column)).collect();
+        plans.push(lines.join("\n"));
+    }
+    conn.detach();
+    plans
+}
+
+/// The purge that runs every minute deletes what is past retention through an index on either
+/// database: a statement that read whole tables would take longer as they grow, and on SQLite it
+/// holds the write lock, and every chat turn's commit waits, for all that time.
+#[tokio::test]
+async fn every_background_purge_finds_its_rows_through_an_index() {
+    let app = TestApp::spawn().await;
+    let statements: Vec<String> = [
+        store::events::PURGE,
+        store::webhooks::PURGE_DELIVERIES,
+        store::idempotency::PURGE,
+        store::chat::PURGE_EMPTY_SESSIONS,
+    ]
+    .iter()
+    .map(|sql| sql.replace("$1", "0").replace("$2", "1"))
+    .collect();
+    let postgres = app.db.backend == Backend::Postgres;
+    for (sql, plan) in statements.iter().zip(plans(&app, &statements).await) {
         // A search of an index by its key, not a read of a whole table or a whole index.
         let searched = if postgres {
             plan.contains("Index Cond") && !plan.contains("Seq Scan")
@@ -453,7 +467,6 @@ async fn every_background_purge_finds_its_rows_through_an_index() {
         };
         assert!(searched, "{sql}:\n{plan}");
     }
-    conn.detach();
 }
 
 /// A webhook's next delivery is found among its pending deliveries alone, through their own
@@ -462,30 +475,12 @@ async fn every_background_purge_finds_its_rows_through_an_index() {
 #[tokio::test]
 async fn a_webhooks_next_delivery_is_found_among_the_pending_ones_alone() {
     let app = TestApp::spawn().await;
-    let postgres = app.db.backend == Backend::Postgres;
-    let mut conn = app.db.pool.acquire().await.unwrap();
-    if postgres {
-        // As above: small tables are read whole by choice unless that is ruled out.
-        sqlx::query("SET enable_seqscan = off")
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-    }
     let sql = format!("SELECT seq FROM webhook_deliveries {}", store::webhooks::HEAD_WHERE)
         .replace("$1", "'acme'")
         .replace("$2", "'test'")
         .replace("$3", "'whk_1'");
-    let explain = if postgres {
-        format!("EXPLAIN {sql}")
-    } else {
-        format!("EXPLAIN QUERY PLAN {sql}")
-    };
-    let rows = sqlx::query(&explain).fetch_all(&mut *conn).await.unwrap();
-    let column = if postgres { "QUERY PLAN" } else { "detail" };
-    let plan: Vec<String> = rows.iter().map(|row| row.get::<String, _>(column)).collect();
-    let plan = plan.join("\n");
+    let plan = plans(&app, &[sql]).await.remove(0);
     assert!(plan.contains("webhook_deliveries_head_idx"), "{plan}");
-    conn.detach();
 }
 
 /// The purge deletes what is past retention a few rows per statement, so that on SQLite the
