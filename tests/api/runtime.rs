@@ -147,3 +147,49 @@ async fn a_chat_turn_runs_on_the_runtime_alone() {
     assert_eq!(of_session[3].1["agent"], "worker");
     db.pool.close().await;
 }
+
+/// Two instances on one database (spec §5.8): a transaction that reads before it writes, as a
+/// task's release at shutdown does, is not refused because the other instance wrote in between.
+/// On SQLite a transaction that starts reading and then writes would be refused at its first
+/// write (`SQLITE_BUSY_SNAPSHOT`, which no busy wait retries) once another connection has
+/// committed since its read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_that_reads_first_is_not_refused_for_another_instances_write() {
+    let database = TestDatabase::new().await;
+    let db = Db::connect(Some(&database.url), 5).await.unwrap();
+    store::migrate::run(&db).await.unwrap();
+    let peer = Db::connect(Some(&database.url), 5).await.unwrap();
+    let now = polpo_api::clock::now_ms();
+
+    let mut tx = db.begin().await.unwrap();
+    let before = store::projects::list(&mut *tx).await.unwrap();
+    let mut theirs = tokio::spawn({
+        let peer = peer.clone();
+        async move { store::projects::insert(&peer.pool, "theirs", now).await }
+    });
+    // The peer's write either commits now or waits for this transaction to end; a second is
+    // its chance to commit first.
+    let landed_first = tokio::time::timeout(Duration::from_secs(1), &mut theirs).await.ok();
+    let ours = store::projects::insert(&mut *tx, "ours", now).await;
+    assert!(ours.is_ok(), "our write was refused: {ours:?}");
+    tx.commit().await.unwrap();
+    let theirs = match landed_first {
+        Some(done) => done,
+        None => theirs.await,
+    };
+    assert!(theirs.unwrap().is_ok(), "the peer's write was refused");
+
+    let slugs: Vec<String> = store::projects::list(&db.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.slug)
+        .collect();
+    assert_eq!(slugs.len(), before.len() + 2, "{slugs:?}");
+    assert!(
+        slugs.contains(&"ours".to_string()) && slugs.contains(&"theirs".to_string()),
+        "{slugs:?}"
+    );
+    db.pool.close().await;
+    peer.pool.close().await;
+}
