@@ -2,13 +2,16 @@
 //! restarts.
 
 use std::collections::HashSet;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, StatusCode};
+use futures_util::StreamExt;
 use hmac::{Hmac, Mac};
 use polpo_api::config::Config;
 use serde_json::{Value, json};
@@ -26,6 +29,15 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start(script: Vec<u16>) -> Self {
+        Self::answering(script, false).await
+    }
+
+    /// A receiver whose answers (`200`) send the first bytes of their body and never end it.
+    pub async fn keeping_its_answers_open() -> Self {
+        Self::answering(vec![], true).await
+    }
+
+    async fn answering(script: Vec<u16>, open: bool) -> Self {
         let received: Arc<Mutex<Vec<(HeaderMap, String, u16)>>> = Arc::default();
         let peers: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
         let script = Arc::new(Mutex::new(script));
@@ -42,7 +54,13 @@ impl Receiver {
                         };
                         log.lock().unwrap().push((headers, body, status));
                         seen.lock().unwrap().insert(peer);
-                        (StatusCode::from_u16(status).unwrap(), "received")
+                        let answer = futures_util::stream::once(async { Ok::<_, Infallible>("received") });
+                        let body = if open {
+                            Body::from_stream(answer.chain(futures_util::stream::pending()))
+                        } else {
+                            Body::from("received")
+                        };
+                        (StatusCode::from_u16(status).unwrap(), body)
                     }
                 },
             ),
@@ -327,6 +345,33 @@ async fn deliveries_to_one_endpoint_share_a_connection() {
     let requests = receiver.requests().len();
     assert!(requests >= 3, "{requests} requests");
     assert_eq!(receiver.connections(), 1, "{requests} deliveries");
+}
+
+/// A receiver that answers `200` and keeps the answer's body open does not hold its webhook's
+/// next delivery for the whole delivery timeout (a minute here): each delivery is a success
+/// once its head has come, and the next one follows.
+#[tokio::test]
+async fn an_answer_whose_body_never_ends_does_not_hold_the_next_delivery() {
+    let mut config = loopback_config();
+    config.webhooks.timeout = Duration::from_secs(60);
+    let app = TestApp::spawn_with(config).await;
+    let receiver = Receiver::keeping_its_answers_open().await;
+    let hook = subscribe(&app, &receiver, json!(["session:created"])).await;
+    chat(&app).await;
+    chat(&app).await;
+    let path = format!("/v1/webhooks/{}/deliveries", hook["id"].as_str().unwrap());
+    let delivered = eventually(Duration::from_secs(20), || async {
+        let list = app.get(&path, &app.test_key).await.json();
+        let list = list.as_array().cloned().unwrap_or_default();
+        list.len() == 2 && list.iter().all(|d| d["status"] == "succeeded")
+    })
+    .await;
+    assert!(
+        delivered,
+        "both deliveries did not succeed within 20 s: {}",
+        app.get(&path, &app.test_key).await.text
+    );
+    assert_eq!(receiver.requests().len(), 2);
 }
 
 #[tokio::test]

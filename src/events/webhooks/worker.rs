@@ -124,6 +124,11 @@ pub struct Worker {
 /// The most of an answer's body a delivery reads (it is not kept).
 const ANSWER_READ: usize = 64 * 1024;
 
+/// The longest a delivery waits for the rest of an answer's body once its head has come; a
+/// receiver that has answered but keeps its body open does not hold its webhook's next delivery
+/// for the whole `webhooks.timeout`.
+const ANSWER_WAIT: Duration = Duration::from_secs(1);
+
 /// Clients kept at most; past it the kept ones are dropped (their connections close) and the
 /// count starts again.
 const CLIENTS_KEPT: usize = 256;
@@ -379,14 +384,17 @@ impl Worker {
             .await
             .map_err(|e| (None, describe(&e)))?;
         let status = response.status().as_u16();
-        // The answer's body is read, up to a bound, so that its connection can carry the next
-        // delivery; the connection of a longer one closes.
-        let mut read = 0;
-        while read <= ANSWER_READ
-            && let Ok(Some(chunk)) = response.chunk().await
-        {
-            read += chunk.len();
-        }
+        // The answer's body is read, up to a size and a time, so that its connection can carry
+        // the next delivery; the connection of a longer or slower one closes.
+        let _ = tokio::time::timeout(ANSWER_WAIT, async {
+            let mut read = 0;
+            while read <= ANSWER_READ
+                && let Ok(Some(chunk)) = response.chunk().await
+            {
+                read += chunk.len();
+            }
+        })
+        .await;
         if (200..300).contains(&status) {
             Ok(status)
         } else {
