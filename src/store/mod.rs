@@ -213,8 +213,8 @@ impl Db {
     /// Begins a transaction on a pool connection, after the direct connection's writes on
     /// SQLite (see [`Tx`]). On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`): a
     /// transaction that reads first and writes later would otherwise be refused at its first
-    /// write (`SQLITE_BUSY_SNAPSHOT`, which no busy wait retries) whenever another connection,
-    /// another instance's or this one's checkpoint, had committed since its read. Taken at the
+    /// write (`SQLITE_BUSY_SNAPSHOT`, which no busy wait retries) whenever another process on
+    /// the file (a second instance, a CLI command) had committed since its read. Taken at the
     /// start, the lock is waited for like any other (`busy_timeout`).
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         let gate = self.direct_turn().await;
