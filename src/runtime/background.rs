@@ -18,7 +18,7 @@ const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// write lock while it runs, and every turn's commit waits for it: the events of one minute at
 /// 100 turns a second (24,000 rows) took 124 ms to delete in one statement, a thousand of them
 /// a few milliseconds (bench/RESULTS.md, item 42).
-const PURGE_BATCH: i64 = 1000;
+const PURGE_BATCH: u32 = 1000;
 
 /// How often the WAL of a SQLite file is copied back into the file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
@@ -150,7 +150,7 @@ async fn purge(rt: Runtime) {
 
 impl Runtime {
     /// One pass of the retention purge, each table in statements of at most `batch` rows.
-    pub async fn purge_expired(&self, batch: i64) {
+    pub async fn purge_expired(&self, batch: u32) {
         let now = crate::clock::now_ms();
         let cutoff = |kept: Duration| now.saturating_sub(crate::clock::duration_ms(kept));
         let retained = cutoff(self.config.events.retention);
@@ -188,15 +188,14 @@ impl Runtime {
     /// statement is a transaction of its own, which on SQLite takes its turn with the turns'
     /// commits on the direct connection ([`store::Db::begin`]): those queued meanwhile write
     /// before the next statement, instead of asking SQLite for its lock again and again.
-    async fn purge_all(&self, sql: &str, before: i64, batch: i64) -> Result<u64, sqlx::Error> {
-        let full = u64::try_from(batch).unwrap_or(0);
+    async fn purge_all(&self, sql: &str, before: i64, batch: u32) -> Result<u64, sqlx::Error> {
         let mut deleted = 0;
         loop {
             let mut tx = self.db.begin().await?;
-            let n = store::purge_batch(&mut *tx, sql, before, batch).await?;
+            let n = store::purge_batch(&mut *tx, sql, before, i64::from(batch)).await?;
             tx.commit().await?;
             deleted += n;
-            if n < full || self.shutdown.is_cancelled() {
+            if n < u64::from(batch) || self.shutdown.is_cancelled() {
                 return Ok(deleted);
             }
             tokio::task::yield_now().await;

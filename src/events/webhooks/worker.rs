@@ -383,7 +383,7 @@ impl Worker {
             .send()
             .await
             .map_err(|e| (None, describe(&e)))?;
-        let status = response.status().as_u16();
+        let status = response.status();
         // The answer's body is read, up to a size and a time, so that its connection can carry
         // the next delivery; the connection of a longer or slower one closes.
         let _ = tokio::time::timeout(ANSWER_WAIT, async {
@@ -395,10 +395,10 @@ impl Worker {
             }
         })
         .await;
-        if (200..300).contains(&status) {
-            Ok(status)
+        if status.is_success() {
+            Ok(status.as_u16())
         } else {
-            Err((Some(status), format!("answered {status}")))
+            Err((Some(status.as_u16()), format!("answered {}", status.as_u16())))
         }
     }
 }
