@@ -54,8 +54,8 @@ impl Receiver {
                         };
                         log.lock().unwrap().push((headers, body, status));
                         seen.lock().unwrap().insert(peer);
-                        let answer = futures_util::stream::once(async { Ok::<_, Infallible>("received") });
                         let body = if open {
+                            let answer = futures_util::stream::once(async { Ok::<_, Infallible>("received") });
                             Body::from_stream(answer.chain(futures_util::stream::pending()))
                         } else {
                             Body::from("received")
@@ -117,6 +117,17 @@ async fn subscribe(app: &TestApp, receiver: &Receiver, events: Value) -> Value {
         .await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
     created.json()
+}
+
+/// The deliveries of `hook` as the API lists them.
+async fn deliveries(app: &TestApp, hook: &Value) -> Vec<Value> {
+    let path = format!("/v1/webhooks/{}/deliveries", hook["id"].as_str().unwrap());
+    let list = app.get(&path, &app.test_key).await.json();
+    list.as_array().cloned().unwrap_or_default()
+}
+
+fn all_succeeded(deliveries: &[Value]) -> bool {
+    deliveries.iter().all(|d| d["status"] == "succeeded")
 }
 
 async fn chat(app: &TestApp) {
@@ -334,11 +345,9 @@ async fn deliveries_to_one_endpoint_share_a_connection() {
     for _ in 0..3 {
         chat(&app).await;
     }
-    let path = format!("/v1/webhooks/{}/deliveries", hook["id"].as_str().unwrap());
     let delivered = eventually(Duration::from_secs(10), || async {
-        let list = app.get(&path, &app.test_key).await.json();
-        let list = list.as_array().cloned().unwrap_or_default();
-        list.len() >= 3 && list.iter().all(|d| d["status"] == "succeeded")
+        let list = deliveries(&app, &hook).await;
+        list.len() >= 3 && all_succeeded(&list)
     })
     .await;
     assert!(delivered, "the deliveries did not all succeed within 10 s");
@@ -359,17 +368,15 @@ async fn an_answer_whose_body_never_ends_does_not_hold_the_next_delivery() {
     let hook = subscribe(&app, &receiver, json!(["session:created"])).await;
     chat(&app).await;
     chat(&app).await;
-    let path = format!("/v1/webhooks/{}/deliveries", hook["id"].as_str().unwrap());
     let delivered = eventually(Duration::from_secs(20), || async {
-        let list = app.get(&path, &app.test_key).await.json();
-        let list = list.as_array().cloned().unwrap_or_default();
-        list.len() == 2 && list.iter().all(|d| d["status"] == "succeeded")
+        let list = deliveries(&app, &hook).await;
+        list.len() == 2 && all_succeeded(&list)
     })
     .await;
     assert!(
         delivered,
-        "both deliveries did not succeed within 20 s: {}",
-        app.get(&path, &app.test_key).await.text
+        "both deliveries did not succeed within 20 s: {:?}",
+        deliveries(&app, &hook).await
     );
     assert_eq!(receiver.requests().len(), 2);
 }
