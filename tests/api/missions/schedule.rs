@@ -224,7 +224,7 @@ fn kill_nine(server: &mut ServerProcess) {
 const SERVER_TOML: &str = "[workers]\nlease_duration = \"2s\"\nheartbeat_interval = \"500ms\"\n";
 
 /// Acceptance: `* * * * *` on two instances of the binary sharing Postgres, one of them killed
-/// with SIGKILL just before a boundary and started again after it, for three minute
+/// with SIGKILL ten seconds before a boundary and started again after it, for three minute
 /// boundaries: exactly one run per due minute, numbered without a gap; the peer fires the tick
 /// on time meanwhile. SQLite serves one instance per file (spec §10.3), so there the one
 /// instance is killed and started again, and the tick it missed is caught up on start.
