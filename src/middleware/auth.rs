@@ -25,7 +25,7 @@ where
     }
     let allow_query = is_get && path == QUERY_KEY_PATH;
     let verified = match auth::credential(req.headers(), req.uri().query(), allow_query) {
-        Ok(token) => state.verifier.verify(&state.runtime.db, &token).await,
+        Ok(token) => state.verifier.verify(&state.runtime, &token).await,
         Err(refusal) => Err((refusal, None)),
     };
     match verified {

@@ -135,6 +135,34 @@ async fn a_revoked_key_stops_working_within_five_seconds() {
     assert_eq!(app.get("/v1/agents", &app.live_key).await.status, StatusCode::OK);
 }
 
+/// Under load thousands of requests find the same key uncached at once; they wait for one lookup
+/// instead of each asking the database (and waiting behind the others).
+#[tokio::test]
+async fn requests_arriving_together_with_an_uncached_key_ask_the_database_once() {
+    const REQUESTS: usize = 100;
+    let app = TestApp::spawn().await;
+    let key = app.key_of("acme", Environment::Test).await;
+    let before = app.metric("polpo_auth_key_lookups_total").await;
+    let statuses = futures_util::future::join_all((0..REQUESTS).map(|_| app.get("/v1/agents", &key))).await;
+    assert!(statuses.iter().all(|r| r.status == StatusCode::OK));
+    assert_eq!(
+        app.metric("polpo_auth_key_lookups_total").await - before,
+        1.0,
+        "{REQUESTS} requests sent together looked their key up more than once"
+    );
+
+    // Unknown keys are never cached, but requests sent together share their refusal too.
+    let unknown = polpo_api::auth::key::generate(Environment::Test).unwrap();
+    let before = app.metric("polpo_auth_key_lookups_total").await;
+    let refused = futures_util::future::join_all((0..REQUESTS).map(|_| app.get("/v1/agents", &unknown))).await;
+    assert!(refused.iter().all(|r| r.json()["code"] == "invalid_api_key"));
+    let lookups = app.metric("polpo_auth_key_lookups_total").await - before;
+    assert!(
+        (1.0..REQUESTS as f64).contains(&lookups),
+        "{lookups} lookups for {REQUESTS} requests sent together"
+    );
+}
+
 #[tokio::test]
 async fn an_expired_key_is_refused() {
     let app = TestApp::spawn().await;
