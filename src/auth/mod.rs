@@ -264,7 +264,7 @@ impl KeyVerifier {
             };
             let now = crate::clock::now_ms();
             match &found {
-                Lookup::Found(row) if row.revoked_at.is_none() && row.expires_at.is_none_or(|t| t > now) => {
+                Lookup::Found(row) if in_force(row, now) => {
                     if let Err(e) = store::keys::touch(&db.pool, &row.id, now).await {
                         tracing::warn!(error = %e, key_id = %row.id, "could not record key use");
                     }
@@ -296,7 +296,7 @@ impl KeyVerifier {
             return true;
         }
         match self.looked_up(rt, hash, environment).await {
-            Lookup::Found(row) => row.revoked_at.is_none() && row.expires_at.is_none_or(|t| t > now),
+            Lookup::Found(row) => in_force(&row, now),
             Lookup::Missing => false,
             Lookup::Failed => {
                 tracing::warn!("could not re-check a stream's key");
@@ -338,6 +338,11 @@ impl KeyVerifier {
             },
         );
     }
+}
+
+/// Whether a key's record is neither revoked nor expired at `now` (spec §1.2.3 step 5).
+fn in_force(row: &KeyRow, now: i64) -> bool {
+    row.revoked_at.is_none() && row.expires_at.is_none_or(|t| t > now)
 }
 
 /// The context a valid key's record gives, unless its environment is not the token's.
