@@ -55,11 +55,13 @@ impl Runtime {
     }
 }
 
-/// Copies the WAL of a SQLite file back into the file twice a second, on a connection of its
-/// own, and after a complete copy starts the WAL again from its beginning. Left to the writing
-/// connections, the copy (and its fsync) would run inside whichever commit crossed the WAL's
-/// size mark, and the restart (with the fsync of the WAL's new header) inside the first commit
-/// after the copy; those turns would wait for them.
+/// Copies the WAL of a SQLite file back into the file twice a second, and sooner whenever the
+/// commits have added a few thousand pages to it (`store::Db::wal_filled`), on a connection of its
+/// own; then finishes the copy and starts the WAL again from its beginning, with the writes held
+/// for that moment (`store::finish_checkpoint`). Left to the writing connections, the copy (and
+/// its fsyncs) would run inside whichever commit crossed the WAL's size mark, on a request's
+/// worker, and the restart (with the fsync of the WAL's new header) inside the first commit after
+/// the copy; those turns, and every turn whose commit comes after theirs, would wait for them.
 async fn checkpoint_wal(rt: Runtime) {
     let mut every = tokio::time::interval(CHECKPOINT_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -68,6 +70,7 @@ async fn checkpoint_wal(rt: Runtime) {
         tokio::select! {
             () = rt.shutdown.cancelled() => break,
             _ = every.tick() => {}
+            () = rt.db.wal_filled() => {}
         }
         if conn.is_none() {
             conn = match store::checkpoint_connection(&rt.db).await {
@@ -80,20 +83,20 @@ async fn checkpoint_wal(rt: Runtime) {
             };
         }
         let Some(open) = conn.as_mut() else { continue };
-        let restarted = match store::checkpoint(open).await {
+        let finished = match store::checkpoint(open).await {
             Ok(done) => {
                 tracing::trace!(pages = done.copied, "WAL checkpoint");
                 // A WAL of one frame holds only the last restart's write: nothing was written
                 // since, and an idle server writes nothing.
-                if done.copied == done.frames && done.frames > 1 {
-                    store::restart_wal(&rt.db, open).await
+                if done.frames > 1 {
+                    store::finish_checkpoint(&rt.db, open).await
                 } else {
                     Ok(())
                 }
             }
             Err(e) => Err(e),
         };
-        if let Err(e) = restarted {
+        if let Err(e) = finished {
             tracing::warn!(error = %e, "WAL checkpoint or restart failed; reconnecting");
             conn = None;
         }

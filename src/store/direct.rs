@@ -14,10 +14,11 @@
 use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 
 use super::script::Slots;
 
@@ -32,9 +33,26 @@ const CACHE_KIB: u32 = 512;
 /// Statements kept prepared: the shapes of a turn's writes, by number of messages.
 const PREPARED_STATEMENTS: usize = 64;
 
+/// Commits after which [`Direct::filled`] wakes the WAL's checkpoints before their next tick. A
+/// lone turn's commit adds 9 to 12 pages to the WAL, and a saturated server's about 17 (some six
+/// turns of about three pages each, bench/RESULTS.md): 128 commits are 1,200 to 2,200 pages, a
+/// twentieth of a second of a saturated server's commits, far from the 10,000 at which a commit
+/// would copy the WAL itself.
+const COMMITS_PER_CHECKPOINT: u32 = 128;
+
 /// The second connection to a SQLite file, for writes made on the calling thread.
 #[derive(Clone)]
-pub struct Direct(Arc<Mutex<Conn>>);
+pub struct Direct {
+    conn: Arc<Mutex<Conn>>,
+    commits: Arc<Commits>,
+}
+
+/// Commits counted for [`Direct::filled`].
+#[derive(Default)]
+struct Commits {
+    count: AtomicU32,
+    many: Notify,
+}
 
 /// The connection, with the parameters of the statements it ran lately.
 struct Conn {
@@ -66,17 +84,27 @@ impl Direct {
             conn.set_prepared_statement_cache_capacity(PREPARED_STATEMENTS);
             Ok(conn)
         };
-        Ok(Self(Arc::new(Mutex::new(Conn {
-            conn: open().map_err(error)?,
-            slots: Slots::default(),
-        }))))
+        Ok(Self {
+            conn: Arc::new(Mutex::new(Conn {
+                conn: open().map_err(error)?,
+                slots: Slots::default(),
+            })),
+            commits: Arc::default(),
+        })
     }
 
     /// Waits for the turn of a transaction on the pool's connection.
     pub async fn gate(&self) -> Gate {
         Gate {
-            _turn: Arc::clone(&self.0).lock_owned().await,
+            _turn: Arc::clone(&self.conn).lock_owned().await,
         }
+    }
+
+    /// Waits until this connection has committed [`COMMITS_PER_CHECKPOINT`] transactions since
+    /// the last time this returned (or since it was opened), and starts counting again.
+    pub async fn filled(&self) {
+        self.commits.many.notified().await;
+        self.commits.count.store(0, Ordering::Relaxed);
     }
 
     /// Runs `write` in one `BEGIN IMMEDIATE` transaction on the calling thread and commits it;
@@ -92,13 +120,19 @@ impl Direct {
         let mut pause = Duration::from_millis(1);
         loop {
             let attempt = {
-                let mut turn = self.0.lock().await;
+                let mut turn = self.conn.lock().await;
                 let Conn { conn, slots } = &mut *turn;
                 match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
                     Ok(tx) => {
-                        return write(&tx, slots)
+                        let written = write(&tx, slots)
                             .and_then(|out| tx.commit().map(|()| out))
                             .map_err(error);
+                        if written.is_ok()
+                            && self.commits.count.fetch_add(1, Ordering::Relaxed) + 1 == COMMITS_PER_CHECKPOINT
+                        {
+                            self.commits.many.notify_one();
+                        }
+                        return written;
                     }
                     Err(e) => e,
                 }

@@ -233,6 +233,16 @@ impl Db {
         }
     }
 
+    /// Waits until the direct connection has committed enough since the last time this returned
+    /// for the WAL to want a checkpoint sooner than its clock would bring one
+    /// ([`direct::Direct::filled`]); never where there is no direct connection.
+    pub async fn wal_filled(&self) {
+        match &self.direct {
+            Some(direct) => direct.filled().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// A trivial query, for readiness.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
@@ -260,25 +270,34 @@ pub struct Checkpoint {
 
 /// Copies what the WAL holds back into the database file as far as it can without waiting for
 /// readers or writers (`PRAGMA wal_checkpoint(PASSIVE)`); the next write after a complete one
-/// starts the WAL again from its beginning (see [`restart_wal`]).
+/// starts the WAL again from its beginning (see [`finish_checkpoint`]).
 pub async fn checkpoint(conn: &mut AnyConnection) -> Result<Checkpoint, sqlx::Error> {
     let (_busy, frames, copied): (i64, i64, i64) =
         sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(conn).await?;
     Ok(Checkpoint { frames, copied })
 }
 
-/// Starts the WAL again from its beginning after a complete checkpoint, on the checkpoint's
-/// connection. The first write after one does that itself, and it waits for the WAL's new header
-/// to reach the disk (an fsync, even with `synchronous = NORMAL`); made here, no chat turn's
-/// commit has to. The write is the database header's `user_version`, written back unchanged,
-/// during the direct connection's turn so that the two writers do not meet each other's lock.
-pub async fn restart_wal(db: &Db, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+/// Copies the rest of the WAL back into the file while the direct connection's writes wait
+/// (their tasks free meanwhile), and when that copy is complete starts the WAL again from its
+/// beginning. Run right after a [`checkpoint`] beside the writes, it copies only what was
+/// committed during that one. Under a steady stream of commits a checkpoint beside them is never
+/// complete by the time it could restart the WAL: the WAL would grow to the direct connection's
+/// `wal_autocheckpoint`, and the commit that crosses it would copy all of it, and wait for the
+/// fsyncs, on a request's worker while every other turn's commit waits behind it.
+///
+/// The restart is a write: the database header's `user_version`, written back unchanged. The
+/// first write after a complete checkpoint restarts the WAL, and waits for its new header to reach
+/// the disk (an fsync, even with `synchronous = NORMAL`); made here, no chat turn's commit has to.
+pub async fn finish_checkpoint(db: &Db, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
     let _turn = db.direct_turn().await;
-    let (version,): (i64,) = sqlx::query_as("PRAGMA user_version").fetch_one(&mut *conn).await?;
-    // An integer read from the file, not text from outside.
-    sqlx::query(&format!("PRAGMA user_version = {version}"))
-        .execute(conn)
-        .await?;
+    let done = checkpoint(conn).await?;
+    if done.copied == done.frames {
+        let (version,): (i64,) = sqlx::query_as("PRAGMA user_version").fetch_one(&mut *conn).await?;
+        // An integer read from the file, not text from outside.
+        sqlx::query(&format!("PRAGMA user_version = {version}"))
+            .execute(conn)
+            .await?;
+    }
     Ok(())
 }
 

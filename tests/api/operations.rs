@@ -405,3 +405,60 @@ async fn what_a_client_writes_reaches_the_sqlite_file_itself_within_five_seconds
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Under a steady stream of chat turns a checkpoint beside their commits never copies the whole
+/// WAL, and the WAL cannot start again until one has: it would grow to the 10,000 pages (40 MB) at
+/// which the writing connection copies it itself, inside a turn's commit, while every other turn
+/// waits. The server checkpoints whenever the commits have added a few thousand pages, and
+/// finishes the copy with the commits held for that moment (docs/DECISIONS.md, "WAL checkpoints
+/// off the request path"): over five seconds of turns from sixteen clients the WAL starts again
+/// and again, and its file never reaches half of that mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_steady_stream_of_turns_the_sqlite_wal_stays_under_half_the_writers_mark() {
+    const CLIENTS: usize = 16;
+    const WRITERS_MARK: u64 = 10_000;
+    let app = TestApp::spawn().await;
+    if app._database.is_postgres() {
+        return;
+    }
+    let wal = app._database.dir.0.join("polpo.db-wal");
+    let pages = || {
+        let page = 4096 + 24;
+        std::fs::metadata(&wal).map_or(0, |m| m.len().saturating_sub(32) / page)
+    };
+    let restarts = || wal_state(&wal).map_or(0, |(restarts, _)| restarts);
+    let restarts_before = restarts();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let clients = futures_util::future::join_all((0..CLIENTS).map(|i| {
+        let app = &app;
+        async move {
+            let mut turns = 0_u64;
+            while std::time::Instant::now() < end {
+                let body = json!({"model": "mock/echo", "messages": [{"role": "user", "content": format!("turn {turns} of {i}")}]});
+                let response = app.post("/v1/chat/completions", &app.test_key, body).await;
+                assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+                turns += 1;
+            }
+            turns
+        }
+    }));
+    let mut largest = 0;
+    let watch = async {
+        while std::time::Instant::now() < end {
+            largest = largest.max(pages());
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    let (turns, ()) = tokio::join!(clients, watch);
+    let largest = largest.max(pages());
+    let turns: u64 = turns.iter().sum();
+    let restarted = restarts().wrapping_sub(restarts_before);
+    assert!(
+        largest < WRITERS_MARK / 2,
+        "the WAL file held {largest} pages after {turns} turns ({restarted} restarts)"
+    );
+    assert!(
+        restarted >= 2,
+        "the WAL started again {restarted} times during {turns} turns"
+    );
+}
