@@ -56,12 +56,13 @@ impl Runtime {
 }
 
 /// Copies the WAL of a SQLite file back into the file twice a second, and sooner whenever the
-/// commits have added a few thousand pages to it (`store::Db::wal_filled`), on a connection of its
-/// own; then finishes the copy and starts the WAL again from its beginning, with the writes held
-/// for that moment (`store::finish_checkpoint`). Left to the writing connections, the copy (and
-/// its fsyncs) would run inside whichever commit crossed the WAL's size mark, on a request's
-/// worker, and the restart (with the fsync of the WAL's new header) inside the first commit after
-/// the copy; those turns, and every turn whose commit comes after theirs, would wait for them.
+/// commits have added one to two thousand pages to it (`store::Db::wal_filled`), on a connection
+/// of its own; then finishes the copy and starts the WAL again from its beginning, with the
+/// writes held for that moment (`store::finish_checkpoint`). Left to the writing connections,
+/// the copy (and its fsyncs) would run inside whichever commit crossed the WAL's size mark, on a
+/// request's worker, and the restart (with the fsync of the WAL's new header) inside the first
+/// commit after the copy; those turns, and every turn whose commit comes after theirs, would wait
+/// for them.
 async fn checkpoint_wal(rt: Runtime) {
     let mut every = tokio::time::interval(CHECKPOINT_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -409,7 +409,7 @@ async fn what_a_client_writes_reaches_the_sqlite_file_itself_within_five_seconds
 /// Under a steady stream of chat turns a checkpoint beside their commits never copies the whole
 /// WAL, and the WAL cannot start again until one has: it would grow to the 10,000 pages (40 MB) at
 /// which the writing connection copies it itself, inside a turn's commit, while every other turn
-/// waits. The server checkpoints whenever the commits have added a few thousand pages, and
+/// waits. The server checkpoints whenever the commits have added one to two thousand pages, and
 /// finishes the copy with the commits held for that moment (docs/DECISIONS.md, "WAL checkpoints
 /// off the request path"): over five seconds of turns from sixteen clients the WAL starts again
 /// and again, and its file never reaches that mark (a few thousand pages at most here; the
