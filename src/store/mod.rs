@@ -123,7 +123,7 @@ const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 /// WAL pages after which the pool's connection checkpoints on its own, inside the commit that
 /// crosses the mark. The server's own checkpoints ([`checkpoint`], on a connection of their
 /// own) keep the WAL far below it; it is the bound if they stop.
-const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
+pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
 
 impl Db {
     /// Connects to `url` (`None`: the embedded SQLite file). Nothing is migrated here.
