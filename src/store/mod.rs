@@ -120,9 +120,10 @@ const SQLITE_QUEUE_WAIT: Duration = Duration::from_secs(10);
 /// acquire, which cost every statement made through the pool a second round trip.
 const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
-/// WAL pages after which the pool's connection checkpoints on its own, inside the commit that
-/// crosses the mark. The server's own checkpoints ([`checkpoint`], on a connection of their
-/// own) keep the WAL far below it; it is the bound if they stop.
+/// WAL pages after which a writing connection (the pool's, or the direct one of the chat turns'
+/// writes) checkpoints on its own, inside the commit that crosses the mark. The server's own
+/// checkpoints ([`checkpoint`], on a connection of their own) keep the WAL far below it; it is
+/// the bound if they stop.
 pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
 
 impl Db {
