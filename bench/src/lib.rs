@@ -1,5 +1,6 @@
-//! What the bench tools share: reading durations, the CPU and memory figures of /proc, and
-//! percentiles in the `key=value` form of their RESULT lines.
+//! What the bench tools share: reading durations, the CPU and memory figures of /proc,
+//! percentiles in the `key=value` form of their RESULT lines, and the HTTP/1.1 accept loop of
+//! the servers among them.
 
 use std::time::Duration;
 
@@ -75,4 +76,34 @@ pub fn percentiles(name: &str, v: &mut [Duration]) -> String {
         ms(at(99.0)),
         ms(at(100.0))
     )
+}
+
+/// Serves HTTP/1.1 on `listener`, `TCP_NODELAY` on every connection and `service()` for each,
+/// until `max` has passed.
+pub async fn serve_http1<F, S, B>(listener: tokio::net::TcpListener, service: F, max: Duration) -> std::io::Result<()>
+where
+    F: Fn() -> S,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B> + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let accept = async {
+        loop {
+            let (socket, _) = listener.accept().await?;
+            socket.set_nodelay(true)?;
+            let service = service();
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                    .await;
+            });
+        }
+    };
+    tokio::select! {
+        r = accept => r,
+        _ = tokio::time::sleep(max) => Ok(()),
+    }
 }

@@ -15,7 +15,6 @@ use http_body_util::{BodyExt, Channel, Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 #[derive(Parser, Clone, Copy)]
@@ -49,22 +48,8 @@ fn main() -> std::io::Result<()> {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.bind).await?;
         eprintln!("fake-upstream listening on {}", args.bind);
-        let accept = async {
-            loop {
-                let (socket, _) = listener.accept().await?;
-                socket.set_nodelay(true)?;
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(req, args));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(socket), service)
-                        .await;
-                });
-            }
-        };
-        tokio::select! {
-            r = accept => r,
-            _ = tokio::time::sleep(Duration::from_secs(args.max_secs)) => Ok(()),
-        }
+        let service = || service_fn(move |req| handle(req, args));
+        polpo_bench::serve_http1(listener, service, Duration::from_secs(args.max_secs)).await
     })
 }
 

@@ -18,7 +18,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 
 #[derive(Parser)]
 struct Args {
@@ -57,24 +57,11 @@ fn main() -> std::io::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.bind).await?;
         eprintln!("passthrough listening on {} for {}", args.bind, args.upstream);
         let upstream = args.upstream;
-        let accept = async {
-            loop {
-                let (socket, _) = listener.accept().await?;
-                socket.set_nodelay(true)?;
-                let client = client.clone();
-                let upstream = upstream.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| forward(req, client.clone(), upstream.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(socket), service)
-                        .await;
-                });
-            }
+        let service = || {
+            let (client, upstream) = (client.clone(), upstream.clone());
+            service_fn(move |req| forward(req, client.clone(), upstream.clone()))
         };
-        tokio::select! {
-            r = accept => r,
-            _ = tokio::time::sleep(Duration::from_secs(args.max_secs)) => Ok(()),
-        }
+        polpo_bench::serve_http1(listener, service, Duration::from_secs(args.max_secs)).await
     })
 }
 
